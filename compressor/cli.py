@@ -1,0 +1,179 @@
+"""The `compress` command: `compress MODEL --pipeline a,b --data heldout.npz --out DIR`, plus sub-commands
+`inspect` and `stages` beside it (a group whose default command is `run`, so the plain form keeps working).
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed. Errors print one line, never a traceback
+(set COMPRESSOR_DEBUG=1 to see one).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from compressor import __version__
+from compressor.errors import CompressorError
+
+DEFAULT_PIPELINE = "quantize"
+
+
+class DefaultCommandGroup(TyperGroup):
+    """Route `compress MODEL ...` to the `run` command when the first word is not a sub-command."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=DefaultCommandGroup, add_completion=False, no_args_is_help=True,
+                  help="Compress a PyTorch model and prove on held-out data what it cost. "
+                       "Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed.",
+                  context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"compressor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """compress MODEL --pipeline a,b,c --data heldout.npz --out DIR"""
+
+
+def _fail(exc: BaseException) -> None:
+    code = getattr(exc, "exit_code", 1)
+    err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn CompressorErrors (and anything unexpected) into one line and an exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CompressorError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:
+            if os.environ.get("COMPRESSOR_DEBUG"):
+                raise
+            msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            err.print(f"error: unexpected {type(exc).__name__}: {msg} (set COMPRESSOR_DEBUG=1 for a traceback)",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+@app.command("run")
+@_guard
+def run(
+    model: Path = typer.Argument(..., help="Checkpoint: .pt2, TorchScript, state_dict (+ --arch), pickle (+ --trust-pickle)."),
+    pipeline: str = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Comma-separated stages, in order."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Stage option: stage.key=value (repeatable)."),
+    data: Path = typer.Option(..., "--data", help="Held-out set (.npz or .pt dict): used only for reporting."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Training set for stages that fine-tune."),
+    val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation set for every stage decision "
+                                            "(default: a seeded 10% split of the training set)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration samples (default: training set)."),
+    out_dir: Path = typer.Option(Path("out"), "--out", "-o", help="Output directory (must be empty unless --force)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory "
+                                       "or path/to/file.py:factory."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module "
+                                      "(runs code from the file: only for files you trust)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for stages and evaluation (cpu, cuda, cuda:1)."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="Gate: largest allowed metric drop in points (exit 3)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+) -> None:
+    """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
+    from compressor.pipeline import RunOptions
+    from compressor.progress import Reporter
+    from compressor.report import print_report, verdict_line
+    from compressor.runner import compress
+
+    options = RunOptions(model=model, pipeline=pipeline.split(","), data=data, out=out_dir, overrides=set_ or [],
+                         train_data=train_data, val_data=val_data, calib_data=calib_data, arch=arch,
+                         trust_pickle=trust_pickle, force=force, seed=seed, device=device, quiet=quiet,
+                         max_drop=max_drop)
+    report, code = compress(options, Reporter(err, quiet))
+    if not quiet:
+        print_report(report, out)
+        out.print(f"wrote {out_dir}/model.onnx, model.safetensors, report.json, report.md", highlight=False)
+    print(verdict_line(report))
+    raise typer.Exit(code)
+
+
+@app.command("stages")
+@_guard
+def stages_cmd() -> None:
+    """List every stage with its options, defaults and one line of help."""
+    from compressor.stage import available_stages, config_fields, type_label
+    import typing
+
+    for name, cls in sorted(available_stages().items()):
+        out.print(f"[bold]{name}[/bold] - {cls.summary}")
+        follows = ", ".join(sorted(cls.follows)) or "nothing"
+        out.print(f"  may follow: {follows}{'; export-time, always last' if cls.export_time else ''}", highlight=False)
+        hints = typing.get_type_hints(cls.Config)
+        for f in config_fields(cls.Config):
+            default = f.default if f.default is not f.default_factory else f.default_factory()  # type: ignore[misc]
+            if isinstance(default, tuple):
+                default = ",".join(map(str, default)) or "(none)"
+            out.print(f"  {name}.{f.name} = {default}  [{type_label(hints[f.name])}]  {f.metadata.get('help', '')}",
+                      highlight=False)
+
+
+@app.command("inspect")
+@_guard
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint to inspect."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A data file, to trace an eager model by its ops."),
+) -> None:
+    """Layers, parameters, bytes per layer, and what each stage would touch."""
+    from compressor.inspect_model import inspect_model
+
+    inspect_model(model, arch, trust_pickle, data, out)
+
+
+def entrypoint() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:  # never a traceback for the user
+        if os.environ.get("COMPRESSOR_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,143 @@
+"""Data splits from files: held-out (report only), training, validation, calibration.
+
+A data file is a ``.npz`` or a ``.pt`` dict of tensors (loaded with ``weights_only=True``). The model inputs are
+``x``, or several arrays named after the model's forward arguments (``input_ids``, ``attention_mask``, ...);
+``y``, when present, holds integer labels. Integer inputs (token ids) keep their dtype; float64 becomes float32.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from compressor.errors import DataError
+
+LABEL_KEY = "y"
+
+
+@dataclass
+class Dataset:
+    """Model inputs (ordered like the forward arguments) and optional labels, all with the same first dim."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    source: str
+
+    def __len__(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def subset(self, index: torch.Tensor, source: str | None = None) -> "Dataset":
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, source or self.source)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator["Dataset"]:
+        """Consecutive batches, or shuffled ones when a generator is given."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for idx in order.split(batch_size):
+            yield self.subset(idx)
+
+    def args(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        return tuple(v.to(device) for v in self.inputs.values())
+
+    def example(self, n: int = 4) -> "Dataset":
+        """A small batch (at least 2 rows, so the exporter does not specialise the batch dim to 1)."""
+        idx = torch.arange(max(2, min(n, len(self)))) % len(self)
+        return self.subset(idx)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"data path is not a file: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        if suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+                raise DataError(f"{path}: a .pt data file must hold a dict of tensors")
+            return {str(k): v.numpy() for k, v in obj.items()}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
+        raise DataError(f"cannot read data file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    except Exception as exc:  # pickle errors from torch.load with weights_only
+        raise DataError(f"cannot read data file {path} ({type(exc).__name__}); expected .npz or a .pt dict of tensors")
+    raise DataError(f"unsupported data format {suffix or '(none)'} for {path}: use .npz or a .pt dict of tensors")
+
+
+def load_dataset(path: str | Path, input_names: Sequence[str]) -> Dataset:
+    """Read a data file and map its arrays onto the model's inputs."""
+    path = Path(path)
+    arrays = _read_arrays(path)
+    labels_np = arrays.pop(LABEL_KEY, None)
+    if not arrays:
+        raise DataError(f"{path}: no input arrays (expected 'x' or arrays named {', '.join(input_names)})")
+    if set(input_names) <= set(arrays):
+        keys = list(input_names)
+    elif "x" in arrays and len(input_names) == 1:
+        keys = ["x"]
+    elif len(arrays) == 1 and len(input_names) == 1:
+        keys = list(arrays)
+    else:
+        raise DataError(
+            f"{path}: arrays {sorted(arrays)} do not match the model's inputs {list(input_names)}; "
+            "name them 'x' (single input) or after the forward arguments"
+        )
+    inputs: dict[str, torch.Tensor] = {}
+    n = None
+    for name, key in zip(input_names, keys):
+        arr = arrays[key]
+        if arr.dtype == np.float64 or arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        elif arr.dtype.kind in "iub" and arr.dtype != np.int64:
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "fi":
+            raise DataError(f"{path}: array '{key}' has unsupported dtype {arr.dtype}")
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise DataError(f"{path}: array '{key}' is empty")
+        if n is not None and arr.shape[0] != n:
+            raise DataError(f"{path}: array '{key}' has {arr.shape[0]} rows, expected {n}")
+        n = arr.shape[0]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{path}: array '{key}' contains NaN or infinite values")
+        inputs[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    labels = None
+    if labels_np is not None:
+        if labels_np.dtype.kind not in "iu" or labels_np.ndim != 1:
+            raise DataError(f"{path}: labels 'y' must be a 1-D integer array, got {labels_np.dtype} {labels_np.shape}")
+        if labels_np.shape[0] != n:
+            raise DataError(f"{path}: 'y' has {labels_np.shape[0]} rows but the inputs have {n}")
+        if labels_np.min() < 0:
+            raise DataError(f"{path}: labels 'y' must be non-negative (found {int(labels_np.min())})")
+        labels = torch.from_numpy(labels_np.astype(np.int64))
+    return Dataset(inputs, labels, str(path))
+
+
+def split_validation(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded split of the training set into (train, validation) when no validation file is given."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train), generator=gen)
+    n_val = max(1, int(round(fraction * len(train))))
+    if len(train) - n_val < 1:
+        raise DataError(f"{train.source}: too few samples ({len(train)}) to split off a validation set")
+    val = train.subset(order[:n_val], f"{train.source} (seeded {fraction:.0%} split)")
+    rest = train.subset(order[n_val:])
+    return rest, val
+
+
+def calibration_subset(data: Dataset, max_samples: int, seed: int) -> Dataset:
+    """Up to ``max_samples`` rows drawn with the seed (calibration never uses the held-out set)."""
+    if len(data) <= max_samples:
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=gen)[:max_samples].sort().values
+    return data.subset(idx)

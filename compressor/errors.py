@@ -1,0 +1,41 @@
+"""Errors that speak to the user: one line, what was wrong, and what would be right.
+
+The CLI prints a `CompressorError` without a traceback and exits with its `exit_code`
+(1: bad input or failed step, 2: usage, 3: gate failed).
+"""
+from __future__ import annotations
+
+
+class CompressorError(Exception):
+    """A problem the user can fix; its message is one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class UsageError(CompressorError):
+    """A wrong command line: unknown stage or option, bad value, unsupported stage order."""
+
+    exit_code = 2
+
+
+class ModelLoadError(CompressorError):
+    """The model file is missing, corrupt, of an unknown format, or needs an opt-in to load."""
+
+
+class DataError(CompressorError):
+    """A data file is missing, malformed, or does not fit the model."""
+
+
+class OutputError(CompressorError):
+    """The output directory cannot be written."""
+
+
+class StageError(CompressorError):
+    """A stage could not do its job on this model (says which stage and why)."""
+
+
+class ArtifactError(CompressorError):
+    """A saved artifact is missing, corrupt, or does not reproduce what was saved."""

@@ -1,0 +1,48 @@
+"""`compress inspect MODEL`: layers, parameters, bytes per layer, and what each stage would touch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from compressor.data import load_dataset
+from compressor.layers import find_weights
+from compressor.modelio.load import load_model
+from compressor.report import human_bytes
+
+
+def stage_targets(weights, model) -> dict[str, list[str]]:
+    """Which parameters each built-in stage would act on with its default options."""
+    from compressor.stage import available_stages
+
+    out = {}
+    for name, cls in available_stages().items():
+        targets = getattr(cls, "default_targets", None)
+        if targets is not None:
+            out[name] = targets(weights, model)
+    return out
+
+
+def inspect_model(path: Path, arch: str | None, trust_pickle: bool, data: Path | None, console: Console) -> None:
+    loaded = load_model(path, arch, trust_pickle)
+    example = load_dataset(data, loaded.input_names).example() if data else None
+    weights = find_weights(loaded.module, example, loaded.program)
+    table = Table(title=f"{path} ({loaded.format}); inputs: {', '.join(loaded.input_names)}", title_justify="left")
+    for col in ("parameter", "shape", "read by", "params", "bytes"):
+        table.add_column(col, justify="left" if col in ("parameter", "shape", "read by") else "right")
+    params = dict(loaded.module.named_parameters())
+    total = total_bytes = 0
+    for w in weights:
+        p = params[w.name]
+        nbytes = p.numel() * p.element_size()
+        total += p.numel()
+        total_bytes += nbytes
+        table.add_row(w.name, "x".join(map(str, w.shape)), w.kind, f"{p.numel():,}", human_bytes(nbytes))
+    table.add_row("total", "", "", f"{total:,}", human_bytes(total_bytes))
+    console.print(table)
+    for stage, names in stage_targets(weights, loaded.module).items():
+        console.print(f"[bold]{stage}[/bold] would touch {len(names)}: {', '.join(names) or '(nothing)'}",
+                      highlight=False)
+    if example is None and loaded.program is None:
+        console.print("[dim]no --data given: an eager model's layers were classified by module type[/dim]")

@@ -1,0 +1,1 @@
+"""Formats in (load) and out (ONNX, safetensors with compressed encodings)."""

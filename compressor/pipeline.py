@@ -1,0 +1,180 @@
+"""The runner: load, baseline, stages in order (evaluated after each), export, measure the artifacts, report.
+
+Stages get a `RunContext` and never write files; the runner owns every output (see DESIGN.md).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.data import Dataset, load_dataset, split_validation
+from compressor.errors import CompressorError, DataError, StageError, UsageError
+from compressor.evaluate import Metrics, check_labels, evaluate, predict
+from compressor.layers import WeightInfo, find_weights
+from compressor.masks import MaskRegistry
+from compressor.modelio.load import LoadedModel, load_model
+from compressor.progress import Reporter
+from compressor.stage import Stage, build_config, get_stage, parse_overrides, validate_order
+
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class RunOptions:
+    model: Path
+    pipeline: list[str]
+    data: Path
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    train_data: Path | None = None
+    val_data: Path | None = None
+    calib_data: Path | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    force: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+    max_drop: float = 1.0
+
+
+@dataclass
+class RunContext:
+    """Everything a stage may use (never the held-out set)."""
+
+    model: nn.Module
+    original: nn.Module
+    loaded: LoadedModel
+    train: Dataset | None
+    val: Dataset | None
+    calib: Dataset | None
+    seed: int
+    stage_index: int
+    device: torch.device
+    baseline_val: Metrics | None
+    val_reference: torch.Tensor | None
+    masks: MaskRegistry
+    plan: list[str]
+    reporter: Reporter
+    weights: list[WeightInfo]
+    structures: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stage_seed(self) -> int:
+        """Each stage's randomness is seeded from (seed, stage index), so a resumed run is exact."""
+        return self.seed * 1000 + self.stage_index
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.stage_seed)
+
+    def require_training(self, stage: str) -> tuple[Dataset, Dataset]:
+        if self.train is None or self.val is None:
+            raise DataError(f"stage {stage!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
+        return self.train, self.val
+
+    def validate(self, model: nn.Module | None = None) -> Metrics:
+        """The validation metric (for a stage's decisions)."""
+        if self.val is None:
+            raise DataError("no validation data: pass --train-data or --val-data")
+        return evaluate(model or self.model, self.val, self.val_reference, self.device)
+
+
+def plan_stages(options: RunOptions) -> list[Stage]:
+    """Resolve names and `--set` values into configured stages; all errors before anything runs."""
+    names = [n.strip() for n in options.pipeline if n.strip()]
+    validate_order(names)
+    overrides = parse_overrides(options.overrides)
+    for stage in overrides:
+        if stage not in names:
+            get_stage(stage)
+            raise UsageError(f"--set {stage}.*: stage {stage!r} is not in the pipeline ({','.join(names)})")
+    return [get_stage(n)(build_config(get_stage(n), overrides.get(n, {}))) for n in names]
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(unique parameters, non-zero parameters)."""
+    seen: set[int] = set()
+    total = nonzero = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return total, nonzero
+
+
+def load_splits(options: RunOptions, input_names: list[str], seed: int):
+    """(heldout, train, val, calib, notes)."""
+    notes = []
+    heldout = load_dataset(options.data, input_names)
+    train = load_dataset(options.train_data, input_names) if options.train_data else None
+    val = load_dataset(options.val_data, input_names) if options.val_data else None
+    if train is not None and val is None:
+        train, val = split_validation(train, VAL_FRACTION, seed)
+        notes.append(f"validation set: a seeded {VAL_FRACTION:.0%} split of {options.train_data} (no --val-data)")
+    calib = load_dataset(options.calib_data, input_names) if options.calib_data else train
+    return heldout, train, val, calib, notes
+
+
+def prepare(options: RunOptions, reporter: Reporter):
+    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
+    torch.manual_seed(options.seed)
+    device = torch.device(options.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    loaded = load_model(options.model, options.arch, options.trust_pickle)
+    heldout, train, val, calib, notes = load_splits(options, loaded.input_names, options.seed)
+    model = loaded.module.to(device)
+    original = copy.deepcopy(model)
+    for p in original.parameters():
+        if p.is_leaf:
+            p.requires_grad_(False)
+    reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
+    reference = predict(original, heldout, device)
+    baseline = evaluate(original, heldout, None, device) if heldout.labels is not None else None
+    if baseline is None:
+        from compressor.evaluate import score
+
+        baseline = score(reference, heldout, reference)
+    else:
+        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
+    val_reference = predict(original, val, device) if val is not None else None
+    baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
+    if loaded.exported:
+        notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
+    weights = find_weights(model, heldout.example(), loaded.program)
+    ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
+                     seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
+                     val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
+                     reporter=reporter, weights=weights)
+    return ctx, heldout, baseline, reference, notes
+
+
+def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: torch.Tensor) -> dict[str, Any]:
+    """Apply one torch-side stage and measure it on the held-out set."""
+    ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
+    torch.manual_seed(ctx.stage_seed)
+    start = time.perf_counter()
+    try:
+        result = stage.apply(ctx)
+    except CompressorError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"stage {stage.name!r} failed: {type(exc).__name__}: {msg}") from exc
+    seconds = time.perf_counter() - start
+    ctx.model = result.model
+    ctx.masks.apply(ctx.model)
+    metric = evaluate(ctx.model, heldout, reference if heldout.labels is None else None, ctx.device)
+    params, nonzeros = count_params(ctx.model)
+    return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,
+            "nonzeros": nonzeros, "dof": int(result.metrics.pop("dof", params)), "seconds": round(seconds, 3),
+            "notes": result.notes, **result.metrics}

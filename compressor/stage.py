@@ -1,0 +1,208 @@
+"""Stages: a registered class with a typed, documented config, and the rules for ordering them.
+
+A stage declares ``name``, a one-line ``summary``, a ``Config`` dataclass (every field has a default and a
+``help`` in its metadata), the stages it may follow, and ``apply(ctx) -> StageResult``. Registration is by
+decorator (and, for plugins, by entry point), never by an if-chain. ``--set stage.key=value`` values are parsed
+from the field's type; an unknown stage or key is a usage error naming the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from compressor.errors import UsageError
+
+STAGES: dict[str, type["Stage"]] = {}
+
+
+@dataclass
+class StageResult:
+    """What a stage changed, in numbers and words (the report never guesses)."""
+
+    model: Any
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class. Subclasses set the class attributes and implement `apply`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    follows: ClassVar[frozenset[str]] = frozenset()  # stages allowed earlier in the pipeline
+    export_time: ClassVar[bool] = False  # runs on the exported ONNX graph, always last
+    needs_training_data: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def apply(self, ctx):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    STAGES[cls.name] = cls
+    return cls
+
+
+def available_stages() -> dict[str, type[Stage]]:
+    import compressor.stages  # noqa: F401  (registers the built-ins)
+    from compressor.plugins import load_plugins
+
+    load_plugins()
+    return dict(STAGES)
+
+
+def get_stage(name: str) -> type[Stage]:
+    stages = available_stages()
+    if name not in stages:
+        raise UsageError(f"unknown stage {name!r}; valid stages: {', '.join(sorted(stages))}")
+    return stages[name]
+
+
+# ---- config fields ---------------------------------------------------------------------------------------------
+
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with its one-line help (shown by `compress stages`)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def config_fields(config_cls: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(config_cls))
+
+
+def _field_types(config_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_cls)
+
+
+def type_label(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "list"
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        return "|".join(type_label(a) for a in typing.get_args(tp) if a is not type(None)) + " or none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_value(tp: Any, raw: Any, where: str) -> Any:
+    """Coerce a string (or a recipe value) to the field's type, or raise a UsageError naming the choices."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return parse_value(a, raw, where)
+            except UsageError as exc:
+                errors.append(str(exc))
+        raise UsageError(f"{where}: {raw!r} is not a valid {type_label(tp)}")
+    if origin is Literal:
+        choices = [str(a) for a in args]
+        if str(raw) not in choices:
+            raise UsageError(f"{where}: {raw!r} is not one of {', '.join(choices)}")
+        return next(a for a in args if str(a) == str(raw))
+    if origin in (tuple, list):
+        items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip()]
+        inner = args[0] if args else str
+        return tuple(parse_value(inner, str(i).strip(), where) for i in items)
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"{where}: {raw!r} is not a boolean (true/false)")
+    if tp is int:
+        try:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw) if not isinstance(raw, str) else int(raw.strip())
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: {raw!r} is not an integer")
+    if tp is float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: {raw!r} is not a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UsageError(f"{where}: {raw!r} is not a finite number")
+        return value
+    if tp is str:
+        return str(raw)
+    raise UsageError(f"{where}: unsupported option type {tp}")
+
+
+def build_config(stage_cls: type[Stage], values: dict[str, Any], where: str = "--set") -> Any:
+    """A validated config for the stage from raw values (unknown keys and bad values are usage errors)."""
+    names = {f.name: f for f in config_fields(stage_cls.Config)}
+    types = _field_types(stage_cls.Config)
+    kwargs = {}
+    for key, raw in values.items():
+        if key not in names:
+            valid = ", ".join(sorted(names)) or "(none)"
+            raise UsageError(f"{where}: unknown option {stage_cls.name}.{key}; valid options: {valid}")
+        kwargs[key] = parse_value(types[key], raw, f"{where} {stage_cls.name}.{key}")
+    config = stage_cls.Config(**kwargs)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        problem = validate()
+        if problem:
+            raise UsageError(f"{where} {stage_cls.name}: {problem}")
+    return config
+
+
+def config_as_dict(config: Any) -> dict[str, Any]:
+    out = {}
+    for f in config_fields(type(config)):
+        v = getattr(config, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """`--set stage.key=value` items grouped by stage."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        stage, dot, opt = key.strip().partition(".")
+        if not eq or not dot or not stage or not opt:
+            raise UsageError(f"--set {item!r}: expected stage.key=value (e.g. quantize.mode=dynamic)")
+        out.setdefault(stage, {})[opt] = value.strip()
+    return out
+
+
+def validate_order(names: list[str]) -> None:
+    """Refuse an unsupported stage order before anything runs, naming the offending pair."""
+    if not names:
+        raise UsageError("--pipeline is empty; name at least one stage (see `compress stages`)")
+    for i, name in enumerate(names):
+        get_stage(name)
+        if name in names[:i]:
+            raise UsageError(f"--pipeline: stage {name!r} appears twice")
+    seen: list[str] = []
+    for i, name in enumerate(names):
+        cls = get_stage(name)
+        for prev in seen:
+            if prev not in cls.follows:
+                raise UsageError(
+                    f"--pipeline: {name!r} cannot run after {prev!r}; {name!r} may follow: "
+                    f"{', '.join(sorted(cls.follows)) or 'nothing'}"
+                )
+        if cls.export_time and i != len(names) - 1:
+            raise UsageError(f"--pipeline: {name!r} works on the exported graph and must be the last stage")
+        seen.append(name)
