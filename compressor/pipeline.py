@@ -8,7 +8,9 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import onnx
 
 import torch
 from torch import nn
@@ -63,7 +65,13 @@ class RunContext:
     plan: list[str]
     reporter: Reporter
     weights: list[WeightInfo]
+    # structural stages (rpg, basis) record how to rebuild their compressed form (saved in model.safetensors;
+    # `compressor.api.REBUILDERS[kind]` restores it on load) ...
     structures: list[dict[str, Any]] = field(default_factory=list)
+    # ... and how to rewrite the exported ONNX graph (e.g. store only the ring and generate weights in-graph),
+    # and how to make their own compact tensors int8 when quantize follows (ORT's quantizer cannot).
+    onnx_rewrites: list[Callable[[onnx.ModelProto], onnx.ModelProto]] = field(default_factory=list)
+    int8_rewrites: list[Callable[[onnx.ModelProto], onnx.ModelProto]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -59,6 +59,8 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         proto = export_onnx_proto(ctx.model, heldout.example(), str(ctx.device))
+        for rewrite in ctx.onnx_rewrites:
+            proto = rewrite(proto)
         save_onnx(proto, fp32_path)
         fp32_session = ort_session(fp32_path)
         fp32_out = onnx_predict(fp32_session, heldout)

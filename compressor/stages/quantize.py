@@ -9,6 +9,7 @@ ONNX Runtime. Export-time: always the last stage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import io
 import logging
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import onnx
 
 from compressor.data import Dataset, calibration_subset
@@ -148,5 +148,25 @@ class QuantizeStage(Stage):
     export_time = True
 
     def apply_onnx(self, ctx, src: Path, dst: Path) -> StageResult:
-        notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed)
+        if not ctx.int8_rewrites:
+            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed)
+            return StageResult(model=ctx.model, notes=notes)
+        # Structural stages (rpg ring, basis coefficients) quantize their own compact tensors (int8 + scale,
+        # DequantizeLinear in the graph); ORT's quantizer then handles the ordinary layers, without the
+        # pre-processing that would fold generated weights back to dense (ALGORITHMS.md §5).
+        from compressor.modelio.onnx_export import save_onnx
+
+        proto = onnx.load(str(src))
+        for rewrite in ctx.int8_rewrites:
+            proto = rewrite(proto)
+        with tempfile.TemporaryDirectory(prefix="compressor-q8-") as tmp:
+            mid = Path(tmp) / "structured-int8.onnx"
+            save_onnx(proto, mid)
+            notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
+            try:
+                cfg = dataclasses.replace(self.config, preprocess=False)
+                notes += quantize_onnx(mid, dst, cfg, ctx.calib, ctx.stage_seed)
+            except StageError as exc:
+                dst.write_bytes(mid.read_bytes())
+                notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
         return StageResult(model=ctx.model, notes=notes)
