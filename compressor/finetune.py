@@ -62,17 +62,22 @@ def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch
 def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
              params: Iterable[nn.Parameter] | None = None, grad_hook: GradHook | None = None,
              step_hook: StepHook | None = None, loss_hook: LossHook | None = None,
-             select_best: bool = True) -> FinetuneResult:
-    """Fine-tune `model` in place; returns the validation history (the best state is restored)."""
+             select_best: bool = True, keep_start: bool = True) -> FinetuneResult:
+    """Fine-tune `model` in place; returns the validation history (the best state is restored).
+
+    With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
+    where a later epoch of equal validation metric is the more compressible one).
+    """
     train, _ = ctx.require_training(desc)
     gen = ctx.generator()
     opt = make_optimizer(params if params is not None else model.parameters(), settings)
     n_batches = math.ceil(len(train) / settings.batch_size)
     steps = min(n_batches, settings.max_steps_per_epoch) if settings.max_steps_per_epoch else n_batches
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.epochs * steps)) if settings.cosine else None
-    best = ctx.validate(model) if select_best else None
+    start = ctx.validate(model) if select_best else None
+    best = start if keep_start else None
     best_state = copy.deepcopy(model.state_dict()) if select_best else None
-    result = FinetuneResult(best, 0, [{"epoch": 0, "val": best.value if best else None}])
+    result = FinetuneResult(best, 0, [{"epoch": 0, "val": start.value if start else None}])
     step = 0
     with ctx.reporter.task(desc, settings.epochs * steps) as task:
         for epoch in range(1, settings.epochs + 1):
@@ -107,7 +112,9 @@ def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "
                      **{k: v / max(count, 1) for k, v in stats_sum.items()}}
             result.history.append(entry)
             task.status(f"val {metrics.value:.2f}")
-            if select_best and metrics.value > result.best.value:
+            better = result.best is None or metrics.value > result.best.value or (
+                not keep_start and metrics.value >= result.best.value)
+            if select_best and better:
                 result.best, result.best_epoch = metrics, epoch
                 best_state = copy.deepcopy(model.state_dict())
     if select_best:
