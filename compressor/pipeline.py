@@ -73,6 +73,7 @@ class RunContext:
     onnx_rewrites: list[Callable[[onnx.ModelProto], onnx.ModelProto]] = field(default_factory=list)
     int8_rewrites: list[Callable[[onnx.ModelProto], onnx.ModelProto]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
 
     @property
     def stage_seed(self) -> int:

@@ -105,6 +105,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
+    if report.get("sparsity"):
+        from compressor.sparsity_report import markdown_lines
+
+        lines += markdown_lines(report["sparsity"], report["baseline"]["bytes"])
     lines.append("| gate | value | limit | passed |")
     lines.append("|---|---|---|---|")
     lines.append(f"| max drop ({g['metric']}, points) | {g['drop']:.2f} | {g['max_drop']:.2f} | "

@@ -43,6 +43,7 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
 def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dict[str, Any]:
     started = time.perf_counter()
     ctx, heldout, baseline, reference, notes = prepare(options, reporter)
+    ctx.stage_configs = {s.name: s.config for s in stages}
     labelled = heldout.labels is not None
     params, nonzeros = count_params(ctx.model)
     records = []
@@ -105,8 +106,18 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
          "peak_memory_bytes": None, "reload_max_abs_diff_vs_torch": max_abs_diff(st_out, final_torch),
          "encodings": {k: v["encoding"] for k, v in encodings.items()}},
     ]
+    if ctx.masks:
+        from compressor.sparsity_report import sparsity_section
+
+        plot = out.path("sparsity.png")
+        sparse = sparsity_section(ctx.model, list(ctx.masks.masks), artifacts,
+                                  {k: v["encoding"] for k, v in encodings.items()}, plot)
+    else:
+        sparse = None
     report = build_report(options=options, ctx=ctx, baseline=baseline, base_params=params,
                           base_bytes=model_bytes_of(ctx.original), records=records, artifacts=artifacts,
                           notes=notes + ctx.notes, seconds=time.perf_counter() - started)
+    if sparse is not None:
+        report["sparsity"] = sparse
     write_reports(report, out)
     return report
