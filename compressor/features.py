@@ -14,8 +14,11 @@ from torch import nn
 from compressor.layers import VIEW_OPS, _op_name
 
 
-def _record(store: dict, key: str, value):
-    store[key] = value
+_STORES: dict[int, dict] = {}  # graph nodes carry the store's id (fx would copy a dict argument)
+
+
+def _record(store: int | dict, key: str, value):
+    (_STORES[store] if isinstance(store, int) else store)[key] = value
     return value
 
 
@@ -51,6 +54,7 @@ class FeatureTap:
     def __init__(self, model: nn.Module, weights: list[str], patterns: tuple[str, ...] = ()) -> None:
         self.model = model
         self.features: dict[str, torch.Tensor] = {}
+        _STORES[id(self)] = self.features
         self._handles = []
         self._nodes: list[torch.fx.Node] = []
         if isinstance(model, torch.fx.GraphModule):
@@ -66,7 +70,7 @@ class FeatureTap:
                         points.append((w.rsplit(".", 1)[0], node))
             for key, node in points:
                 with graph.inserting_after(node):
-                    rec = graph.call_function(_record, (self.features, key, node))
+                    rec = graph.call_function(_record, (id(self), key, node))
                 node.replace_all_uses_with(rec, delete_user_cb=lambda u: u is not rec)
                 self._nodes.append(rec)
             model.recompile()
@@ -79,6 +83,7 @@ class FeatureTap:
                     lambda _m, _i, out, key=name: _record(self.features, key, out)))
 
     def close(self) -> None:
+        _STORES.pop(id(self), None)
         for h in self._handles:
             h.remove()
         if self._nodes:
