@@ -104,9 +104,16 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
     device: str = typer.Option("cpu", "--device", help="Torch device for stages and evaluation (cpu, cuda, cuda:1)."),
     max_drop: float = typer.Option(1.0, "--max-drop", help="Gate: largest allowed metric drop in points (exit 3)."),
+    min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help="Gate: final/baseline metric ratio "
+                                                  "at least this (e.g. 0.99)."),
+    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Gate: model.onnx size (smallest of raw and "
+                                            "gzip bytes) at most this."),
+    floor: Optional[List[str]] = typer.Option(None, "--floor", help="Gate: metric=value floor on the final artifact "
+                                              "(e.g. accuracy=95, cosine_min=0.99; repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
+    from compressor.gates import parse_floors
     from compressor.pipeline import RunOptions
     from compressor.progress import Reporter
     from compressor.report import print_report, verdict_line
@@ -115,7 +122,8 @@ def run(
     options = RunOptions(model=model, pipeline=pipeline.split(","), data=data, out=out_dir, overrides=set_ or [],
                          train_data=train_data, val_data=val_data, calib_data=calib_data, arch=arch,
                          trust_pickle=trust_pickle, force=force, seed=seed, device=device, quiet=quiet,
-                         max_drop=max_drop)
+                         max_drop=max_drop, min_recovery=min_recovery, max_bytes=max_bytes,
+                         floors=parse_floors(floor or []))
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)
@@ -156,6 +164,29 @@ def inspect_cmd(
     from compressor.inspect_model import inspect_model
 
     inspect_model(model, arch, trust_pickle, data, out)
+
+
+@app.command("diff")
+@_guard
+def diff_cmd(
+    report_a: Path = typer.Argument(..., help="report.json of the reference run."),
+    report_b: Path = typer.Argument(..., help="report.json of the new run."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for a PR comment)."),
+) -> None:
+    """Compare two runs: metrics, sizes, latency, sparsity and verdicts."""
+    from rich.table import Table
+
+    from compressor.diff import diff_markdown, diff_rows, read_report
+
+    if markdown:
+        print(diff_markdown(report_a, report_b), end="")
+        return
+    table = Table(title=f"{report_a}  vs  {report_b}", title_justify="left")
+    for col in ("quantity", "A", "B", "change"):
+        table.add_column(col, justify="left" if col == "quantity" else "right")
+    for row in diff_rows(read_report(report_a), read_report(report_b)):
+        table.add_row(*row)
+    out.print(table)
 
 
 def entrypoint() -> None:

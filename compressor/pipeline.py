@@ -44,6 +44,9 @@ class RunOptions:
     device: str = "cpu"
     quiet: bool = False
     max_drop: float = 1.0
+    min_recovery: float | None = None
+    max_bytes: int | None = None
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +100,11 @@ class RunContext:
 
 def plan_stages(options: RunOptions) -> list[Stage]:
     """Resolve names and `--set` values into configured stages; all errors before anything runs."""
+    from compressor.gates import KNOWN_METRICS
+
+    for name in options.floors:
+        if name not in KNOWN_METRICS:
+            raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(KNOWN_METRICS)}")
     names = [n.strip() for n in options.pipeline if n.strip()]
     validate_order(names)
     overrides = parse_overrides(options.overrides)
@@ -118,6 +126,20 @@ def count_params(model: nn.Module) -> tuple[int, int]:
         total += p.numel()
         nonzero += int(torch.count_nonzero(p.detach()))
     return total, nonzero
+
+
+def measured_bytes(model: nn.Module) -> int:
+    """Size of the model's weights as compressor stores them (encoded safetensors; smallest of raw and gzip),
+    measured from a file actually written, never estimated."""
+    import tempfile
+
+    from compressor.artifacts import file_sizes
+    from compressor.modelio.safetensors_io import save_weights
+
+    with tempfile.TemporaryDirectory(prefix="compressor-sz-") as tmp:
+        path = Path(tmp) / "w.safetensors"
+        save_weights(model.state_dict(), path, {})
+        return file_sizes(path)["size"]
 
 
 def load_splits(options: RunOptions, input_names: list[str], seed: int):
@@ -182,8 +204,9 @@ def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: 
     seconds = time.perf_counter() - start
     ctx.model = result.model
     ctx.masks.apply(ctx.model)
-    metric = evaluate(ctx.model, heldout, reference if heldout.labels is None else None, ctx.device)
+    metric = evaluate(ctx.model, heldout, reference, ctx.device)
     params, nonzeros = count_params(ctx.model)
+    result.metrics.setdefault("bytes", measured_bytes(ctx.model))
     return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,
             "nonzeros": nonzeros, "dof": int(result.metrics.pop("dof", params)), "seconds": round(seconds, 3),
             "notes": result.notes, **result.metrics}

@@ -24,11 +24,17 @@ def environment() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
-def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, records: list[dict],
+def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, base_stored_bytes: int,
+                 records: list[dict],
                  artifacts: list[dict], notes: list[str], seconds: float) -> dict[str, Any]:
+    from compressor.gates import evaluate_gates
+
     final = artifacts[0]["metric_value"]
     drop = baseline.value - final
-    passed = drop <= options.max_drop + 1e-9
+    gates = evaluate_gates(baseline.value, final, artifacts[0].get("metric_extra", {}), baseline.name,
+                           artifacts[0]["size"], options.max_drop, options.min_recovery, options.max_bytes,
+                           options.floors)
+    passed = all(g["passed"] for g in gates)
     return {
         "verdict": "pass" if passed else "fail",
         "model": {"path": str(options.model), "format": ctx.loaded.format, "sha256": ctx.loaded.sha256},
@@ -38,11 +44,13 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, r
                  "val": ctx.val.source if ctx.val is not None else None,
                  "calib": ctx.calib.source if ctx.calib is not None else None},
         "baseline": {"metric": baseline.name, "value": baseline.value, "params": base_params, "bytes": base_bytes,
-                     "file_bytes": os.path.getsize(options.model), **baseline.extra},
+                     "file_bytes": os.path.getsize(options.model),
+                     "stored_bytes": base_stored_bytes, **baseline.extra},
         "stages": records,
         "artifacts": artifacts,
         "gate": {"metric": baseline.name, "max_drop": options.max_drop, "baseline": baseline.value,
-                 "final": final, "drop": round(drop, 6), "passed": passed},
+                 "final": final, "drop": round(drop, 6), "passed": passed, "gates": gates,
+                 "failed": [g["name"] for g in gates if not g["passed"]]},
         "notes": notes,
         "seconds": round(seconds, 2),
         "environment": environment(),
@@ -67,7 +75,7 @@ def verdict_line(report: dict[str, Any]) -> str:
     g = report["gate"]
     onnx_art = report["artifacts"][0]
     ratio = onnx_art["size"] / report["baseline"]["bytes"] if report["baseline"]["bytes"] else 0
-    word = "PASS" if g["passed"] else "FAIL"
+    word = "PASS" if g["passed"] else "FAIL (" + ", ".join(g.get("failed", [])) + ")"
     return (f"{word}: {g['metric']} {g['baseline']:.2f}% -> {g['final']:.2f}% (drop {g['drop']:.2f} points, "
             f"max {g['max_drop']:.2f}); model.onnx {human_bytes(onnx_art['size'])} = {ratio:.2f}x the fp32 weights")
 
@@ -93,6 +101,14 @@ STAGE_HEADER = ["stage", "metric %", "params", "nonzeros", "DoF", "seconds"]
 ARTIFACT_HEADER = ["artifact", "bytes", "gzip", "metric %", "ORT ms (batch 64)"]
 
 
+GATE_LABELS = {"max_drop": "max_drop (points below baseline)", "min_recovery": "min_recovery (final / baseline)",
+               "max_bytes": "max_bytes (model.onnx, smallest of raw/gzip)"}
+
+
+def _num(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     g = report["gate"]
     lines = [f"## compressor: {'✅' if g['passed'] else '❌'} {verdict_line(report)}", ""]
@@ -111,8 +127,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += markdown_lines(report["sparsity"], report["baseline"]["bytes"])
     lines.append("| gate | value | limit | passed |")
     lines.append("|---|---|---|---|")
-    lines.append(f"| max drop ({g['metric']}, points) | {g['drop']:.2f} | {g['max_drop']:.2f} | "
-                 f"{'yes' if g['passed'] else 'NO'} |")
+    for gate in g.get("gates", []):
+        lines.append(f"| {GATE_LABELS.get(gate['name'], gate['name'])} | {_num(gate['value'])} | "
+                     f"{_num(gate['limit'])} | {'yes' if gate['passed'] else '**NO**'} |")
+    if g.get("failed"):
+        lines.append("")
+        lines.append(f"Failed gates: {', '.join(g['failed'])}")
     lines.append("")
     notes = list(report.get("notes", []))
     for r in report["stages"]:

@@ -17,7 +17,7 @@ from compressor.modelio.load import model_bytes_of
 from compressor.modelio.onnx_export import export_onnx_proto, max_abs_diff, ort_session, save_onnx
 from compressor.modelio.safetensors_io import save_weights
 from compressor.outputs import OutputDir
-from compressor.pipeline import RunOptions, count_params, plan_stages, prepare, run_model_stage
+from compressor.pipeline import RunOptions, count_params, measured_bytes, plan_stages, prepare, run_model_stage
 from compressor.progress import Reporter
 from compressor.report import build_report, write_reports
 from compressor.stage import config_as_dict
@@ -44,7 +44,6 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
     started = time.perf_counter()
     ctx, heldout, baseline, reference, notes = prepare(options, reporter)
     ctx.stage_configs = {s.name: s.config for s in stages}
-    labelled = heldout.labels is not None
     params, nonzeros = count_params(ctx.model)
     records = []
     model_stages = [s for s in stages if not s.export_time]
@@ -74,13 +73,14 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
             result = export_stage.apply_onnx(ctx, fp32_path, onnx_path)
             session = ort_session(onnx_path)
             q_out = onnx_predict(session, heldout)
-            metric = score(q_out, heldout, None if labelled else reference)
+            metric = score(q_out, heldout, reference)
             records.append({"name": export_stage.name, "metric_value": metric.value, "metric_extra": metric.extra,
                             "params": records[-1]["params"] if records else params,
                             "nonzeros": records[-1]["nonzeros"] if records else nonzeros,
                             "dof": records[-1]["dof"] if records else params,
                             "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes,
-                            "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out)})
+                            "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out),
+                            "bytes": file_sizes(onnx_path)["size"]})
             onnx_out = q_out
         else:
             onnx_path.write_bytes(fp32_path.read_bytes())
@@ -95,10 +95,11 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
     reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle)
     st_out = predict(reloaded, heldout, "cpu")
     ctx.model.to("cpu")
-    onnx_metric = score(onnx_out, heldout, None if labelled else reference)
-    st_metric = score(st_out, heldout, None if labelled else reference)
+    onnx_metric = score(onnx_out, heldout, reference)
+    st_metric = score(st_out, heldout, reference)
     artifacts = [
         {"path": "model.onnx", **file_sizes(onnx_path), "metric_value": onnx_metric.value,
+         "metric_extra": onnx_metric.extra,
          "latency_ms": ort_latency_ms(session, heldout), "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_export_bytes": fp32_sizes["bytes"], "fp32_export_gzip_bytes": fp32_sizes["gzip_bytes"],
          "parity_max_abs_diff_fp32_vs_torch": parity},
@@ -115,9 +116,14 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
     else:
         sparse = None
     report = build_report(options=options, ctx=ctx, baseline=baseline, base_params=params,
-                          base_bytes=model_bytes_of(ctx.original), records=records, artifacts=artifacts,
+                          base_bytes=model_bytes_of(ctx.original), base_stored_bytes=measured_bytes(ctx.original),
+                          records=records, artifacts=artifacts,
                           notes=notes + ctx.notes, seconds=time.perf_counter() - started)
     if sparse is not None:
         report["sparsity"] = sparse
+    from compressor.plots import accuracy_vs_size
+
+    if accuracy_vs_size(report, out.path("accuracy_vs_size.png")):
+        report["plots"] = {"accuracy_vs_size": "accuracy_vs_size.png"}
     write_reports(report, out)
     return report

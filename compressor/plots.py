@@ -1,0 +1,41 @@
+"""Report plots (PNG, matplotlib Agg, no timestamps so reruns are byte-identical)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+    except Exception:
+        return None
+
+
+def accuracy_vs_size(report: dict[str, Any], path: Path) -> bool:
+    """Metric against stored bytes for the baseline and after each stage."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    b = report["baseline"]
+    points = [("baseline", b["stored_bytes"], b["value"])]
+    points += [(s["name"], s["bytes"], s["metric_value"]) for s in report["stages"] if s.get("bytes")]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    ax.plot(xs, ys, "-o", color="#4C72B0")
+    for label, x, y in points:
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bytes (smallest of raw / gzip)")
+    ax.set_ylabel(f"held-out {b['metric']} %")
+    ax.set_title("accuracy vs size")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return True

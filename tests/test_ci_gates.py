@@ -1,0 +1,60 @@
+"""CI step: every gate fails with exit code 3 and its name in report.md; `compress diff` compares two runs."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import HELDOUT, SAMPLES, read_report, run_cli
+
+PT2 = SAMPLES / "digits_mlp.pt2"
+BASE = (PT2, "--set", "quantize.mode=dynamic", "--data", HELDOUT, "--quiet")
+
+
+@pytest.fixture(scope="module")
+def passing_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ci") / "ok"
+    res = run_cli(*BASE, "--out", out, "--min-recovery", "0.99", "--max-bytes", "10000000",
+                  "--floor", "accuracy=90", "--floor", "cosine_min=0.9")
+    assert res.code == 0, res
+    return out
+
+
+@pytest.mark.parametrize("args,name", [
+    (("--max-drop", "-0.5"), "max_drop"),
+    (("--min-recovery", "1.01"), "min_recovery"),
+    (("--max-bytes", "1000"), "max_bytes"),
+    (("--floor", "accuracy=99.5"), "floor:accuracy"),
+    (("--floor", "cosine_min=1.5"), "floor:cosine_min"),
+])
+def test_each_gate_fails_with_exit_3_and_is_named(tmp_path, args, name):
+    out = tmp_path / "o"
+    res = run_cli(*BASE, "--out", out, *args)
+    assert res.code == 3, res
+    assert name in res.stdout
+    report = read_report(out)
+    assert report["gate"]["failed"] == [name] and report["gate"]["passed"] is False
+    md = (out / "report.md").read_text()
+    assert f"Failed gates: {name}" in md and "**NO**" in md
+
+
+def test_passing_gates_and_plot(passing_run):
+    report = read_report(passing_run)
+    assert [g["name"] for g in report["gate"]["gates"]] == [
+        "max_drop", "min_recovery", "max_bytes", "floor:accuracy", "floor:cosine_min"]
+    assert all(g["passed"] for g in report["gate"]["gates"])
+    assert (passing_run / "accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_floor_metric_is_a_usage_error(tmp_path):
+    res = run_cli(*BASE, "--out", tmp_path / "o", "--floor", "f1=0.5")
+    assert res.code == 2 and "unknown metric" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_diff_compares_two_runs(passing_run, tmp_path):
+    out = tmp_path / "b"
+    assert run_cli(*BASE, "--out", out, "--set", "quantize.per_channel=false").code == 0
+    res = run_cli("diff", passing_run / "report.json", out / "report.json", "--markdown")
+    assert res.code == 0, res
+    assert "| model.onnx bytes |" in res.stdout and "| final metric % |" in res.stdout
+    res = run_cli("diff", passing_run / "report.json", tmp_path / "missing.json")
+    assert res.code == 1 and "report not found" in res.stderr
