@@ -88,9 +88,11 @@ def _guard(fn):
 @_guard
 def run(
     model: Path = typer.Argument(..., help="Checkpoint: .pt2, TorchScript, state_dict (+ --arch), pickle (+ --trust-pickle)."),
-    pipeline: str = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Comma-separated stages, in order."),
+    pipeline: str = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Comma-separated stages, in order, "
+                                 "or a recipe file (.yaml/.toml) with stages, options, data and gates."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Stage option: stage.key=value (repeatable)."),
-    data: Path = typer.Option(..., "--data", help="Held-out set (.npz or .pt dict): used only for reporting."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Held-out set (.npz or .pt dict): used only for "
+                                        "reporting (required unless the recipe names it)."),
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Training set for stages that fine-tune."),
     val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation set for every stage decision "
                                             "(default: a seeded 10% split of the training set)."),
@@ -101,9 +103,11 @@ def run(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module "
                                       "(runs code from the file: only for files you trust)."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for stages and evaluation (cpu, cuda, cuda:1)."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="Gate: largest allowed metric drop in points (exit 3)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every random choice [default: 0]."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device for stages and evaluation (cpu, cuda, "
+                                         "cuda:1) [default: cpu]."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Gate: largest allowed metric drop in points "
+                                             "(exit 3) [default: 1.0]."),
     min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help="Gate: final/baseline metric ratio "
                                                   "at least this (e.g. 0.99)."),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Gate: model.onnx size (smallest of raw and "
@@ -113,21 +117,47 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
+    from compressor.errors import UsageError
     from compressor.gates import parse_floors
     from compressor.pipeline import RunOptions
+    from compressor.recipe import is_recipe, load_recipe
     from compressor.progress import Reporter
     from compressor.report import print_report, verdict_line
     from compressor.runner import compress
 
-    options = RunOptions(model=model, pipeline=pipeline.split(","), data=data, out=out_dir, overrides=set_ or [],
-                         train_data=train_data, val_data=val_data, calib_data=calib_data, arch=arch,
-                         trust_pickle=trust_pickle, force=force, seed=seed, device=device, quiet=quiet,
-                         max_drop=max_drop, min_recovery=min_recovery, max_bytes=max_bytes,
-                         floors=parse_floors(floor or []))
+    names, recipe_options, settings = pipeline.split(","), {}, {}
+    if is_recipe(pipeline):
+        recipe = load_recipe(Path(pipeline))
+        names = [n for n, _, _ in recipe.stages]
+        recipe_options = {n: opts for n, opts, _ in recipe.stages}
+        settings = recipe.settings
+    rdata, gates = settings.get("data", {}), settings.get("gates", {})
+
+    def pick(cli_value, recipe_value, default=None):
+        return cli_value if cli_value is not None else (recipe_value if recipe_value is not None else default)
+
+    def pick_path(cli_value, key):
+        value = pick(cli_value, rdata.get(key))
+        return None if value is None else Path(value)
+
+    heldout = pick_path(data, "heldout")
+    if heldout is None:
+        raise UsageError("--data (the held-out set) is required, on the command line or as data.heldout in a recipe")
+    floors = {**{k: float(v) for k, v in (gates.get("floors") or {}).items()}, **parse_floors(floor or [])}
+    options = RunOptions(model=model, pipeline=names, data=heldout, out=out_dir, overrides=set_ or [],
+                         train_data=pick_path(train_data, "train"), val_data=pick_path(val_data, "val"),
+                         calib_data=pick_path(calib_data, "calib"), arch=arch, trust_pickle=trust_pickle,
+                         force=force, seed=int(pick(seed, settings.get("seed"), 0)),
+                         device=str(pick(device, settings.get("device"), "cpu")), quiet=quiet,
+                         max_drop=float(pick(max_drop, gates.get("max_drop"), 1.0)),
+                         min_recovery=pick(min_recovery, gates.get("min_recovery")),
+                         max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
+                         recipe_options=recipe_options)
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)
-        out.print(f"wrote {out_dir}/model.onnx, model.safetensors, report.json, report.md", highlight=False)
+        out.print(f"wrote {out_dir}/: model.onnx, model.safetensors, report.json, report.md, recipe.yaml",
+                  highlight=False)
     print(verdict_line(report))
     raise typer.Exit(code)
 

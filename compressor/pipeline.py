@@ -47,6 +47,7 @@ class RunOptions:
     min_recovery: float | None = None
     max_bytes: int | None = None
     floors: dict[str, float] = field(default_factory=dict)
+    recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> options from a recipe
 
 
 @dataclass
@@ -112,7 +113,8 @@ def plan_stages(options: RunOptions) -> list[Stage]:
         if stage not in names:
             get_stage(stage)
             raise UsageError(f"--set {stage}.*: stage {stage!r} is not in the pipeline ({','.join(names)})")
-    return [get_stage(n)(build_config(get_stage(n), overrides.get(n, {}))) for n in names]
+    return [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
+            for n in names]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

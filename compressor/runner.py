@@ -125,5 +125,9 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
 
     if accuracy_vs_size(report, out.path("accuracy_vs_size.png")):
         report["plots"] = {"accuracy_vs_size": "accuracy_vs_size.png"}
+    from compressor.modelio.onnx_export import write_bytes_atomic
+    from compressor.recipe import resolved_recipe
+
+    write_bytes_atomic(out.path("recipe.yaml"), resolved_recipe(options, stages).encode())
     write_reports(report, out)
     return report

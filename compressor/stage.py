@@ -203,6 +203,7 @@ def validate_order(names: list[str]) -> None:
                     f"--pipeline: {name!r} cannot run after {prev!r}; {name!r} may follow: "
                     f"{', '.join(sorted(cls.follows)) or 'nothing'}"
                 )
-        if cls.export_time and i != len(names) - 1:
-            raise UsageError(f"--pipeline: {name!r} works on the exported graph and must be the last stage")
         seen.append(name)
+    for i, name in enumerate(names):
+        if get_stage(name).export_time and i != len(names) - 1:
+            raise UsageError(f"--pipeline: {name!r} works on the exported graph and must be the last stage")
