@@ -92,6 +92,15 @@ def score(outputs: torch.Tensor, data: Dataset, reference: torch.Tensor | None) 
         cos = torch.nn.functional.cosine_similarity(outputs.reshape(ref.shape), ref, dim=1, eps=1e-12)
         extra["cosine_min"] = float(cos.min())
         extra["cosine_mean"] = float(cos.mean())
+    from compressor.plugins import plugin_metrics
+
+    for name, fn in plugin_metrics().items():
+        try:
+            value = fn(outputs, data.labels, reference)
+        except Exception:  # a broken metric plugin is skipped, never fatal
+            value = None
+        if value is not None:
+            extra[name] = float(value)
     if data.labels is not None and logits.ndim == 2:
         check_labels(data, logits.shape[1])
         acc = (logits.argmax(1) == data.labels).float().mean().item() * 100.0

@@ -103,9 +103,12 @@ def plan_stages(options: RunOptions) -> list[Stage]:
     """Resolve names and `--set` values into configured stages; all errors before anything runs."""
     from compressor.gates import KNOWN_METRICS
 
+    from compressor.plugins import plugin_metrics
+
+    known = (*KNOWN_METRICS, *plugin_metrics())
     for name in options.floors:
-        if name not in KNOWN_METRICS:
-            raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(KNOWN_METRICS)}")
+        if name not in known:
+            raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(known)}")
     names = [n.strip() for n in options.pipeline if n.strip()]
     validate_order(names)
     overrides = parse_overrides(options.overrides)

@@ -170,8 +170,13 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         raise ModelLoadError(f"model path is not a file: {path}")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty; accepted: {FORMATS_ACCEPTED}")
-    fmt = detect_format(path)
+    from compressor.plugins import loader_for
+
+    plugin = loader_for(path)
     digest = file_sha256(path)
+    if plugin is not None:
+        return _from_plugin(plugin, path, digest, arch)
+    fmt = detect_format(path)
     try:
         if fmt == "pt2":
             program = torch.export.load(str(path))
@@ -209,6 +214,18 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: cannot load as {fmt} ({type(exc).__name__}: {first[:200]})") from exc
+
+
+def _from_plugin(plugin, path: Path, digest: str, arch: str | None) -> LoadedModel:
+    name, loader = plugin
+    try:
+        obj = loader.load(path)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: loader plugin {name!r} failed ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, nn.Module):
+        obj.eval()
+        return LoadedModel(obj, "pickle", str(path), digest, None, forward_input_names(obj))
+    return _from_state_dict(_unwrap_state_dict(obj, path), path, digest, arch)
 
 
 def _from_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, arch: str | None) -> LoadedModel:
