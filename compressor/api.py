@@ -19,6 +19,9 @@ from compressor.modelio.safetensors_io import read_weights
 
 # structure kind -> function(model, meta_entry, state) -> model   (registered by structural stages)
 REBUILDERS: dict[str, Callable[[nn.Module, dict, dict], nn.Module]] = {}
+# structure kind -> function(ctx, meta_entry): re-register what a skipped stage would have added to the run
+# context (its ONNX and int8 rewrites) when `--resume` restores its result from a checkpoint
+RESUMERS: dict[str, Callable[[Any, dict], None]] = {}
 
 
 def source_record(loaded) -> dict[str, Any]:

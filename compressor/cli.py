@@ -114,6 +114,9 @@ def run(
                                             "gzip bytes) at most this."),
     floor: Optional[List[str]] = typer.Option(None, "--floor", help="Gate: metric=value floor on the final artifact "
                                               "(e.g. accuracy=95, cosine_min=0.99; repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished stages are "
+                                "restored from their checkpoints (same inputs and settings required)."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep --out/.checkpoints after success."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
@@ -152,7 +155,7 @@ def run(
                          max_drop=float(pick(max_drop, gates.get("max_drop"), 1.0)),
                          min_recovery=pick(min_recovery, gates.get("min_recovery")),
                          max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
-                         recipe_options=recipe_options)
+                         recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints)
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)

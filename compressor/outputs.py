@@ -11,14 +11,25 @@ from pathlib import Path
 from compressor.errors import OutputError
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+
+
 class OutputDir:
-    def __init__(self, out: Path, force: bool, inputs: list[Path]) -> None:
+    def __init__(self, out: Path, force: bool, inputs: list[Path], resume: bool = False) -> None:
         self.out = out
         self.force = force
         if out.exists() and not out.is_dir():
             raise OutputError(f"--out {out} exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not force:
-            raise OutputError(f"--out {out} exists and is not empty; pass --force to overwrite its files")
+        if out.is_dir() and any(out.iterdir()) and not (force or resume):
+            hint = " (or --resume to continue an interrupted run)" if (out / ".checkpoints").is_dir() else ""
+            raise OutputError(f"--out {out} exists and is not empty; pass --force to overwrite its files{hint}")
         resolved_out = out.resolve()
         for p in inputs:
             if p.resolve().parent == resolved_out:
@@ -30,6 +41,10 @@ class OutputDir:
             except OSError as exc:
                 raise OutputError(f"--out {out}: cannot create parent directory ({exc.strerror})")
         self.staging = parent / f".{out.name}.tmp-{os.getpid()}"
+        if resume:  # staging directories left by the interrupted run (never one of a live process)
+            for stale in parent.glob(f".{out.name}.tmp-*"):
+                if not _alive(stale.name.rpartition("-")[2]):
+                    shutil.rmtree(stale, ignore_errors=True)
         try:
             if self.staging.exists():
                 shutil.rmtree(self.staging)
@@ -49,6 +64,8 @@ class OutputDir:
             return
         for f in sorted(self.staging.iterdir()):
             target = self.out / f.name
+            if f.is_dir() and target.is_dir():
+                shutil.rmtree(target)
             if target.is_dir() and not f.is_dir():
                 shutil.rmtree(target)
             os.replace(f, target)

@@ -48,6 +48,8 @@ class RunOptions:
     max_bytes: int | None = None
     floors: dict[str, float] = field(default_factory=dict)
     recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> options from a recipe
+    resume: bool = False
+    keep_checkpoints: bool = False
 
 
 @dataclass

@@ -16,6 +16,7 @@ from compressor.evaluate import evaluate, onnx_predict, predict, score
 from compressor.modelio.load import model_bytes_of
 from compressor.modelio.onnx_export import export_onnx_proto, max_abs_diff, ort_session, save_onnx
 from compressor.modelio.safetensors_io import save_weights
+from compressor.checkpoint import Checkpoints, fingerprint
 from compressor.outputs import OutputDir
 from compressor.pipeline import RunOptions, count_params, measured_bytes, plan_stages, prepare, run_model_stage
 from compressor.progress import Reporter
@@ -30,17 +31,22 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
     reporter = reporter or Reporter(quiet=options.quiet)
     stages = plan_stages(options)
     inputs = [p for p in (options.model, options.data, options.train_data, options.val_data, options.calib_data) if p]
-    out = OutputDir(options.out, options.force, inputs)
+    out = OutputDir(options.out, options.force, inputs, resume=options.resume)
     try:
-        report = _run(options, stages, out, reporter)
+        ckpt = None
+        if any(not s.export_time for s in stages):
+            ckpt = Checkpoints(options.out, fingerprint(options, stages), options.resume)
+        report = _run(options, stages, out, reporter, ckpt)
         out.commit()
+        if ckpt is not None and not options.keep_checkpoints:
+            ckpt.remove()
     except BaseException:
         out.abort()
         raise
     return report, (EXIT_OK if report["gate"]["passed"] else EXIT_GATE)
 
 
-def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dict[str, Any]:
+def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: Checkpoints | None) -> dict[str, Any]:
     started = time.perf_counter()
     ctx, heldout, baseline, reference, notes = prepare(options, reporter)
     ctx.stage_configs = {s.name: s.config for s in stages}
@@ -50,7 +56,13 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter) -> dic
     export_stage = next((s for s in stages if s.export_time), None)
     for i, stage in enumerate(model_stages):
         ctx.stage_index = i
+        if ckpt is not None and options.resume and ckpt.finished(i, stage.name):
+            reporter.log(f"stage {i + 1}: {stage.name} (restored from its checkpoint)")
+            records.append(ckpt.restore(i, stage.name, ctx))
+            continue
         records.append(run_model_stage(stage, ctx, heldout, reference))
+        if ckpt is not None:
+            ckpt.save(i, stage.name, ctx, records[-1])
     ctx.masks.apply(ctx.model)  # bake masks into the weights before export
 
     reporter.log("exporting to ONNX")
