@@ -44,5 +44,26 @@ def inspect_model(path: Path, arch: str | None, trust_pickle: bool, data: Path |
     for stage, names in stage_targets(weights, loaded.module).items():
         console.print(f"[bold]{stage}[/bold] would touch {len(names)}: {', '.join(names) or '(nothing)'}",
                       highlight=False)
+    _print_stacks(loaded, example, console)
     if example is None and loaded.program is None:
         console.print("[dim]no --data given: an eager model's layers were classified by module type[/dim]")
+
+
+def _print_stacks(loaded, example, console: Console) -> None:
+    """Stacks of same-shaped blocks applied one after another (what `basis` compresses)."""
+    from compressor.stacks import detect_stacks, example_inputs, hierarchical_model
+
+    ex = example_inputs(loaded.module, example, loaded.program)
+    try:
+        module = hierarchical_model(loaded.module, ex[0], loaded.input_names) if ex else loaded.module
+        stacks = detect_stacks(module, *(ex or (None, None)))
+    except Exception as exc:  # inspection never fails on this section
+        console.print(f"[dim]stacks: not traced ({type(exc).__name__})[/dim]")
+        return
+    if not stacks:
+        console.print("[bold]stacks[/bold]: none (no run of same-shaped blocks applied one after another)")
+        return
+    for s in stacks:
+        how = "traced" if s.verified else "not traced: nn.Sequential order assumed"
+        console.print(f"[bold]stack[/bold] {s.name}: {s.depth} blocks x {s.params_per_block:,} params "
+                      f"({how})", highlight=False)
