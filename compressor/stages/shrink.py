@@ -162,7 +162,8 @@ class ShrinkStage(Stage):
         relevant = [h.get("relevant", 0.0) for h in result.history[1:]]
         notes = [f"{cfg.rule} rule on {len(names)} tensors; best validation {result.best.value:.2f} at epoch "
                  f"{result.best_epoch}; |w| < 1e-3: {before:.1%} -> {after:.1%}",
-                 "fraction relevant per epoch: " + ", ".join(f"{r:.3f}" for r in relevant)]
+                 "per epoch (loss / validation % / fraction relevant): " + "; ".join(
+                     f"{h['loss']:.4f} / {h['val']:.2f} / {h.get('relevant', 0.0):.3f}" for h in result.history[1:])]
         mean_rel = sum(relevant) / len(relevant) if relevant else 0.0
         if mean_rel < INERT_LOW or mean_rel > INERT_HIGH:
             notes.append(f"WARNING: the fraction of relevant weights is ~{mean_rel:.3f}: the selective part is inert "
