@@ -147,6 +147,11 @@ class QuantizeStage(Stage):
     follows = frozenset({"shrink", "prune", "rpg", "basis"})
     export_time = True
 
+    @classmethod
+    def default_targets(cls, weights, model) -> list[str]:
+        """Weights ONNX Runtime's quantizer stores as int8 (those of MatMul/Gemm/Conv nodes)."""
+        return [w.name for w in weights if w.is_matrix_weight]
+
     def apply_onnx(self, ctx, src: Path, dst: Path) -> StageResult:
         if not ctx.int8_rewrites:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed)
