@@ -19,6 +19,8 @@ def sparsity_section(model: torch.nn.Module, masked: list[str], artifacts: list[
     params = dict(model.named_parameters())
     layers = []
     for name in masked:
+        if name not in params:  # generated from a ring after rpg: not a stored weight any more
+            continue
         p = params[name].detach().cpu()
         nnz = int((p != 0).sum())
         layers.append({"name": name, "numel": p.numel(), "nonzeros": nnz, "sparsity": round(1 - nnz / p.numel(), 6)})

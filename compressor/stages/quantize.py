@@ -77,6 +77,19 @@ def nodes_matching(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[st
     return out
 
 
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def computed_weight_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of Conv/Gemm/MatMul nodes whose weight is computed in the graph (an RPG ring's or a basis stack's
+    generated weights): quantizing those with ORT would add Q/DQ pairs around activations and weights that
+    cost more bytes than they save, so they are left to the structure's own int8 rewrite."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in inits | consts]
+
+
 @contextlib.contextmanager
 def _quiet():
     logger = logging.getLogger()
@@ -169,7 +182,9 @@ class QuantizeStage(Stage):
             save_onnx(proto, mid)
             notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
             try:
-                cfg = dataclasses.replace(self.config, preprocess=False)
+                computed = computed_weight_nodes(proto)  # weights generated in-graph stay out of ORT's hands
+                cfg = dataclasses.replace(self.config, preprocess=False,
+                                          exclude=tuple(self.config.exclude) + tuple(computed))
                 notes += quantize_onnx(mid, dst, cfg, ctx.calib, ctx.stage_seed)
             except StageError as exc:
                 dst.write_bytes(mid.read_bytes())

@@ -1,0 +1,242 @@
+"""rpg (Wang et al., WACV 2023): index map, closed-form projection, ring-only ONNX, checked reload, CLI runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import compressor
+from compressor.data import load_dataset
+from compressor.errors import ArtifactError
+from compressor.evaluate import predict
+from compressor.modelio.onnx_export import export_onnx_proto, ort_session, save_onnx
+from compressor.modelio.rpg_onnx import generate_index_map_in_graph, index_map_nodes
+from compressor.rpg_ring import (RingLayer, RingLayout, affine_map_params, hashed_signs, index_map, project,
+                                 ring_model, scale_vector, slot_indices)
+from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
+
+FAST = ("--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=4", "--set", "rpg.verify_onnx=false")
+
+
+def small_layout(n: int, seed: int = 3, shapes=((6, 4), (5, 3, 2))) -> RingLayout:
+    layers, offset = [], 0
+    for i, shape in enumerate(shapes):
+        layers.append(RingLayer(f"w{i}", tuple(shape), offset, 0.5 + i))
+        offset += int(np.prod(shape))
+    a, b = affine_map_params(seed, n)
+    return RingLayout(n, seed, a, b, layers)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc1 = nn.Linear(6 * 8 * 8, 20)
+        self.fc2 = nn.Linear(20, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def tiny_ring(seed: int = 0, n: int = 97, mask: torch.Tensor | None = None, ring: torch.Tensor | None = None):
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    names = ["conv2.weight", "fc1.weight"]
+    params = dict(net.named_parameters())
+    layers, offset = [], 0
+    for name in names:
+        layers.append(RingLayer(name, tuple(params[name].shape), offset, float(params[name].detach().std())))
+        offset += params[name].numel()
+    layout = RingLayout(n, seed, *affine_map_params(seed, n), layers)
+    if ring is None:
+        ring = project([params[nm] for nm in names], layout, mask)
+    return ring_model(net, layout, ring, mask), layout
+
+
+# ---- the index map ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("total,n,seed", [(1000, 7, 0), (1000, 1000, 1), (53760, 8645, 5), (12345, 4096, 2), (5, 1, 0)])
+def test_slot_usage_counts_are_floor_or_ceil(total, n, seed):
+    a, b = affine_map_params(seed, n)
+    assert np.gcd(a, n) == 1
+    counts = torch.bincount(slot_indices(torch.arange(total), a, b, n), minlength=n)
+    assert set(counts.tolist()) <= {total // n, -(-total // n)}
+    assert int((counts == -(-total // n)).sum()) == (total % n or n)
+
+
+def test_hashed_sign_matches_the_formula_without_int64_overflow():
+    ks = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**33 + 17, 2**40 + 3, 2**50 + 5]
+    ks += torch.randint(0, 2**62, (200,), generator=torch.Generator().manual_seed(0)).tolist()
+    want = [1 - 2 * (((k * 2654435761) % 2**32) >> 31) for k in ks]
+    assert hashed_signs(torch.tensor(ks)).tolist() == want
+    signs = hashed_signs(torch.arange(100_000))
+    assert abs(float(signs.mean())) < 0.02  # balanced
+
+
+def test_closed_form_projection_equals_least_squares():
+    layout = small_layout(n=7)
+    w = torch.randn(layout.total, generator=torch.Generator().manual_seed(1))
+    slots, signs = index_map(layout)
+    design = torch.zeros(layout.total, layout.n, dtype=torch.float64)
+    design[torch.arange(layout.total), slots] = (signs * scale_vector(layout)).double()
+    expected = torch.linalg.lstsq(design, w.double().unsqueeze(1)).solution.squeeze(1)
+    weights = [w[:24].reshape(6, 4), w[24:].reshape(5, 3, 2)]
+    assert torch.allclose(project(weights, layout), expected.float(), atol=1e-6)
+    # with a prune mask the pruned weights leave the fit (zero rows)
+    keep = torch.rand(layout.total, generator=torch.Generator().manual_seed(2)) > 0.3
+    masked = torch.linalg.lstsq(design * keep.unsqueeze(1), (w * keep).double().unsqueeze(1)).solution.squeeze(1)
+    assert torch.allclose(project(weights, layout, keep), masked.float(), atol=1e-6)
+
+
+def test_onnx_index_map_nodes_equal_torch():
+    layout = small_layout(n=1009, shapes=((300, 70),))
+    graph = helper.make_graph([], "index_map", [], [
+        helper.make_tensor_value_info("slots", TensorProto.INT64, [layout.index_length]),
+        helper.make_tensor_value_info("signs", TensorProto.FLOAT, [layout.index_length])])
+    graph.node.extend(index_map_nodes(graph, layout, "slots", "signs"))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.checker.check_model(proto, full_check=True)
+    slots, signs = ort_session(proto.SerializeToString()).run(None, {})
+    want_slots, want_signs = index_map(layout, layout.index_length)
+    assert np.array_equal(slots, want_slots.numpy()) and np.array_equal(signs, want_signs.numpy())
+
+
+# ---- the ring module and its ONNX graph ------------------------------------------------------------------------
+
+def test_regeneration_identical_in_torch_and_onnx_runtime(tmp_path):
+    keep = torch.rand(6 * 4 * 9 + 20 * 384, generator=torch.Generator().manual_seed(3)) > 0.4
+    for mask in (None, keep):
+        model, layout = tiny_ring(mask=mask)
+        assert not any(n in dict(model.named_parameters()) for n in ("conv2.weight", "fc1.weight"))
+        x = torch.randn(5, 1, 8, 8)
+        data = load_dataset(HELDOUT, ["x"])
+        proto = generate_index_map_in_graph(export_onnx_proto(model, data.example()), layout)
+        inits = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
+        assert "rpg_slots" not in inits and "rpg_signs" not in inits and "rpg_mask" not in inits
+        assert inits["rpg_ring"] == 97
+        assert all(v <= layout.index_length / 8 for v in inits.values()), "a T-sized tensor is stored"
+        path = tmp_path / f"tiny{mask is None}.onnx"
+        save_onnx(proto, path)
+        out = ort_session(path).run(None, {"x": x.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x).numpy()
+        assert np.abs(out - ref).max() < 1e-5
+        if mask is not None:
+            flat = torch.cat([w.reshape(-1) for w in model.generate().values()])
+            assert torch.all(flat[~keep] == 0), "pruned weights must stay zero after generation"
+
+
+def test_regeneration_deterministic_for_a_seed_and_different_for_another():
+    a1, _ = tiny_ring(seed=1)
+    a2, _ = tiny_ring(seed=1, ring=a1.rpg_ring)
+    b, _ = tiny_ring(seed=2, ring=a1.rpg_ring)  # the same ring read through another seed's index map
+    for name, w in a1.generate().items():
+        assert torch.equal(w, a2.generate()[name])
+        assert not torch.equal(w, b.generate()[name])
+    assert a1.checksum() == a2.checksum() != b.checksum()
+
+
+def test_dof_counts_the_ring_once():
+    model, layout = tiny_ring(n=97)
+    ordinary = sum(p.numel() for n, p in TinyNet().named_parameters() if n not in ("conv2.weight", "fc1.weight"))
+    assert sum(p.numel() for p in model.parameters()) == 97 + ordinary
+    assert [n for n, _ in model.named_parameters()].count("rpg_ring") == 1
+    assert "rpg_ring" in model.state_dict() and "fc1.weight" not in model.state_dict()
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cnn_rpg(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rpg") / "out"
+    res = run_cli(SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg,quantize", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--out", out, "--quiet", "--max-drop", "100", "--set", "rpg.epochs=2", "--set", "rpg.verify_onnx=true")
+    assert res.code == 0, res
+    return out
+
+
+def check_artifact(out: Path) -> dict:
+    report = read_report(out)
+    stage = report["stages"][0]
+    assert stage["name"] == "rpg" and report["stages"][1]["name"] == "quantize"
+    n = stage["ring_size"]
+    assert stage["dof"] == n + report["baseline"]["params"] - stage["generated_weights"]  # ring counted once
+    assert stage["params"] == stage["dof"] and 0.17 < stage["dof_fraction"] < 0.19
+    assert "projection_val_metric" in stage
+    bound = 1.1 * 4 * stage["dof"] + 16 * 1024
+    onnx_art, st_art = report["artifacts"]
+    assert onnx_art["fp32_export_bytes"] <= bound and onnx_art["bytes"] <= bound
+    assert onnx_art["parity_max_abs_diff_fp32_vs_torch"] < 1e-4
+    assert st_art["reload_max_abs_diff_vs_torch"] == 0.0
+    tensors = load_file(str(out / "model.safetensors"))
+    assert tensors["rpg_ring"].numel() == n
+    assert not set(stage["generated_layers"]) & set(tensors), "generated weights were stored"
+    proto = onnx.load(str(out / "model.onnx"))
+    ring8 = [i for i in proto.graph.initializer if i.name == "rpg_ring_int8"]
+    assert ring8 and ring8[0].data_type == TensorProto.INT8 and list(ring8[0].dims) == [n]
+    assert any(node.op_type == "DequantizeLinear" and node.output[0] == "rpg_ring" for node in proto.graph.node)
+    assert not any(node.op_type == "BatchNormalization" for node in proto.graph.node), "batch norm left unfolded"
+    model = compressor.load(out)
+    assert sum(p.numel() for p in model.parameters()) == stage["dof"]
+    return report
+
+
+def test_cli_pt2_rpg_quantize_artifact(cnn_rpg):
+    report = check_artifact(cnn_rpg)
+    stage = report["stages"][0]
+    assert stage["onnx_max_abs_diff"] < 1e-4 and stage["onnx_fp32_bytes"] <= stage["onnx_size_bound"]
+    assert any("batch-norm" in note for note in stage["notes"])
+
+
+def test_cli_eager_state_dict_rpg_quantize(tmp_path):
+    out = tmp_path / "eager"
+    res = run_cli(SAMPLES / "digits_cnn.pt", "--arch", "sample_models.digits_models:cnn", "--pipeline", "rpg,quantize",
+                  "--data", HELDOUT, "--train-data", TRAIN, "--out", out, "--quiet", "--max-drop", "100", *FAST,
+                  cwd=ROOT)
+    assert res.code == 0, res
+    check_artifact(out)
+
+
+def _rewrite_meta(src: Path, dst: Path, edit) -> Path:
+    with safe_open(str(src / "model.safetensors"), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["compressor"])
+    edit(next(s for s in meta["structures"] if s["kind"] == "rpg"))
+    dst.mkdir()
+    save_file(load_file(str(src / "model.safetensors")), str(dst / "model.safetensors"),
+              metadata={"compressor": json.dumps(meta)})
+    return dst
+
+
+def _reseed(entry):
+    entry["seed"] += 1
+    entry["a"], entry["b"] = affine_map_params(entry["seed"], entry["N"])
+
+
+@pytest.mark.parametrize("what,edit,message", [
+    ("seed", lambda e: e.update(seed=e["seed"] + 1), "does not follow from seed"),
+    ("seed and map", _reseed, "do not match the saved checksum"),
+    ("scale", lambda e: e["layout"][1].update(scale=e["layout"][1]["scale"] * 1.01), "do not match the saved checksum"),
+    ("offset", lambda e: e["layout"][1].update(offset=e["layout"][1]["offset"] + 1), "tampered"),
+    ("shape", lambda e: e["layout"][0].update(shape=[16, 32, 3, 3]), "shape"),
+])
+def test_tampered_layout_or_seed_is_refused(cnn_rpg, tmp_path, what, edit, message):
+    bad = _rewrite_meta(cnn_rpg, tmp_path / "bad", edit)
+    with pytest.raises(ArtifactError, match=message) as err:
+        compressor.load(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_ring_too_small_is_a_one_line_error(tmp_path):
+    res = run_cli(SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--out", tmp_path / "x", "--set", "rpg.dof_fraction=0.01")
+    assert res.code == 1 and "dof_fraction" in res.stderr and "Traceback" not in res.stderr, res
