@@ -6,7 +6,8 @@ Wang, Chen, Yu et al., "Compact and Optimal Deep Learning with Recurrent Paramet
     W_l = reshape( c_l * s(k) * A[slot(k)] , shape_l )      for the global indices k in [offset_l, offset_l + n_l)
 
 with our index map slot(k) = (a*k + b) mod N, gcd(a, N) = 1 (every slot is read floor(T/N) or ceil(T/N) times
-over T consecutive k: the paper's "even sampling"), the hashed sign s(k) = 1 - 2*(((k*2654435761) mod 2^32) >> 31)
+over T consecutive k: the paper's "even sampling"), the hashed sign s(k) = 1 - 2*((((k+o)*2654435761) mod 2^32) >> 31)
+with a seeded offset o (the affine map's groups do not depend on the seed, so the signs carry it)
 and a per-layer scale c_l. The same integer arithmetic is written as ONNX nodes by `compressor.modelio.rpg_onnx`,
 so the ONNX file holds only the ring.
 
@@ -101,12 +102,19 @@ class RingLayout:
         return sum(layer.numel for layer in self.layers)
 
     @property
+    def sign_offset(self) -> int:
+        """Seeded offset of the sign hash, s(k) = hash(k + offset). The affine map's groups {k : k = r mod N} do
+        not depend on the seed (gcd(a, N) = 1 only relabels slots), so the signs carry the seed's randomness."""
+        return int.from_bytes(hashlib.sha256(f"compressor-rpg-sign-{self.seed}".encode()).digest()[:4], "little")
+
+    @property
     def index_length(self) -> int:
         """Length of the index map computed in the forward pass: max(T, MIN_INDEX_LENGTH) (k >= T unused)."""
         return max(self.total, MIN_INDEX_LENGTH)
 
     def as_dict(self) -> dict[str, Any]:
         return {"N": self.n, "seed": self.seed, "a": self.a, "b": self.b, "index_length": self.index_length,
+                "sign_offset": self.sign_offset,
                 "layout": [{"name": l.name, "shape": list(l.shape), "offset": l.offset, "scale": l.scale}
                            for l in self.layers]}
 
@@ -124,6 +132,9 @@ class RingLayout:
         if int(entry.get("index_length", layout.index_length)) != layout.index_length:
             raise ArtifactError(f"{where}: index length {entry.get('index_length')} differs from this version's "
                                 f"{layout.index_length}")
+        if int(entry.get("sign_offset", layout.sign_offset)) != layout.sign_offset:
+            raise ArtifactError(f"{where}: sign offset does not follow from seed {layout.seed}; the seed or layout "
+                                "was tampered with")
         if (layout.a, layout.b) != affine_map_params(layout.seed, layout.n):
             raise ArtifactError(f"{where}: index map (a={layout.a}, b={layout.b}) does not follow from seed "
                                 f"{layout.seed} and N={layout.n}; the seed or layout was tampered with")
@@ -139,7 +150,7 @@ class RingLayout:
 def index_map(layout: RingLayout, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(slots, signs) for k = 0..length-1 (default T)."""
     k = torch.arange(layout.total if length is None else length, dtype=torch.int64)
-    return slot_indices(k, layout.a, layout.b, layout.n), hashed_signs(k)
+    return slot_indices(k, layout.a, layout.b, layout.n), hashed_signs(k + layout.sign_offset)
 
 
 def scale_vector(layout: RingLayout) -> torch.Tensor:

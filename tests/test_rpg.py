@@ -220,10 +220,12 @@ def _rewrite_meta(src: Path, dst: Path, edit) -> Path:
 def _reseed(entry):
     entry["seed"] += 1
     entry["a"], entry["b"] = affine_map_params(entry["seed"], entry["N"])
+    entry.pop("sign_offset", None)  # a consistent re-seed: only the checksum can tell
 
 
 @pytest.mark.parametrize("what,edit,message", [
     ("seed", lambda e: e.update(seed=e["seed"] + 1), "does not follow from seed"),
+    ("sign offset", lambda e: e.update(sign_offset=e["sign_offset"] + 1), "sign offset"),
     ("seed and map", _reseed, "do not match the saved checksum"),
     ("scale", lambda e: e["layout"][1].update(scale=e["layout"][1]["scale"] * 1.01), "do not match the saved checksum"),
     ("offset", lambda e: e["layout"][1].update(offset=e["layout"][1]["offset"] + 1), "tampered"),

@@ -5,7 +5,7 @@ The exporter writes a `RingModel`'s index map as two constant tensors of T entri
 nodes computing, for k = Range(0, max(T, 65536)) (see `MIN_INDEX_LENGTH`):
 
     slot(k) = (a*k + b) mod N                                        (Mul, Add, Mod)
-    s(k)    = 1 - 2*(((k * 2654435761) mod 2^32) >> 31)             (Mod, Mul, Add, Div, Sub, Cast)
+    s(k)    = 1 - 2*((((k + o) * 2654435761) mod 2^32) >> 31), o seeded (Add, Mod, Mul, Div, Sub, Cast)
 
 (Wang et al., WACV 2023 generate W_l = c_l * s * A[pi_l]; ALGORITHMS.md §3 gives this index map). The 32-bit hash
 product is split into 16-bit halves so no int64 intermediate overflows (see `compressor.rpg_ring.hashed_signs`).
@@ -53,7 +53,8 @@ def index_map_nodes(graph: onnx.GraphProto, layout: RingLayout, slots_out: str, 
     """Nodes computing slot(k) into `slots_out` (int64) and s(k) into `signs_out` (float), k < index_length."""
     c = {name: _int64(graph, name, v) for name, v in {
         "zero": 0, "one": 1, "two": 2, "T": layout.index_length, "a": layout.a, "b": layout.b, "N": layout.n,
-        "two32": _TWO32, "two31": _TWO31, "two16": _TWO16, "m_lo": _M_LO, "m_hi": _M_HI}.items()}
+        "two32": _TWO32, "two31": _TWO31, "two16": _TWO16, "m_lo": _M_LO, "m_hi": _M_HI,
+        "soff": layout.sign_offset}.items()}
     p = PREFIX
     spec = [
         ("Range", [c["zero"], c["T"], c["one"]], "k", {}),
@@ -61,8 +62,9 @@ def index_map_nodes(graph: onnx.GraphProto, layout: RingLayout, slots_out: str, 
         ("Mul", ["k", c["a"]], "ak", {}),
         ("Add", ["ak", c["b"]], "akb", {}),
         ("Mod", ["akb", c["N"]], "@slots", {"fmod": 0}),
-        # h = (k mod 2^32) * 2654435761 mod 2^32, from 16-bit halves of the multiplier
-        ("Mod", ["k", c["two32"]], "k32", {"fmod": 0}),
+        # h = ((k + sign_offset) mod 2^32) * 2654435761 mod 2^32, from 16-bit halves of the multiplier
+        ("Add", ["k", c["soff"]], "ks", {}),
+        ("Mod", ["ks", c["two32"]], "k32", {"fmod": 0}),
         ("Mul", ["k32", c["m_lo"]], "lo", {}),
         ("Mul", ["k32", c["m_hi"]], "hi_full", {}),
         ("Mod", ["hi_full", c["two16"]], "hi", {"fmod": 0}),
