@@ -62,10 +62,12 @@ def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch
 def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
              params: Iterable[nn.Parameter] | None = None, grad_hook: GradHook | None = None,
              step_hook: StepHook | None = None, loss_hook: LossHook | None = None,
-             select_best: bool = True, keep_start: bool = True) -> FinetuneResult:
+             select_best: bool = True, keep_start: bool = True,
+             train_mode: Callable[[nn.Module], None] | None = None) -> FinetuneResult:
     """Fine-tune `model` in place; returns the validation history (the best state is restored).
 
-    With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
+    `train_mode`, if given, is called after the model is put in training mode each epoch (e.g. to keep some
+    modules' batch-norm statistics frozen). With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
     where a later epoch of equal validation metric is the more compressible one).
     """
     train, _ = ctx.require_training(desc)
@@ -82,6 +84,8 @@ def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "
     with ctx.reporter.task(desc, settings.epochs * steps) as task:
         for epoch in range(1, settings.epochs + 1):
             set_train(model, True)
+            if train_mode is not None:
+                train_mode(model)
             total, count, stats_sum = 0.0, 0, {}
             for i, batch in enumerate(train.batches(settings.batch_size, gen)):
                 if i >= steps:

@@ -189,14 +189,21 @@ class BasisStage(Stage):
         if cfg.finetune:
             from compressor.finetune import FinetuneSettings, finetune
 
+            def freeze_stacks(model: nn.Module) -> None:
+                # the stacks' batch-norm statistics stay as projected (eval mode, as for a .pt2 model): training
+                # with batch statistics and projecting running estimates back was measured to break validation
+                for m in model.modules():
+                    if isinstance(m, BasisStack):
+                        m.eval()
+
             res = finetune(ctx, work, FinetuneSettings(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr),
-                           desc="basis fine-tune")
+                           desc="basis fine-tune", train_mode=freeze_stacks)
             if res.best is not None:
                 metrics["val_after_finetune"] = res.best.value
                 notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs: validation "
                              f"{res.best.value:.2f}% (best epoch {res.best_epoch})")
-            if ctx.loaded.exported:
-                notes.append("fine-tuned a .pt2 model: batch-norm statistics stayed frozen")
+            notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while fine-tuning"
+                         + ("; a .pt2 model: all batch-norm statistics stayed frozen" if ctx.loaded.exported else ""))
         from compressor.modelio.basis_onnx import make_int8_rewrite, make_onnx_rewrite
 
         ctx.onnx_rewrites.append(make_onnx_rewrite(modules))
