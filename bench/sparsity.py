@@ -41,6 +41,20 @@ def smallest_bytes(path: Path) -> int:
     return min(len(data), len(gzip.compress(data, 9, mtime=0)))
 
 
+def effective_state(model) -> dict:
+    """The state_dict a user gets after `prune.remove`: weight = weight_orig * weight_mask, no mask tensors."""
+    state = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        if k.endswith("_mask"):
+            continue
+        if k.endswith("_orig"):
+            out[k[: -len("_orig")]] = (v * state[k[: -len("_orig")] + "_mask"]).detach().clone()
+        else:
+            out[k] = v.detach().clone()
+    return out
+
+
 def setup(name: str):
     opts = RunOptions(model=SAMPLES / f"{name}.pt", arch=f"sample_models.digits_models:{name.split('_')[1]}",
                       pipeline=["prune"], data=SAMPLES / "digits_heldout.npz", out=Path("unused"),
@@ -96,7 +110,7 @@ def run_baseline(name: str) -> dict:
     targets = [(modules[n.rsplit(".", 1)[0]], n.rsplit(".", 1)[1]) for n in names]
     settings = FinetuneSettings(epochs=SHRINK_EPOCHS, lr=1e-3, batch_size=100)
     finetune(ctx, ctx.model, settings, desc="plain fine-tune")
-    best = (0.0, copy.deepcopy({n: p.detach().clone() for n, p in ctx.model.named_parameters()}))
+    best = (0.0, effective_state(ctx.model))
     density = 1.0
     for _ in range(STEPS):
         density *= 1 - RATE
@@ -105,15 +119,12 @@ def run_baseline(name: str) -> dict:
         finetune(ctx, ctx.model, FinetuneSettings(epochs=EPOCHS_PER_STEP, lr=1e-3, batch_size=100),
                  desc="plain fine-tune", select_best=False)
         if baseline.value - evaluate(ctx.model, heldout, None).value <= MAX_DROP:
-            best = (1 - density, {n: getattr(m, a).detach().clone() for (m, a), n in zip(targets, names)})
+            best = (1 - density, effective_state(ctx.model))
     for m, a in targets:
         torch_prune.remove(m, a)
-    sparsity, weights = best
-    with torch.no_grad():
-        params = dict(ctx.model.named_parameters())
-        for n, w in weights.items():
-            if n in params:
-                params[n].copy_(w)
+    sparsity, state = best
+    ctx.model.load_state_dict(state)
+    params = dict(ctx.model.named_parameters())
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"  # what a torch.nn.utils.prune user ships: the dense state_dict
