@@ -59,12 +59,12 @@ def ort_peak_memory_bytes(path: Path, data: Dataset) -> int | None:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, **{k: v.numpy() for k, v in batch.inputs.items()})
         code = (
-            "import resource,sys,numpy as np,onnxruntime as ort\n"
+            "import sys,numpy as np,onnxruntime as ort\n"
             "s=ort.InferenceSession(sys.argv[1],providers=['CPUExecutionProvider'])\n"
             "d=np.load(sys.argv[2]);names=[i.name for i in s.get_inputs()]\n"
             "feed={n:d[n] for n in names} if set(names)==set(d.files) else dict(zip(names,[d[k] for k in d.files]))\n"
             "s.run(None,feed)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024)\n"
+            "print([int(l.split()[1])*1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
         )
         try:
             out = subprocess.run([sys.executable, "-c", code, str(path), str(inputs)], capture_output=True,

@@ -30,7 +30,7 @@ def fingerprint(options, stages) -> str:
     from compressor.modelio.load import file_sha256
     from compressor.stage import config_as_dict
 
-    files = {k: file_sha256(Path(p)) if p else None for k, p in (
+    files = {k: file_sha256(Path(p)) if p and Path(p).is_file() else str(p) for k, p in (
         ("model", options.model), ("heldout", options.data), ("train", options.train_data),
         ("val", options.val_data), ("calib", options.calib_data))}
     doc = {"files": files, "seed": options.seed, "arch": options.arch,

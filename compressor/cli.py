@@ -159,8 +159,8 @@ def run(
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)
-        out.print(f"wrote {out_dir}/: model.onnx, model.safetensors, report.json, report.md, recipe.yaml",
-                  highlight=False)
+        written = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+        out.print(f"wrote {out_dir}/: {', '.join(written)}", highlight=False)
     print(verdict_line(report))
     raise typer.Exit(code)
 
@@ -182,7 +182,7 @@ def stages_cmd() -> None:
             if isinstance(default, tuple):
                 default = ",".join(map(str, default)) or "(none)"
             out.print(f"  {name}.{f.name} = {default}  [{type_label(hints[f.name])}]  {f.metadata.get('help', '')}",
-                      highlight=False)
+                      highlight=False, markup=False)
 
 
 @app.command("inspect")

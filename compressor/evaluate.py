@@ -33,15 +33,34 @@ def first_tensor(out: object) -> torch.Tensor:
     raise DataError(f"the model returned {type(out).__name__}; expected a tensor (or a tuple/dict of tensors)")
 
 
+def takes_keywords(model: nn.Module, names: list[str]) -> bool:
+    """Whether the model expects its inputs by keyword: a `.pt2` program exported with kwargs records them in
+    its input spec; an eager forward takes keywords unless its only input is the conventional `x`."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return False
+    spec = getattr(model, "_in_spec", None)
+    if isinstance(model, torch.fx.GraphModule) and spec is not None:
+        try:
+            kwargs_spec = spec.children_specs[1]
+            return bool(kwargs_spec.context)
+        except (AttributeError, IndexError, TypeError):
+            return False
+    return names != ["x"]
+
+
 def call_model(model: nn.Module, batch: Dataset, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Run the model on one batch, passing inputs by keyword when they are named after forward arguments."""
+    """Run the model on one batch, by keyword when it takes its inputs named, else positionally (and the other
+    way round if the first refuses the call)."""
     inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-    if isinstance(model, (torch.fx.GraphModule, torch.jit.ScriptModule)) or list(inputs) == ["x"]:
-        return first_tensor(model(*inputs.values()))
+    calls = [lambda: model(**inputs), lambda: model(*inputs.values())]
+    if not takes_keywords(model, list(inputs)):
+        calls.reverse()
     try:
-        return first_tensor(model(**inputs))
-    except TypeError:
-        return first_tensor(model(*inputs.values()))
+        return first_tensor(calls[0]())
+    except (TypeError, ValueError) as exc:
+        if len(inputs) == 1 and "keyword" not in str(exc) and "argument" not in str(exc):
+            raise
+        return first_tensor(calls[1]())
 
 
 @torch.no_grad()

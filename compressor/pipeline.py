@@ -118,8 +118,27 @@ def plan_stages(options: RunOptions) -> list[Stage]:
         if stage not in names:
             get_stage(stage)
             raise UsageError(f"--set {stage}.*: stage {stage!r} is not in the pipeline ({','.join(names)})")
-    return [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
-            for n in names]
+    from compressor.errors import ModelLoadError
+
+    if not Path(options.model).exists():
+        raise ModelLoadError(f"model file not found: {options.model}")
+    for flag, path in (("--data", options.data), ("--train-data", options.train_data),
+                       ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"data file not found: {path} ({flag})")
+    if not (options.max_drop == options.max_drop) or abs(options.max_drop) == float("inf"):
+        raise UsageError("--max-drop must be a finite number of points")
+    stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
+              for n in names]
+    for st in stages:
+        if (getattr(st, "needs_training_data", False) and options.train_data is None
+                and getattr(st.config, "epochs", 1) != 0):
+            raise UsageError(f"stage {st.name!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
+        needs_calib = getattr(st.config, "mode", None) == "static" and st.name == "quantize"
+        if needs_calib and options.train_data is None and options.calib_data is None:
+            raise UsageError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
+                             "or use --set quantize.mode=dynamic")
+    return stages
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from the field's type; an unknown stage or key is a usage error naming the valid
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -88,7 +89,7 @@ def type_label(tp: Any) -> str:
         return "|".join(str(a) for a in typing.get_args(tp))
     if origin in (tuple, list):
         return "list"
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         return "|".join(type_label(a) for a in typing.get_args(tp) if a is not type(None)) + " or none"
     return getattr(tp, "__name__", str(tp))
 
@@ -97,7 +98,7 @@ def parse_value(tp: Any, raw: Any, where: str) -> Any:
     """Coerce a string (or a recipe value) to the field's type, or raise a UsageError naming the choices."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
             return None
         errors = []

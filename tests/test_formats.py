@@ -91,3 +91,27 @@ def test_pt2_and_eager_find_the_same_weights():
     assert a == b
     assert [n for n, k in a if k in ("linear", "conv")] == [
         "conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
+
+
+def test_pt2_exported_with_keyword_inputs(tmp_path):
+    model = encoder().eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 50, (64, 12), generator=gen)
+    mask = torch.ones(64, 12, dtype=torch.int64)
+    batch = torch.export.Dim("batch")
+    ep = torch.export.export(model, (), kwargs={"input_ids": ids[:4], "attention_mask": mask[:4]},
+                             dynamic_shapes={"input_ids": {0: batch}, "attention_mask": {0: batch}})
+    torch.export.save(ep, tmp_path / "kw.pt2")
+    np.savez(tmp_path / "tok.npz", input_ids=ids.numpy(), attention_mask=mask.numpy())
+    out = tmp_path / "o"
+    res = run_cli(tmp_path / "kw.pt2", "--set", "quantize.mode=dynamic", "--data", tmp_path / "tok.npz",
+                  "--out", out, "--quiet", "--max-drop", "5")
+    assert res.code == 0, res
+    assert read_report(out)["artifacts"][0]["parity_max_abs_diff_fp32_vs_torch"] < 1e-3
+
+
+def test_optional_number_options_parse():
+    from compressor.stage import build_config, get_stage
+
+    cfg = build_config(get_stage("rpg"), {"ring_size": "1000"})
+    assert cfg.ring_size == 1000

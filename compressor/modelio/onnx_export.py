@@ -97,7 +97,9 @@ def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -
                                   dynamic_axes={**{n: {0: "batch"} for n in inputs}, "output": {0: "batch"}})
                 proto = onnx.load_from_string(buf.getvalue())
             else:
-                if isinstance(model, torch.fx.GraphModule) or list(inputs) == ["x"]:
+                from compressor.evaluate import takes_keywords
+
+                if not takes_keywords(model, list(inputs)):
                     args, kwargs = tuple(inputs.values()), None
                     dyn = tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
                 else:

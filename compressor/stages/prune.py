@@ -59,6 +59,10 @@ class PruneConfig:
             return "codebook_bits must be 1, 2, 4 or 8"
         if self.epochs_per_step < 0 or self.max_steps < 1:
             return "epochs_per_step must be >= 0 and max_steps >= 1"
+        if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
+            return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
+        if self.max_drop < 0 or self.lobster_twt < 0:
+            return "max_drop and lobster_twt must be >= 0"
         return None
 
 

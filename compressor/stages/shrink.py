@@ -57,6 +57,8 @@ class ShrinkConfig:
                 return f"{key} must be non-negative"
         if self.epochs < 1 or self.batch_size < 1:
             return "epochs and batch_size must be at least 1"
+        if self.lr <= 0:
+            return "lr must be positive"
         if self.alpha <= 0 or self.alpha_scale <= 0:
             return "alpha and alpha_scale must be positive"
         return None
