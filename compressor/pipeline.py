@@ -184,7 +184,10 @@ def load_splits(options: RunOptions, input_names: list[str], seed: int):
 def prepare(options: RunOptions, reporter: Reporter):
     """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
     torch.manual_seed(options.seed)
-    device = torch.device(options.device)
+    try:
+        device = torch.device(options.device)
+    except RuntimeError:
+        raise UsageError(f"--device {options.device!r}: not a torch device (cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine")
     loaded = load_model(options.model, options.arch, options.trust_pickle)

@@ -121,10 +121,23 @@ def load_recipe(path: Path) -> Recipe:
     recipe.settings["data"] = _check_keys(data.get("data"), DATA_KEYS, "data", recipe, "data")
     gates = _check_keys(data.get("gates"), GATE_KEYS, "gates", recipe, "gates")
     recipe.settings["gates"] = gates
+    for key, value in gates.items():
+        if key == "floors":
+            if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in value.values()):
+                raise UsageError(f"{recipe.where('gates.floors')}: floors must map metric names to numbers")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{recipe.where('gates.' + key)}: gates.{key} must be a number, got {value!r}")
+    for key, value in recipe.settings["data"].items():
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
+    if "device" in data and not (isinstance(data["device"], str) and
+                                 data["device"].split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
+        raise UsageError(f"{recipe.where('device')}: device must be cpu, cuda, cuda:N (got {data['device']!r})")
     for key in ("seed", "device"):
         if key in data:
             recipe.settings[key] = data[key]
-    if "seed" in data and not isinstance(data["seed"], int):
+    if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
         raise UsageError(f"{recipe.where('seed')}: seed must be an integer")
     return recipe
 

@@ -153,3 +153,12 @@ def test_inputs_never_modified(tmp_path):
     res = compress(PT2, "--data", HELDOUT, "--train-data", TRAIN, out=tmp_path / "o")
     assert res.code == 0, res
     assert before == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+
+
+def test_nan_weights_are_a_corrupt_file(tmp_path):
+    state = torch.load(SAMPLES / "digits_mlp.pt", weights_only=True)
+    state["fc1.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    res = compress(tmp_path / "nan.pt", "--arch", f"{SAMPLES / 'digits_models.py'}:mlp", "--data", HELDOUT,
+                   out=tmp_path / "o")
+    assert_clean_error(res, 1, "fc1.weight", "NaN")

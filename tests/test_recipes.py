@@ -60,3 +60,15 @@ def test_resolved_recipe_reproduces_the_run_byte_for_byte(tmp_path):
     assert res.code == 0, res
     for name in ("model.onnx", "model.safetensors", "recipe.yaml"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("gates: {max_drop: lots}\nstages: [quantize]\n", "gates.max_drop must be a number"),
+    ("gates: {floors: {accuracy: high}}\nstages: [quantize]\n", "floors must map"),
+    ("device: tpu\nstages: [quantize]\n", "device must be"),
+    ("data: {heldout: 5}\nstages: [quantize]\n", "data.heldout must be a file path"),
+    ("seed: true\nstages: [quantize]\n", "seed must be an integer"),
+])
+def test_recipe_run_settings_are_validated(tmp_path, body, needle):
+    res = run_cli(PT2, "--pipeline", write(tmp_path, body), "--data", HELDOUT, "--out", tmp_path / "o", "--quiet")
+    assert res.code == 2 and needle in res.stderr, res

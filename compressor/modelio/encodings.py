@@ -2,6 +2,7 @@
 
 Each tensor is stored in the smallest of:
 - ``dense``: the tensor itself, under its own name;
+- ``bitpack``: a boolean tensor (e.g. an RPG prune mask) as ``NAME::bits``, 8 flags per byte, LSB first;
 - ``bitmask``: ``NAME::bitmask`` (uint8, the row-major non-zero mask packed 8 per byte, least significant bit
   first) + ``NAME::values`` (the non-zeros in row-major order, original dtype);
 - ``codebook``: ``NAME::bitmask`` + ``NAME::codebook`` (float32, the distinct non-zero values, at most 2^bits)
@@ -55,6 +56,8 @@ def _dtype_name(t: torch.Tensor) -> str:
 def encode_tensor(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The smallest exact encoding of one tensor."""
     dense = ({name: t}, {"encoding": "dense"})
+    if t.dtype == torch.bool and t.numel() >= 64:
+        return {f"{name}::bits": pack_bits(t)}, {"encoding": "bitpack", "shape": list(t.shape), "dtype": "bool"}
     if not t.is_floating_point() or t.numel() < 64 or _dtype_name(t) not in DTYPES:
         return dense
     n, el = t.numel(), t.element_size()
@@ -86,6 +89,8 @@ def decode_tensor(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tenso
     enc = rec.get("encoding")
     if enc == "dense":
         return tensors[name]
+    if enc == "bitpack":
+        return unpack_bits(tensors[f"{name}::bits"], math.prod(rec["shape"])).reshape(rec["shape"])
     shape, dtype = rec["shape"], DTYPES[rec["dtype"]]
     n = math.prod(shape)
     mask = unpack_bits(tensors[f"{name}::bitmask"], n)

@@ -162,7 +162,16 @@ def forward_input_names(model: nn.Module, program: torch.export.ExportedProgram 
 
 
 def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
-    """Read a checkpoint (never modifying it) and return the working model in eval mode."""
+    """Read a checkpoint (never modifying it) and return the working model in eval mode; weights must be finite
+    (a corrupted archive can decode to NaN without any error from torch)."""
+    loaded = _load_model(path, arch, trust_pickle)
+    for name, t in list(loaded.module.named_parameters()) + list(loaded.module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelLoadError(f"{path}: weight {name} contains NaN or infinite values; the file is corrupt")
+    return loaded
+
+
+def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}")
