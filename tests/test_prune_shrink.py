@@ -188,6 +188,6 @@ def test_manifold_term_taps_pt2_graph_and_restores_it():
     model(x)
     assert set(tap.features) == {"conv1", "fc1"} and tap.features["fc1"].shape == (8, 256)
     ref = {k: v.detach() for k, v in tap.features.items()}
-    assert float(manifold_loss(tap.features, ref)) < 1e-9
+    assert float(manifold_loss(tap.features, ref).detach()) < 1e-9
     tap.close()
     assert model.code == before
