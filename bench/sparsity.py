@@ -12,7 +12,6 @@ we print the highest sparsity whose drop is <= 0.5 point, the remaining non-zero
 from __future__ import annotations
 
 import copy
-import gzip
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ from compressor.pipeline import RunOptions, prepare
 from compressor.progress import Reporter
 from compressor.pruning_policies import ranked_masks
 from compressor.sharing import SharedWeights, share_weights
-from compressor.stages.prune import prune_targets
+from compressor.artifacts import file_sizes
+from compressor.stages.prune import PruneConfig, prune_targets
 from compressor.finetune import FinetuneSettings, finetune
 from compressor.evaluate import evaluate
 from compressor.stages.shrink import ShrinkConfig, run_shrinkage
@@ -34,11 +34,6 @@ from compressor.stages.shrink import ShrinkConfig, run_shrinkage
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 SHRINK_EPOCHS, EPOCHS_PER_STEP, STEPS, RATE, MAX_DROP = 10, 3, 28, 0.1, 0.5
-
-
-def smallest_bytes(path: Path) -> int:
-    data = path.read_bytes()
-    return min(len(data), len(gzip.compress(data, 9, mtime=0)))
 
 
 def effective_state(model) -> dict:
@@ -66,7 +61,7 @@ def setup(name: str):
 def run_ours(name: str) -> dict:
     ctx, heldout, baseline = setup(name)
     start = time.perf_counter()
-    names = prune_targets(ctx.weights, type("C", (), {"include": (), "exclude": ()}))
+    names = prune_targets(ctx.weights, PruneConfig())
     cfg = ShrinkConfig()
     run_shrinkage(ctx, cfg, SHRINK_EPOCHS, "shrink", keep_start=False)
     params = dict(ctx.model.named_parameters())
@@ -96,7 +91,7 @@ def run_ours(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"
         save_weights(ctx.model.state_dict(), path, {})
-        size = smallest_bytes(path)
+        size = file_sizes(path)["size"]
     nnz = sum(int((params[n] != 0).sum()) for n in names)
     return {"sparsity": sparsity, "nonzeros": nnz, "bytes": size, "seconds": seconds,
             "acc": evaluate(ctx.model, heldout, None).value, "base": baseline.value}
@@ -105,7 +100,7 @@ def run_ours(name: str) -> dict:
 def run_baseline(name: str) -> dict:
     ctx, heldout, baseline = setup(name)
     start = time.perf_counter()
-    names = prune_targets(ctx.weights, type("C", (), {"include": (), "exclude": ()}))
+    names = prune_targets(ctx.weights, PruneConfig())
     modules = dict(ctx.model.named_modules())
     targets = [(modules[n.rsplit(".", 1)[0]], n.rsplit(".", 1)[1]) for n in names]
     settings = FinetuneSettings(epochs=SHRINK_EPOCHS, lr=1e-3, batch_size=100)
@@ -129,7 +124,7 @@ def run_baseline(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"  # what a torch.nn.utils.prune user ships: the dense state_dict
         save_file({k: v.contiguous() for k, v in ctx.model.state_dict().items()}, str(path))
-        size = smallest_bytes(path)
+        size = file_sizes(path)["size"]
     nnz = sum(int((params[n] != 0).sum()) for n in names)
     return {"sparsity": sparsity, "nonzeros": nnz, "bytes": size, "seconds": seconds,
             "acc": evaluate(ctx.model, heldout, None).value, "base": baseline.value}

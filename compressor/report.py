@@ -124,7 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("sparsity"):
         from compressor.sparsity_report import markdown_lines
 
-        lines += markdown_lines(report["sparsity"], report["baseline"]["bytes"])
+        lines += markdown_lines(report["sparsity"])
     lines.append("| gate | value | limit | passed |")
     lines.append("|---|---|---|---|")
     for gate in g.get("gates", []):

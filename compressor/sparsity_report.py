@@ -65,7 +65,7 @@ def _plot(layers: list[dict], path: Path) -> bool:
     return True
 
 
-def markdown_lines(section: dict[str, Any], base_bytes: int) -> list[str]:
+def markdown_lines(section: dict[str, Any]) -> list[str]:
     lines = [f"Sparsity over {section['prunable_weights']:,} prunable weights: **{section['sparsity']:.2%}** "
              f"({section['prunable_nonzeros']:,} non-zeros). Entropy bound of the weights: "
              f"{section['entropy_bound_bytes']:,} bytes; bits per non-zero: "

@@ -106,8 +106,8 @@ def decode_tensor(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tenso
     return out.reshape(shape)
 
 
-def encode_state(state: dict[str, torch.Tensor], enabled: bool = True,
-                 codebook: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+def encode_state(state: dict[str, torch.Tensor],
+                 enabled: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     tensors: dict[str, torch.Tensor] = {}
     records: dict[str, dict] = {}
     for name, t in state.items():

@@ -37,12 +37,12 @@ def dedupe_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, meta: dict[str, Any],
-                 encode: bool = True, codebook: dict[str, Any] | None = None) -> dict[str, dict]:
+                 encode: bool = True) -> dict[str, dict]:
     """Encode and write atomically; returns the encoding record of each tensor."""
     from compressor.modelio.encodings import encode_state
 
     unique, aliases = dedupe_tied({k: v.detach().cpu() for k, v in state.items()})
-    tensors, records = encode_state(unique, enabled=encode, codebook=codebook or {})
+    tensors, records = encode_state(unique, enabled=encode)
     header = {"format_version": FORMAT_VERSION, **meta, "encodings": records, "aliases": aliases}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),

@@ -19,7 +19,8 @@ import torch
 
 from compressor.errors import StageError
 from compressor.finetune import FinetuneSettings, finetune, task_loss
-from compressor.layers import select
+from compressor.evaluate import call_model
+from compressor.layers import select, set_train
 from compressor.pruning_policies import lobster_masks, ranked_masks
 from compressor.sharing import SharedWeights, share_weights
 from compressor.stage import Stage, StageResult, option, register_stage
@@ -77,13 +78,9 @@ def sparsity_of(masks: dict[str, torch.Tensor]) -> float:
 
 @torch.no_grad()
 def val_loss(ctx, model) -> float:
-    from compressor.layers import set_train
-
     set_train(model, False)
     total, n = 0.0, 0
     for batch in ctx.val.batches(256):
-        from compressor.evaluate import call_model
-
         out = call_model(model, batch, ctx.device)
         total += float(task_loss(ctx, model, batch, out)) * len(batch)
         n += len(batch)
