@@ -1,4 +1,4 @@
-"""Benchmark: basis (Queiruga et al., Stateful ODE-Nets; ALGORITHMS.md §4) on every sample model with stacks.
+"""Benchmark: basis (Queiruga et al., Stateful ODE-Nets; docs/ALGORITHMS.md §4) on every sample model with stacks.
 
 For each model and each basis: held-out accuracy and ONNX bytes (fp32, and with the coefficients int8) against
 K, with no retraining (projection only, no data) and, at half the functions, with the optional fine-tune
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from compressor.evaluate import evaluate
-from compressor.modelio.onnx_export import export_onnx_proto
-from compressor.pipeline import RunOptions, prepare
-from compressor.progress import Reporter
-from compressor.stages.basis import BasisConfig, BasisStage
+from compressor.algorithms.basis.stage import BasisConfig, BasisStage
+from compressor.export.onnx import compact_int8, export_model
+from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.progress import Reporter
+from compressor.verify.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
@@ -31,15 +31,11 @@ BASES = ("piecewise_constant", "piecewise_linear", "discontinuous_linear", "lege
 
 def _run(ctx, base_model, cfg: BasisConfig, heldout) -> tuple[float, int, int, list[str]]:
     ctx.model = copy.deepcopy(base_model)
-    ctx.structures, ctx.onnx_rewrites, ctx.int8_rewrites = [], [], []
     result = BasisStage(cfg).apply(ctx)
     acc = evaluate(result.model, heldout, None).value
-    proto = export_onnx_proto(result.model, heldout.example())
-    for rw in ctx.onnx_rewrites:
-        proto = rw(proto)
+    proto = export_model(result.model, heldout.example(), "cpu", [result.structure])
     fp32 = len(proto.SerializeToString())
-    for rw in ctx.int8_rewrites:
-        proto = rw(proto)
+    proto = compact_int8(proto, [result.structure], result.model)
     return acc, fp32, len(proto.SerializeToString()), result.notes
 
 

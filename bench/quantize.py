@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from compressor.artifacts import ort_latency_ms
-from compressor.data import load_dataset
-from compressor.evaluate import evaluate_onnx
-from compressor.modelio.load import load_model
-from compressor.modelio.onnx_export import export_onnx_proto, ort_session, save_onnx
-from compressor.stages.quantize import QuantizeConfig, quantize_onnx
+from compressor.algorithms.quantize.stage import QuantizeConfig, quantize_onnx
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
+from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
+from compressor.verify.artifacts import ort_latency_ms
+from compressor.verify.metrics import evaluate_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from compressor.evaluate import evaluate
-from compressor.modelio.onnx_export import export_onnx_proto, save_onnx
-from compressor.pipeline import RunOptions, prepare
-from compressor.progress import Reporter
-from compressor.runner import compress
-from compressor.stages.rpg import RpgConfig, RpgStage
+from compressor.algorithms.rpg.stage import RpgConfig, RpgStage
+from compressor.io.onnx_export import export_onnx_proto, save_onnx
+from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.progress import Reporter
+from compressor.run.runner import compress
+from compressor.verify.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

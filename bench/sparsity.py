@@ -20,16 +20,16 @@ import torch
 from safetensors.torch import save_file
 from torch.nn.utils import prune as torch_prune
 
-from compressor.modelio.safetensors_io import save_weights
-from compressor.pipeline import RunOptions, prepare
-from compressor.progress import Reporter
-from compressor.pruning_policies import ranked_masks
-from compressor.sharing import SharedWeights, share_weights
-from compressor.artifacts import file_sizes
-from compressor.stages.prune import PruneConfig, prune_targets
-from compressor.finetune import FinetuneSettings, finetune
-from compressor.evaluate import evaluate
-from compressor.stages.shrink import ShrinkConfig, run_shrinkage
+from compressor.algorithms.prune.codebook import SharedWeights, share_weights
+from compressor.algorithms.prune.policies import ranked_masks
+from compressor.algorithms.prune.stage import PruneConfig, prune_targets
+from compressor.core.finetune import FinetuneSettings, finetune
+from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
+from compressor.io.safetensors_io import save_weights
+from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.progress import Reporter
+from compressor.verify.artifacts import file_sizes
+from compressor.verify.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -15,8 +15,18 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from compressor import __version__
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, UsageError
+from compressor.inspect_model import inspect_model
+from compressor.registry import available_stages
+from compressor.report.build import print_report, verdict_line
+from compressor.report.diff import diff_markdown, diff_rows, read_report
+from compressor.run.pipeline import RunOptions
+from compressor.run.progress import Reporter
+from compressor.run.recipe import is_recipe, load_recipe
+from compressor.run.runner import compress
+from compressor.stage import config_fields, type_label
+from compressor.verify.gates import parse_floors
+from compressor.version import __version__
 
 DEFAULT_PIPELINE = "quantize"
 
@@ -30,6 +40,12 @@ class DefaultCommandGroup(TyperGroup):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:
+        """`compress --help` shows the sub-commands and then the options of the default form (`run`)."""
+        super().format_help(ctx, formatter)
+        run = self.commands[self.default_command]
+        run.format_help(type(ctx)(run, info_name=ctx.info_name, parent=ctx.parent), formatter)
 
 
 app = typer.Typer(cls=DefaultCommandGroup, add_completion=False, no_args_is_help=True,
@@ -120,14 +136,6 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
-    from compressor.errors import UsageError
-    from compressor.gates import parse_floors
-    from compressor.pipeline import RunOptions
-    from compressor.recipe import is_recipe, load_recipe
-    from compressor.progress import Reporter
-    from compressor.report import print_report, verdict_line
-    from compressor.runner import compress
-
     names, recipe_options, settings = pipeline.split(","), {}, {}
     if is_recipe(pipeline):
         recipe = load_recipe(Path(pipeline))
@@ -169,7 +177,6 @@ def run(
 @_guard
 def stages_cmd() -> None:
     """List every stage with its options, defaults and one line of help."""
-    from compressor.stage import available_stages, config_fields, type_label
     import typing
 
     for name, cls in sorted(available_stages().items()):
@@ -194,8 +201,6 @@ def inspect_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="A data file, to trace an eager model by its ops."),
 ) -> None:
     """Layers, parameters, bytes per layer, and what each stage would touch."""
-    from compressor.inspect_model import inspect_model
-
     inspect_model(model, arch, trust_pickle, data, out)
 
 
@@ -208,8 +213,6 @@ def diff_cmd(
 ) -> None:
     """Compare two runs: metrics, sizes, latency, sparsity and verdicts."""
     from rich.table import Table
-
-    from compressor.diff import diff_markdown, diff_rows, read_report
 
     if markdown:
         print(diff_markdown(report_a, report_b), end="")

@@ -6,16 +6,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compressor.data import load_dataset
-from compressor.layers import find_weights
-from compressor.modelio.load import load_model
-from compressor.report import human_bytes
+from compressor.algorithms.basis.stacks import detect_stacks, example_inputs, hierarchical_model
+from compressor.core.layers import find_weights
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
+from compressor.registry import available_stages
+from compressor.report.build import human_bytes
 
 
 def stage_targets(weights, model) -> dict[str, list[str]]:
     """Which parameters each built-in stage would act on with its default options."""
-    from compressor.stage import available_stages
-
     out = {}
     for name, cls in available_stages().items():
         targets = getattr(cls, "default_targets", None)
@@ -51,8 +51,6 @@ def inspect_model(path: Path, arch: str | None, trust_pickle: bool, data: Path |
 
 def _print_stacks(loaded, example, console: Console) -> None:
     """Stacks of same-shaped blocks applied one after another (what `basis` compresses)."""
-    from compressor.stacks import detect_stacks, example_inputs, hierarchical_model
-
     ex = example_inputs(loaded.module, example, loaded.program)
     try:
         module = hierarchical_model(loaded.module, ex[0], loaded.input_names) if ex else loaded.module

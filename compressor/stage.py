@@ -1,9 +1,10 @@
-"""Stages: a registered class with a typed, documented config, and the rules for ordering them.
+"""Stages: the base class, the record a stage returns, and typed, documented configs.
 
 A stage declares ``name``, a one-line ``summary``, a ``Config`` dataclass (every field has a default and a
-``help`` in its metadata), the stages it may follow, and ``apply(ctx) -> StageResult``. Registration is by
-decorator (and, for plugins, by entry point), never by an if-chain. ``--set stage.key=value`` values are parsed
-from the field's type; an unknown stage or key is a usage error naming the valid ones.
+``help`` in its metadata), the stages it may follow, and ``apply(ctx) -> StageResult``; it never writes files or
+builds ONNX. Registration is in `compressor.registry` (decorator or entry point), never an if-chain.
+``--set stage.key=value`` values are parsed from the field's type; an unknown key is a usage error naming the
+valid ones.
 """
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ from typing import Any, ClassVar, Literal
 
 from compressor.errors import UsageError
 
-STAGES: dict[str, type["Stage"]] = {}
-
-
 @dataclass
 class StageResult:
     """What a stage changed, in numbers and words (the report never guesses)."""
@@ -25,10 +23,17 @@ class StageResult:
     model: Any
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # a structural stage's declarative record of its compressed form ({"kind": ..., ...}): saved in
+    # model.safetensors; the export layer finds the ONNX / int8 rewrites and the rebuild on load by its kind
+    structure: dict[str, Any] | None = None
+    # ask the runner to export the model once with its structure's rewrite and compare ONNX Runtime with torch
+    verify_onnx: bool = False
 
 
 class Stage:
-    """Base class. Subclasses set the class attributes and implement `apply`."""
+    """Base class. Subclasses set the class attributes and implement `apply(ctx) -> StageResult`; an export-time
+    stage implements `apply_onnx(ctx, src, dst, compact=False) -> StageResult` instead (the run hands it the
+    exported graph at `src`; `compact`: structures' own tensors are int8 already)."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
@@ -42,28 +47,6 @@ class Stage:
 
     def apply(self, ctx):  # pragma: no cover - interface
         raise NotImplementedError
-
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    STAGES[cls.name] = cls
-    return cls
-
-
-def available_stages() -> dict[str, type[Stage]]:
-    import compressor.stages  # noqa: F401  (registers the built-ins)
-    from compressor.plugins import load_plugins
-
-    load_plugins()
-    return dict(STAGES)
-
-
-def get_stage(name: str) -> type[Stage]:
-    stages = available_stages()
-    if name not in stages:
-        raise UsageError(f"unknown stage {name!r}; valid stages: {', '.join(sorted(stages))}")
-    return stages[name]
 
 
 # ---- config fields ---------------------------------------------------------------------------------------------
@@ -185,26 +168,3 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
             raise UsageError(f"--set {item!r}: expected stage.key=value (e.g. quantize.mode=dynamic)")
         out.setdefault(stage, {})[opt] = value.strip()
     return out
-
-
-def validate_order(names: list[str]) -> None:
-    """Refuse an unsupported stage order before anything runs, naming the offending pair."""
-    if not names:
-        raise UsageError("--pipeline is empty; name at least one stage (see `compress stages`)")
-    for i, name in enumerate(names):
-        get_stage(name)
-        if name in names[:i]:
-            raise UsageError(f"--pipeline: stage {name!r} appears twice")
-    seen: list[str] = []
-    for i, name in enumerate(names):
-        cls = get_stage(name)
-        for prev in seen:
-            if prev not in cls.follows:
-                raise UsageError(
-                    f"--pipeline: {name!r} cannot run after {prev!r}; {name!r} may follow: "
-                    f"{', '.join(sorted(cls.follows)) or 'nothing'}"
-                )
-        seen.append(name)
-    for i, name in enumerate(names):
-        if get_stage(name).export_time and i != len(names) - 1:
-            raise UsageError(f"--pipeline: {name!r} works on the exported graph and must be the last stage")

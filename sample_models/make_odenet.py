@@ -4,7 +4,7 @@
 
 As ALGORITHMS.md §4 describes (Queiruga et al., Stateful ODE-Nets): the 16 residual blocks' weights are a
 function of depth theta(t) = sum_a phi_a(t) theta_a in the piecewise-constant basis, evaluated by 16
-forward-Euler steps (`compressor.basis_stack.BasisStack`). Refinement training: K = 4 functions first, then
+forward-Euler steps (`compressor.algorithms.basis.stack.BasisStack`). Refinement training: K = 4 functions first, then
 each function is split in two (the exact projection onto K = 8, i.e. duplication), trained again, then K = 16,
 trained at 16. Trained on the train split only, selected on val. The model is then written in its discrete form
 (block k = theta_k), with each block's batch-norm statistics re-estimated on the train split (train-mode pass,
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.basis_functions import Basis, projection_matrix
-from compressor.basis_stack import block_layout, block_row
-from compressor.stages.basis import install_stack
+from compressor.algorithms.basis.functions import Basis, projection_matrix
+from compressor.algorithms.basis.stack import block_layout, block_row
+from compressor.algorithms.basis.stage import install_stack
 from sample_models.make_samples import HERE, SEED, accuracy, save
 from sample_models.odenet import DEPTH, DigitsODENet
 

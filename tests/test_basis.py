@@ -1,4 +1,4 @@
-"""basis (Queiruga et al., ALGORITHMS.md §4): exact projections, stack detection, the compressed stack, artifacts."""
+"""basis (Queiruga et al., docs/ALGORITHMS.md §4): exact projections, stack detection, the compressed stack, artifacts."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 import compressor
-from compressor.basis_functions import Basis, projection_matrix
-from compressor.data import load_dataset
-from compressor.evaluate import onnx_predict, predict
-from compressor.modelio.onnx_export import export_onnx_proto, ort_session
-from compressor.stacks import detect_stacks, hierarchical_model
-from compressor.stages.basis import project_stack
+from compressor.algorithms.basis.functions import Basis, projection_matrix
+from compressor.algorithms.basis.stacks import detect_stacks, hierarchical_model
+from compressor.algorithms.basis.stage import project_stack
+from compressor.io.calls import onnx_predict, predict
+from compressor.io.data import load_dataset
+from compressor.io.onnx_export import export_onnx_proto, ort_session
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 RNG = np.random.default_rng(0)
@@ -149,7 +149,7 @@ def test_not_chained_same_shaped_siblings_are_not_a_stack():
 
 @pytest.mark.parametrize("kind,k,n", [("legendre", 3, 4)])
 def test_onnx_forms_weights_in_graph_and_matches_torch(kind, k, n):
-    from compressor.modelio.basis_onnx import make_int8_rewrite, make_onnx_rewrite
+    from compressor.algorithms.basis.onnx_graph import make_int8_rewrite, make_onnx_rewrite
 
     held = load_dataset(HELDOUT, ["x"])
     model = _resnet()

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import torch
 
 import compressor
-from compressor.data import load_dataset
-from compressor.evaluate import predict
-from compressor.modelio.load import load_model
+from compressor.io.calls import predict
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 REQUIRED_KEYS = {"baseline", "stages", "artifacts", "gate", "environment"}

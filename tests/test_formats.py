@@ -6,10 +6,12 @@ import torch
 from torch import nn
 
 import compressor
-from compressor.data import load_dataset
-from compressor.evaluate import predict
-from compressor.layers import find_weights
-from compressor.modelio.load import load_model
+from compressor.core.layers import find_weights
+from compressor.io.calls import predict
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
+from compressor.registry import get_stage
+from compressor.stage import build_config
 from sample_models.digits_models import DigitsCNN
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
@@ -111,7 +113,5 @@ def test_pt2_exported_with_keyword_inputs(tmp_path):
 
 
 def test_optional_number_options_parse():
-    from compressor.stage import build_config, get_stage
-
     cfg = build_config(get_stage("rpg"), {"ring_size": "1000"})
     assert cfg.ring_size == 1000

@@ -11,9 +11,9 @@ from onnx import numpy_helper
 from safetensors.torch import save_file
 
 import compressor
-from compressor.modelio.encodings import decode_tensor, encode_tensor, entropy_bound_bytes
-from compressor.pruning_policies import ranked_masks
-from compressor.stages.shrink import SelectiveShrinkage, ShrinkConfig
+from compressor.algorithms.prune.policies import ranked_masks
+from compressor.core.shrinkage import ShrinkConfig, selective_shrinkage
+from compressor.io.encodings import decode_tensor, encode_tensor, entropy_bound_bytes
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 
@@ -96,7 +96,7 @@ def test_shrink_rule_decays_irrelevant_weights_more_than_relevant_ones():
     x[:, 10:] *= 1e-3  # inputs 10..19 barely matter: their weights get ~0 gradient
     y = x[:, :10].sum(1, keepdim=True)  # the target is exactly what the first 10 weights compute
     cfg = ShrinkConfig(gamma=0.05)
-    rule = SelectiveShrinkage(model, ["weight"], cfg, steps_per_epoch=10)
+    rule = selective_shrinkage(model, ["weight"], cfg, steps_per_epoch=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     fractions = []
     for step in range(100):
@@ -178,8 +178,8 @@ def test_zeros_survive_later_fine_tuning_and_lobster_and_manifold_run(tmp_path):
 
 
 def test_manifold_term_taps_pt2_graph_and_restores_it():
-    from compressor.features import FeatureTap, manifold_loss
-    from compressor.modelio.load import load_model
+    from compressor.core.features import FeatureTap, manifold_loss
+    from compressor.io.load import load_model
 
     model = load_model(SAMPLES / "digits_cnn.pt2").module
     before = model.code

@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import compressor
-from compressor.data import load_dataset
+from compressor.algorithms.rpg.onnx_graph import generate_index_map_in_graph, index_map_nodes
+from compressor.algorithms.rpg.ring import (RingLayer, RingLayout, affine_map_params, hashed_signs, index_map,
+                                            project, ring_model, scale_vector, slot_indices)
 from compressor.errors import ArtifactError
-from compressor.evaluate import predict
-from compressor.modelio.onnx_export import export_onnx_proto, ort_session, save_onnx
-from compressor.modelio.rpg_onnx import generate_index_map_in_graph, index_map_nodes
-from compressor.rpg_ring import (RingLayer, RingLayout, affine_map_params, hashed_signs, index_map, project,
-                                 ring_model, scale_vector, slot_indices)
+from compressor.io.calls import predict
+from compressor.io.data import load_dataset
+from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 FAST = ("--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=4", "--set", "rpg.verify_onnx=false")

@@ -1,0 +1,212 @@
+"""basis: compress stacks of same-shaped blocks by a change of basis of their depth-wise weights, without data.
+
+Queiruga, Erichson, Hodgkinson, Mahoney, "Stateful ODE-Nets using Basis Function Expansions" (NeurIPS 2021;
+arXiv 2106.10820), docs/ALGORITHMS.md §4. A stack of D blocks is the weight function theta(t) in the piecewise-constant
+basis with D functions; each scalar weight is projected in L2 onto K functions of the chosen basis (normal
+equations M c = b, Gauss-Legendre quadrature on cells aligned with both bases' breakpoints, see
+`compressor.algorithms.basis.functions`). Batch-norm running means and variances are projected the same way (variances
+clamped positive). The stack then stores the K coefficient sets only and forms each of its n steps' weights from
+them (`compressor.algorithms.basis.stack`). The no-retraining claim holds for models trained smooth in depth (refinement
+training); on a plain ResNet or transformer the stage reports what the projection costs and offers a fine-tune.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from compressor.algorithms.basis.functions import Basis, projection_matrix, resolve_size, valid_size
+from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, block_layout, block_row, set_child
+from compressor.algorithms.basis.stacks import Stack, detect_stacks, example_inputs, hierarchical_model
+from compressor.core.finetune import FinetuneSettings, finetune
+from compressor.core.params import unique_param_count
+from compressor.errors import StageError
+from compressor.registry import register_stage
+from compressor.stage import Stage, StageResult, option
+
+BasisKind = Literal["piecewise_constant", "piecewise_linear", "discontinuous_linear", "legendre"]
+LARGE_DROP = 1.0  # points of validation metric above which the notes suggest the fine-tune
+
+
+@dataclass
+class BasisConfig:
+    basis: BasisKind = option("piecewise_constant", "target basis: piecewise_constant, piecewise_linear (hat "
+                              "functions), discontinuous_linear, legendre (polynomials)")
+    size: float = option(0.5, "functions kept per stack: a whole number (K), or a fraction of the stack's depth")
+    n_steps: int = option(0, "evaluation steps per stack (forward Euler at t=j/n); 0 = the original depth")
+    stacks: tuple[str, ...] = option((), "glob patterns of stack names (e.g. stage1.*) to compress; empty = all")
+    min_depth: int = option(2, "shortest run of blocks treated as a stack")
+    finetune: bool = option(False, "fine-tune the coefficients after projection (needs --train-data)")
+    finetune_epochs: int = option(3, "fine-tune epochs")
+    finetune_lr: float = option(1e-3, "fine-tune learning rate (Adam, cosine schedule)")
+    remask: bool = option(False, "after prune: re-derive masks on the coefficients at the blocks' sparsity "
+                          "(otherwise the merged, denser weights are kept)")
+
+    def validate(self) -> str | None:
+        if self.size <= 0 or (self.size >= 1 and not float(self.size).is_integer()):
+            return "size must be a fraction in (0, 1) or a whole number of functions"
+        if self.n_steps < 0:
+            return "n_steps must be 0 (original depth) or positive"
+        if self.min_depth < 2:
+            return "min_depth must be at least 2"
+        if self.finetune_epochs < 1 or self.finetune_lr <= 0:
+            return "finetune_epochs must be >= 1 and finetune_lr > 0"
+        return None
+
+
+def target_size(kind: str, size: float, depth: int) -> int:
+    """K for one stack: resolved from the config, then the nearest valid size of the basis."""
+    k = resolve_size(size, depth)
+    if kind in ("piecewise_linear", "discontinuous_linear"):
+        k = max(k, 2)
+    if kind == "discontinuous_linear" and k % 2:
+        k = k + 1 if k + 1 <= depth else k - 1
+    problem = valid_size(kind, k)
+    if problem:
+        raise StageError(f"basis: {problem}")
+    return k
+
+
+def install_stack(model: nn.Module, parent: str, blocks: list[str], basis: Basis, n_steps: int,
+                  coef: torch.Tensor | None) -> BasisStack:
+    """Swap the blocks of a stack for one BasisStack (at the first block) and passthroughs."""
+    container = model.get_submodule(parent) if parent else model
+    template = container._modules[blocks[0]]
+    layout, fixed = block_layout(template)
+    stack = BasisStack(template, layout, fixed, basis, n_steps or len(blocks), len(blocks), coef)
+    training = template.training
+    set_child(container, blocks[0], stack)
+    for name in blocks[1:]:
+        set_child(container, name, StackPassthrough(stack).train(training))
+    return stack.train(training)
+
+
+@torch.no_grad()
+def project_stack(model: nn.Module, stack: Stack, basis: Basis, n_steps: int) -> BasisStack:
+    """Project one detected stack onto `basis` (c = P theta, P = M^-1 B) and install it."""
+    container = model.get_submodule(stack.parent) if stack.parent else model
+    blocks = [container._modules[b] for b in stack.blocks]
+    layout, _ = block_layout(blocks[0])
+    rows = torch.stack([block_row(b, layout) for b in blocks]).double()  # (D, width)
+    p = projection_matrix(Basis("piecewise_constant", stack.depth), basis)  # (K, D)
+    coef = (torch.from_numpy(p) @ rows).float()
+    if basis.kind != "legendre":  # nodal coefficients are values: keep variances positive there too
+        start = 0
+        for name, shape, _ in layout:
+            size = int(torch.Size(shape).numel())
+            if name.endswith("running_var"):
+                coef[:, start:start + size].clamp_(min=1e-5)
+            start += size
+    return install_stack(model, stack.parent, stack.blocks, basis, n_steps, coef)
+
+
+def _remask(ctx, stack: Stack, module: BasisStack, path: str, remask: bool) -> str | None:
+    """Move the blocks' masks onto the coefficients (top-|c| per slice at the blocks' mean sparsity)."""
+    names = [f"{p}.{n}" for p in stack.paths for n, _, _ in module.layout]
+    old = {n: ctx.masks.masks.pop(n) for n in names if n in ctx.masks}
+    if not old or not remask:
+        return f"{path}: {len(old)} masks dropped (projection merges the blocks' masks)" if old else None
+    keep = torch.ones_like(module.coef, dtype=torch.bool)
+    start = 0
+    for name, shape, _ in module.layout:
+        size = int(torch.Size(shape).numel())
+        masks = [old[f"{p}.{name}"] for p in stack.paths if f"{p}.{name}" in old]
+        if masks:
+            density = float(torch.stack([m.float().mean() for m in masks]).mean())
+            kept = max(1, int(round(density * size)))
+            seg = module.coef.detach()[:, start:start + size].abs()
+            thresh = seg.topk(kept, dim=1).values[:, -1:]
+            keep[:, start:start + size] = seg >= thresh
+        start += size
+    ctx.masks.set(f"{path}.coef", keep)
+    return f"{path}: masks re-derived on the coefficients ({1 - keep.float().mean():.1%} zero)"
+
+
+@register_stage
+class BasisStage(Stage):
+    name = "basis"
+    summary = "stacks of same-shaped blocks -> K basis coefficient sets per stack (L2 projection, no data)"
+    Config = BasisConfig
+    follows = frozenset({"shrink", "prune"})
+
+    def apply(self, ctx) -> StageResult:
+        cfg = self.config
+        data = ctx.val or ctx.calib or ctx.train
+        example = example_inputs(ctx.model, data, ctx.loaded.program)
+        if example is None:
+            raise StageError("basis: needs an example input to trace the model's stacks: pass --train-data or "
+                             "--val-data")
+        args, kwargs = example
+        work = hierarchical_model(ctx.model, args, ctx.loaded.input_names)
+        found = detect_stacks(work, args, kwargs, cfg.min_depth)
+        chosen = [s for s in found if not cfg.stacks or any(
+            fnmatch.fnmatchcase(s.name, p) or fnmatch.fnmatchcase(s.paths[0], p) or fnmatch.fnmatchcase(s.parent, p)
+            for p in cfg.stacks)]
+        if not chosen:
+            what = f" matching {list(cfg.stacks)} (found: {', '.join(s.name for s in found) or 'none'})" \
+                if cfg.stacks else ""
+            raise StageError(f"basis: no stack of same-shaped blocks applied one after another{what}; "
+                             "see `compress inspect MODEL --data FILE`")
+        before = ctx.validate(work) if ctx.val is not None else None
+        notes, records, modules = [], [], []
+        params_before = params_after = 0
+        for stack in chosen:
+            k = target_size(cfg.basis, cfg.size, stack.depth)
+            basis = Basis(cfg.basis, k)
+            n_steps = cfg.n_steps or stack.depth
+            module = project_stack(work, stack, basis, n_steps)
+            path = stack.paths[0]
+            modules.append((path, module))
+            params_before += stack.params_per_block * stack.depth
+            stack_params = sum(int(torch.Size(s).numel()) for _, s, kind in module.layout if kind == "param") * k
+            params_after += stack_params
+            records.append({"parent": stack.parent, "blocks": stack.blocks, "basis": basis.kind, "K": k,
+                            "n_steps": n_steps, "depth": stack.depth, "path": path,
+                            "layout": [[n, list(s), kind] for n, s, kind in module.layout],
+                            "fixed": list(module._fixed_names)})
+            notes.append(f"{stack.name}: {stack.depth} blocks -> {k} {basis.kind} coefficient sets, {n_steps} steps; "
+                         f"params {stack.params_per_block * stack.depth:,} -> {stack_params:,}")
+            mask_note = _remask(ctx, stack, module, path, cfg.remask)
+            if mask_note:
+                notes.append(mask_note)
+        example_rec = [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+                       for a in args if isinstance(a, torch.Tensor)]
+        structure = {"kind": "basis", "stacks": records, "unflattened": work is not ctx.model,
+                     "input_names": list(ctx.loaded.input_names), "example": example_rec}
+        metrics: dict[str, Any] = {"stacks": [r["path"] for r in records], "stack_params_before": params_before,
+                                   "stack_params_after": params_after}
+        after = ctx.validate(work) if ctx.val is not None else None
+        if before is not None and after is not None:
+            drop = before.value - after.value
+            metrics.update(val_before=before.value, val_after_projection=after.value)
+            notes.append(f"validation {before.name} {before.value:.2f}% before, {after.value:.2f}% after projection "
+                         f"(no data used; drop {drop:.2f} points)")
+            if drop > LARGE_DROP and not cfg.finetune:
+                notes.append(f"the projection costs {drop:.2f} points: these blocks are not smooth in depth (a "
+                             "plain ResNet or transformer, not trained with refinement; docs/ALGORITHMS.md §4); try "
+                             "--set basis.finetune=true (needs --train-data) or a larger basis.size")
+        if cfg.finetune:
+            def freeze_stacks(model: nn.Module) -> None:
+                # the stacks' batch-norm statistics stay as projected (eval mode, as for a .pt2 model): training
+                # with batch statistics and projecting running estimates back was measured to break validation
+                for m in model.modules():
+                    if isinstance(m, BasisStack):
+                        m.eval()
+
+            res = finetune(ctx, work, FinetuneSettings(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr),
+                           desc="basis fine-tune", train_mode=freeze_stacks)
+            if res.best is not None:
+                metrics["val_after_finetune"] = res.best.value
+                notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs: validation "
+                             f"{res.best.value:.2f}% (best epoch {res.best_epoch})")
+            notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while fine-tuning"
+                         + ("; a .pt2 model: all batch-norm statistics stayed frozen" if ctx.loaded.exported else ""))
+        # DoF: every parameter, less the running-statistics columns that share the coefficient matrix
+        total = unique_param_count(work)
+        stats = sum(int(torch.Size(s).numel()) * m.basis.size for _, m in modules for _, s, kind in m.layout
+                    if kind == "buffer")
+        metrics["dof"] = total - stats
+        return StageResult(model=work, notes=notes, metrics=metrics, structure=structure)

@@ -1,0 +1,228 @@
+"""prune: iterative magnitude pruning with fine-tuning between steps and a stop rule on validation accuracy.
+
+The crop loop of Bonetta et al. (arXiv 2204.04977): prune a fraction (default 10%) of the still-unpruned
+weights, fine-tune (with selective shrinkage when shrink precedes prune), repeat; density after n steps is
+0.9^n. Saliency policies from Stier, Darji, Granitzer (arXiv 2107.12917) — class-blinded, class-uniform,
+class-distribution — plus LOBSTER's bisection threshold search (see `compressor.algorithms.prune.policies`). It stops at
+the target sparsity, or when the validation metric falls more than `max_drop` points below the baseline's, in
+which case the last state within it is restored. Masks go through the shared `MaskRegistry`, so pruned
+weights stay exactly zero through all later fine-tuning and stages. Finally, optional weight sharing (Deep
+Compression's k-means codebook) is kept only if validation stays within `max_drop`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from compressor.algorithms.prune.codebook import SharedWeights, share_weights
+from compressor.algorithms.prune.policies import lobster_masks, ranked_masks
+from compressor.core.finetune import FinetuneSettings, finetune, task_loss
+from compressor.core.layers import select_names
+from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
+from compressor.errors import StageError
+from compressor.io.calls import call_model, set_train
+from compressor.registry import register_stage
+from compressor.stage import Stage, StageResult, option
+
+
+@dataclass
+class PruneConfig:
+    policy: Literal["blinded", "uniform", "distribution", "lobster"] = option(
+        "blinded", "saliency policy: class-blinded, class-uniform, class-distribution (Stier et al.) or LOBSTER")
+    rate: float = option(0.1, "fraction of the remaining weights pruned per step")
+    schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate")
+    target: float = option(0.9, "stop once this sparsity (over the prunable weights) is reached")
+    max_drop: float = option(1.0, "stop when validation falls more than this many points below the baseline")
+    patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping")
+    epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
+    max_steps: int = option(40, "upper bound on pruning steps")
+    lr: float = option(1e-3, "fine-tuning learning rate")
+    batch_size: int = option(64, "fine-tuning batch size")
+    shrinkage: Literal["auto", "on", "off"] = option("auto", "fine-tune with selective shrinkage between steps "
+                                                     "(auto: when shrink precedes prune)")
+    include: tuple[str, ...] = option((), "glob patterns of prunable parameters (default: conv/linear weights)")
+    exclude: tuple[str, ...] = option((), "glob patterns never pruned")
+    lobster_twt: float = option(0.05, "LOBSTER: validation loss may grow by this fraction per step")
+    codebook: Literal["auto", "on", "off"] = option("auto", "share non-zeros through a 2^bits k-means codebook: "
+                                                    "auto keeps it only if validation stays within max_drop")
+    codebook_bits: int = option(4, "codebook index width (4 bits = 16 shared values per layer)")
+    codebook_epochs: int = option(3, "fine-tuning epochs of the shared values (trained quantization)")
+
+    def validate(self) -> str | None:
+        if not 0 < self.rate < 1:
+            return "rate must be in (0, 1)"
+        if not 0 < self.target < 1:
+            return "target must be in (0, 1)"
+        if any(not 0 < s < 1 for s in self.schedule) or list(self.schedule) != sorted(self.schedule):
+            return "schedule must be increasing sparsities in (0, 1)"
+        if self.codebook_bits not in (1, 2, 4, 8):
+            return "codebook_bits must be 1, 2, 4 or 8"
+        if self.epochs_per_step < 0 or self.max_steps < 1:
+            return "epochs_per_step must be >= 0 and max_steps >= 1"
+        if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
+            return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
+        if self.max_drop < 0 or self.lobster_twt < 0:
+            return "max_drop and lobster_twt must be >= 0"
+        return None
+
+
+def prune_targets(weights, cfg) -> list[str]:
+    return select_names(weights, cfg.include, cfg.exclude)
+
+
+def sparsity_of(masks: dict[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return 1 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
+
+
+@torch.no_grad()
+def val_loss(ctx, model) -> float:
+    set_train(model, False)
+    total, n = 0.0, 0
+    for batch in ctx.val.batches(256):
+        out = call_model(model, batch, ctx.device)
+        total += float(task_loss(ctx, model, batch, out)) * len(batch)
+        n += len(batch)
+    return total / max(n, 1)
+
+
+@register_stage
+class PruneStage(Stage):
+    name = "prune"
+    summary = "iterative magnitude pruning (class-blinded/uniform/distribution, LOBSTER) with fine-tuning"
+    Config = PruneConfig
+    follows = frozenset({"shrink"})
+    needs_training_data = True
+
+    @classmethod
+    def default_targets(cls, weights, model) -> list[str]:
+        return prune_targets(weights, PruneConfig())
+
+    def _step_targets(self) -> list[float]:
+        cfg = self.config
+        if cfg.schedule:
+            return [s for s in cfg.schedule if s <= cfg.target + 1e-12] or [cfg.target]
+        out, density = [], 1.0
+        for _ in range(cfg.max_steps):
+            density *= 1 - cfg.rate
+            out.append(min(1 - density, cfg.target))
+            if out[-1] >= cfg.target:
+                break
+        return out
+
+    def apply(self, ctx) -> StageResult:
+        cfg = self.config
+        ctx.require_training("prune")
+        names = prune_targets(ctx.weights, cfg)
+        if not names:
+            raise StageError("prune: no prunable weights (check prune.include / prune.exclude)")
+        params = dict(ctx.model.named_parameters())
+        for n in names:
+            if n not in ctx.masks:
+                ctx.masks.set(n, params[n].detach() != 0)
+        use_shrink = cfg.shrinkage == "on" or (cfg.shrinkage == "auto" and "shrink" in ctx.stage_configs)
+        shrink_cfg = ctx.stage_configs.get("shrink")
+        if use_shrink and shrink_cfg is None:
+            shrink_cfg = ShrinkConfig()
+        baseline = ctx.baseline_val.value
+        # a drop smaller than two validation samples cannot be told from noise (docs/ALGORITHMS.md: one held-out image
+        # of digits is 0.28 points; one validation image 0.56-0.8): never stop on less
+        resolution = 200.0 / len(ctx.val)
+        tolerance = max(cfg.max_drop, resolution)
+        good_state = copy.deepcopy(ctx.model.state_dict())
+        good_masks = ctx.masks.state()
+        history = [{"step": 0, "sparsity": sparsity_of(good_masks), "val": ctx.validate().value}]
+        stop_reason = "target reached"
+        with ctx.reporter.task("prune", None) as task:
+            for step, target in enumerate(self._step_targets(), 1):
+                masks = {n: ctx.masks.get(n) for n in names}
+                weights = {n: params[n] for n in names}
+                if cfg.policy == "lobster":
+                    limit = val_loss(ctx, ctx.model) * (1 + cfg.lobster_twt)
+
+                    def loss_with(cand, _w=weights):
+                        saved = {n: _w[n].detach().clone() for n in _w}
+                        with torch.no_grad():
+                            for n in _w:
+                                _w[n].mul_(cand[n].to(_w[n].device, _w[n].dtype))
+                        loss = val_loss(ctx, ctx.model)
+                        with torch.no_grad():
+                            for n in _w:
+                                _w[n].copy_(saved[n])
+                        return loss
+
+                    new = lobster_masks(weights, masks, loss_with, limit, cfg.target)
+                else:
+                    new = ranked_masks(cfg.policy, weights, masks, target)
+                for n, m in new.items():
+                    ctx.masks.set(n, m)
+                ctx.masks.apply(ctx.model)
+                sparsity = sparsity_of({n: ctx.masks.get(n) for n in names})
+                val = ctx.validate().value
+                # the crop loop never prunes further while below the floor: fine-tune, then decide
+                for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
+                    if cfg.epochs_per_step == 0 or (_ > 0 and baseline - val <= tolerance):
+                        break
+                    self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}")
+                    val = ctx.validate().value
+                history.append({"step": step, "sparsity": round(sparsity, 6), "val": val})
+                task.advance(status=f"sparsity {sparsity:.1%} val {val:.2f}")
+                if baseline - val > tolerance:
+                    ctx.model.load_state_dict(good_state)
+                    for n, m in good_masks.items():
+                        ctx.masks.set(n, m)
+                    stop_reason = f"validation fell {baseline - val:.2f} points (> {tolerance:.2f}) at " \
+                                  f"{sparsity:.1%}: restored the previous step"
+                    break
+                good_state = copy.deepcopy(ctx.model.state_dict())
+                good_masks = ctx.masks.state()
+                if sparsity >= cfg.target - 1e-9 or (cfg.policy == "lobster" and sparsity <= history[-2]["sparsity"]):
+                    stop_reason = "target reached" if sparsity >= cfg.target - 1e-9 else "LOBSTER found no threshold"
+                    break
+            else:
+                stop_reason = "schedule or max_steps exhausted"
+        final_masks = {n: ctx.masks.get(n) for n in names}
+        notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        if tolerance > cfg.max_drop:
+            notes.append(f"the validation set has {len(ctx.val)} samples: the stop rule used {tolerance:.2f} points "
+                         f"(two samples) instead of max_drop {cfg.max_drop}; pass a larger --val-data to be stricter")
+        notes += self._share(ctx, names, baseline)
+        per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
+                         "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
+                     for n, m in final_masks.items()}
+        return StageResult(model=ctx.model, notes=notes, metrics={
+            "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,
+            "prunable": names})
+
+    def _finetune(self, ctx, use_shrink: bool, shrink_cfg, desc: str) -> None:
+        cfg = self.config
+        if use_shrink:
+            run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True)
+        else:
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr,
+                                                      batch_size=cfg.batch_size), desc=desc)
+
+    def _share(self, ctx, names: list[str], baseline: float) -> list[str]:
+        cfg = self.config
+        if cfg.codebook == "off":
+            return []
+        saved = copy.deepcopy(ctx.model.state_dict())
+        before = ctx.validate().value
+        sizes = share_weights(ctx.model, names, cfg.codebook_bits)
+        if cfg.codebook_epochs:
+            shared = SharedWeights(ctx.model, names)
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
+                                                      batch_size=cfg.batch_size),
+                     desc="codebook fine-tune", step_hook=shared.step_hook)
+        val = ctx.validate().value
+        one_sample = 100.0 / len(ctx.val)
+        # sharing may cost at most one validation sample on top of pruning, and stay within max_drop overall
+        if cfg.codebook == "auto" and (baseline - val > cfg.max_drop + 1e-9 and before - val > one_sample / 2):
+            ctx.model.load_state_dict(saved)
+            return [f"{cfg.codebook_bits}-bit weight sharing rejected: validation {before:.2f} -> {val:.2f} "
+                    f"(baseline {baseline:.2f}, max_drop {cfg.max_drop})"]
+        return [f"{cfg.codebook_bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values per "
+                f"layer at most): validation {val:.2f}"]

@@ -1,0 +1,191 @@
+"""rpg: convert a trained model to recurrent-parameter-generator ring form, and ship only the ring.
+
+Wang, Chen, Yu et al., "Compact and Optimal Deep Learning with Recurrent Parameter Generators", WACV 2023
+(docs/ALGORITHMS.md §3). The selected conv/linear weights (default: all but the first and the last layer's, as the paper
+keeps its stem and classifier) are generated from one ring A of N values,
+
+    W_l = reshape( c_l * s(k) * A[(a*k + b) mod N], shape_l ),   s(k) = 1 - 2*(((k*2654435761) mod 2^32) >> 31),
+
+with a and b drawn from the stage seed (gcd(a, N) = 1) and a per-layer scale c_l. Our post-processing adaptation
+(the paper trains from scratch): project the trained weights onto the ring in closed form,
+
+    A_r = sum_{k: slot(k)=r} s_k c_k w_k / sum_{k: slot(k)=r} c_k^2,
+
+then fine-tune the ring and the ordinary parameters with the shared loop (training set; validation selects).
+DoF = N + every ordinary parameter. `model.safetensors` stores the ring, the ordinary parameters, the seed and
+layout and a checksum of the regenerated weights (checked on load); the ONNX graph stores only the ring and
+builds the index map in-graph (`compressor.algorithms.rpg.onnx_graph`). After prune, the masks of generated weights are
+applied after generation, so pruned weights stay zero.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from compressor.algorithms.rpg.ring import RING_NAME, RingLayer, RingLayout, affine_map_params, project, ring_model
+from compressor.core.finetune import FinetuneSettings, finetune
+from compressor.core.layers import WeightInfo, select
+from compressor.core.params import unique_param_count
+from compressor.errors import StageError
+from compressor.registry import register_stage
+from compressor.stage import Stage, StageResult, option
+
+
+@dataclass
+class RpgConfig:
+    include: tuple[str, ...] = option((), "glob patterns of weights generated from the ring (default: every "
+                                          "conv/linear weight except the first and the last layer's)")
+    exclude: tuple[str, ...] = option((), "glob patterns of weights that stay ordinary parameters")
+    dof_fraction: float = option(0.18, "ring size such that DoF (ring + ordinary params) is this fraction of "
+                                       "the whole model's parameters")
+    ring_fraction: float | None = option(None, "ring size as a fraction of the generated weights "
+                                               "(overrides dof_fraction)")
+    ring_size: int | None = option(None, "absolute ring size N (overrides both fractions)")
+    scale: Literal["rms", "kaiming"] = option("rms", "per-layer scale c_l: the layer's trained weight RMS, or "
+                                                     "sqrt(2/fan_in)")
+    epochs: int = option(20, "fine-tuning epochs after the projection (0: projection only)")
+    lr: float = option(1e-2, "fine-tuning learning rate (Adam, cosine schedule; 1e-2 recovers the projection "
+                             "faster than 1e-3 on the digits models)")
+    batch_size: int = option(64, "fine-tuning batch size")
+    max_steps_per_epoch: int = option(0, "cap on optimizer steps per epoch (0: a full pass)")
+    verify_onnx: bool = option(True, "export once, rewrite the graph, and compare ONNX Runtime with torch")
+
+    def validate(self) -> str | None:
+        if not 0 < self.dof_fraction <= 1:
+            return "dof_fraction must be in (0, 1]"
+        if self.ring_fraction is not None and not 0 < self.ring_fraction <= 1:
+            return "ring_fraction must be in (0, 1]"
+        if self.ring_size is not None and self.ring_size < 1:
+            return "ring_size must be at least 1"
+        if self.ring_size is not None and self.ring_fraction is not None:
+            return "set ring_size or ring_fraction, not both"
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps_per_epoch < 0:
+            return "epochs and max_steps_per_epoch must be >= 0, batch_size >= 1 and lr > 0"
+        return None
+
+
+def generated_weights(weights: list[WeightInfo], cfg: RpgConfig) -> list[WeightInfo]:
+    """The weights generated from the ring, in graph order (ctx.weights order)."""
+    if cfg.include:
+        return select(weights, cfg.include, cfg.exclude)
+    matrices = [w for w in weights if w.is_matrix_weight][1:-1]
+    return [w for w in matrices if not any(fnmatch.fnmatchcase(w.name, p) for p in cfg.exclude)]
+
+
+def tied_names(model: torch.nn.Module, names: set[str]) -> tuple[str, str] | None:
+    """(generated name, alias) when a generated weight is also reachable under another parameter name."""
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        other = first.setdefault(id(p), name)
+        if other != name and (name in names or other in names):
+            return (other, name) if other in names else (name, other)
+    return None
+
+
+def ring_size_for(cfg: RpgConfig, total_params: int, generated: int) -> int:
+    """N from the config: absolute, a fraction of the generated weights, or from the DoF fraction of the model."""
+    ordinary = total_params - generated
+    if cfg.ring_size is not None:
+        n = cfg.ring_size
+    elif cfg.ring_fraction is not None:
+        n = round(cfg.ring_fraction * generated)
+    else:
+        n = round(cfg.dof_fraction * total_params) - ordinary
+        if n < 1:
+            raise StageError(f"rpg: dof_fraction {cfg.dof_fraction} leaves no room for a ring: the ordinary "
+                             f"parameters alone are {ordinary / total_params:.1%} of the model; raise "
+                             "rpg.dof_fraction or set rpg.ring_fraction")
+    if not 1 <= n <= generated:
+        raise StageError(f"rpg: ring size {n} must be between 1 and the {generated} generated weights")
+    return n
+
+
+def layer_scale(weight: torch.Tensor, keep: torch.Tensor | None, how: str) -> float:
+    """c_l: the RMS of the layer's (kept) trained weights, or sqrt(2/fan_in) (Kaiming)."""
+    if how == "kaiming":
+        return math.sqrt(2.0 / max(1, math.prod(weight.shape[1:])))
+    w = weight.detach().float()
+    if keep is not None:
+        w = w[keep]
+    rms = float(w.pow(2).mean().sqrt()) if w.numel() else 0.0
+    return rms if rms > 0 else 1.0
+
+
+def take_masks(ctx, names: list[str]) -> torch.Tensor | None:
+    """Move the masks of generated weights out of the registry into one keep-vector (None if none is pruned)."""
+    if not any(n in ctx.masks for n in names):
+        return None
+    params = dict(ctx.model.named_parameters())
+    parts = []
+    for n in names:
+        keep = ctx.masks.masks.pop(n, None)
+        parts.append(torch.ones(params[n].numel(), dtype=torch.bool) if keep is None else keep.reshape(-1).cpu())
+    return torch.cat(parts)
+
+
+@register_stage
+class RpgStage(Stage):
+    name = "rpg"
+    summary = "recurrent parameter generator: weights generated from one shared ring (Wang et al., WACV 2023)"
+    Config = RpgConfig
+    needs_training_data = True
+    follows = frozenset({"shrink", "prune"})
+
+    def apply(self, ctx) -> StageResult:
+        cfg = self.config
+        chosen = generated_weights(ctx.weights, cfg)
+        if not chosen:
+            raise StageError("rpg: no weights to generate (the first and last conv/linear layers stay ordinary); "
+                             "name them with rpg.include")
+        params = dict(ctx.model.named_parameters())
+        missing = [w.name for w in chosen if w.name not in params]
+        if missing:
+            raise StageError(f"rpg: {missing[0]} is not a parameter of the working model")
+        tied = tied_names(ctx.model, {w.name for w in chosen})
+        if tied:
+            raise StageError(f"rpg: {tied[0]} shares its tensor with {tied[1]}; generating tied weights is not "
+                             "supported (exclude it with rpg.exclude)")
+        total_params = unique_param_count(ctx.model)
+        generated = sum(w.numel for w in chosen)
+        n = ring_size_for(cfg, total_params, generated)
+        names = [w.name for w in chosen]
+        keep = take_masks(ctx, names)
+        layers, offset = [], 0
+        for w in chosen:
+            layer_keep = None if keep is None else keep[offset:offset + w.numel].reshape(w.shape)
+            layers.append(RingLayer(w.name, w.shape, offset, layer_scale(params[w.name], layer_keep, cfg.scale)))
+            offset += w.numel
+        a, b = affine_map_params(ctx.stage_seed, n)
+        layout = RingLayout(n, ctx.stage_seed, a, b, layers)
+        ring = project([params[nm] for nm in names], layout, keep)
+        model = ring_model(ctx.model, layout, ring, keep).to(ctx.device)
+        dof = unique_param_count(model)
+        reuse = generated / n
+        notes = [f"{len(layers)} weights ({generated:,} values) generated from a ring of N={n:,} "
+                 f"(each slot read {generated // n}-{math.ceil(generated / n)} times); slot(k)=({a}*k+{b}) mod {n}, "
+                 f"seed {ctx.stage_seed}; DoF {dof:,} = {dof / total_params:.1%} of {total_params:,} parameters"]
+        if keep is not None:
+            notes.append(f"prune masks of {len(names)} generated weights applied after generation "
+                         f"({1 - float(keep.float().mean()):.1%} of generated weights stay zero)")
+        metrics = {"dof": dof, "ring_size": n, "generated_weights": generated, "ring_reuse": round(reuse, 3),
+                   "dof_fraction": round(dof / total_params, 5), "generated_layers": names}
+        if ctx.val is not None:
+            metrics["projection_val_metric"] = ctx.validate(model).value
+            notes.append(f"projection only: validation {metrics['projection_val_metric']:.2f}")
+        if cfg.epochs > 0:
+            settings = FinetuneSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                        max_steps_per_epoch=cfg.max_steps_per_epoch)
+            result = finetune(ctx, model, settings, desc="rpg fine-tune")
+            metrics["val_metric"] = result.best.value if result.best else None
+            metrics["best_epoch"] = result.best_epoch
+            notes.append(f"fine-tuned ring and ordinary parameters {cfg.epochs} epochs: validation "
+                         f"{metrics['val_metric']:.2f} (best epoch {result.best_epoch})")
+        if ctx.loaded.exported:
+            notes.append("a .pt2 model: batch-norm statistics stayed frozen while fine-tuning")
+        entry = {"kind": "rpg", **layout.as_dict(), "masked": keep is not None, "checksum": model.checksum()}
+        ctx.weights = [w for w in ctx.weights if w.name not in set(names)] + [WeightInfo(RING_NAME, (n,), "other")]
+        return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx)

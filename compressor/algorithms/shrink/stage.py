@@ -1,0 +1,64 @@
+"""shrink: fine-tune with selective shrinkage of the weights the loss is insensitive to.
+
+Bonetta, Ribero, Cancelliere, "Regularization-based Pruning of Irrelevant Weights in Deep Neural Architectures",
+Applied Intelligence 2023 (arXiv 2204.04977). With g = dL/dw of the current minibatch (treated as a constant),
+the relevance-decay regularizer R(w) = gamma * sum exp(-|g|/alpha) w^2 gives the update
+
+    w <- w - eta * (g + 2 * gamma * exp(-|g|/alpha) * w)
+
+applied in ONE backward pass by adding the decay to the gradient before the optimizer step (the authors' code
+does two). Irrelevant weights (|g| ~ 0) get the full decay, relevant ones (|g| >> alpha) a classic update; a
+weight counts as relevant when exp(-|g|/alpha) < 0.5. alpha is scaled per layer by default (alpha_l = median
+|g| of layer l, refreshed each epoch): on small models the paper's alpha = 1 is not selective at all
+(docs/ALGORITHMS.md §1); the absolute alpha is an option. Variant: the LOBSTER rule (Tartaglione et al., Neural
+Networks 2022), w <- w - lambda * w * max(0, 1 - |g|) after the step. Optional manifold-preserving term
+(ours, seeded by Sartipi & Bernal, arXiv 2305.17119): mu * sum_l ||G(H_l) - G(F_l)||^2 / B^2 between the
+row-normalised Gram matrices of chosen layers' features in the compressed (H) and frozen original (F) model.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
+from compressor.registry import register_stage
+from compressor.stage import Stage, StageResult
+
+INERT_LOW, INERT_HIGH = 0.01, 0.99
+
+
+def small_fraction(model: nn.Module, names: list[str], threshold: float = 1e-3) -> float:
+    params = dict(model.named_parameters())
+    total = sum(params[n].numel() for n in names)
+    small = sum(int((params[n].detach().abs() < threshold).sum()) for n in names)
+    return small / total if total else 0.0
+
+
+@register_stage
+class ShrinkStage(Stage):
+    name = "shrink"
+    summary = "fine-tune with selective shrinkage: irrelevant weights decay, relevant ones get a classic update"
+    Config = ShrinkConfig
+    follows = frozenset()
+    needs_training_data = True
+
+    @classmethod
+    def default_targets(cls, weights, model) -> list[str]:
+        return shrink_targets(weights, ShrinkConfig())
+
+    def apply(self, ctx) -> StageResult:
+        cfg = self.config
+        before = small_fraction(ctx.model, shrink_targets(ctx.weights, cfg))
+        result, names = run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False)
+        after = small_fraction(ctx.model, names)
+        relevant = [h.get("relevant", 0.0) for h in result.history[1:]]
+        notes = [f"{cfg.rule} rule on {len(names)} tensors; best validation {result.best.value:.2f} at epoch "
+                 f"{result.best_epoch}; |w| < 1e-3: {before:.1%} -> {after:.1%}",
+                 "per epoch (loss / validation % / fraction relevant): " + "; ".join(
+                     f"{h['loss']:.4f} / {h['val']:.2f} / {h.get('relevant', 0.0):.3f}" for h in result.history[1:])]
+        mean_rel = sum(relevant) / len(relevant) if relevant else 0.0
+        if mean_rel < INERT_LOW or mean_rel > INERT_HIGH:
+            notes.append(f"WARNING: the fraction of relevant weights is ~{mean_rel:.3f}: the selective part is inert "
+                         "(the rule acts as plain decay or not at all); adjust alpha/alpha_scale")
+        history = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in result.history]
+        return StageResult(model=ctx.model, notes=notes,
+                           metrics={"history": history, "small_weight_fraction": after, "relevant_mean": mean_rel})

@@ -1,0 +1,128 @@
+"""The one fine-tuning loop every stage shares (shrink, prune, rpg, basis).
+
+Trains on the training set, selects on the validation set (never the held-out set) and restores the best state.
+With labels the loss is cross-entropy; without labels it is distillation (KL divergence) towards the frozen
+original model's outputs, so unlabelled data can still fine-tune. Masks are honoured after every optimizer step.
+Hooks let a stage add to the gradient before the step (shrink's relevance decay), act after it, or add a loss
+term (the manifold-preserving term).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from compressor.io.calls import call_model, set_train
+from compressor.io.data import Dataset
+from compressor.verify.metrics import Metrics
+
+GradHook = Callable[[nn.Module, int], dict[str, float] | None]  # after backward, before step; may return stats
+StepHook = Callable[[nn.Module], None]
+LossHook = Callable[[nn.Module, Dataset, torch.Tensor], torch.Tensor]  # extra loss term from (model, batch, out)
+
+
+@dataclass
+class FinetuneSettings:
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9
+    cosine: bool = True
+    max_steps_per_epoch: int = 0  # 0: a full pass over the training set
+
+
+@dataclass
+class FinetuneResult:
+    best: Metrics | None
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], s: FinetuneSettings) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum)
+    return torch.optim.Adam(params, lr=s.lr)
+
+
+def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch.Tensor:
+    if batch.labels is not None:
+        return nn.functional.cross_entropy(out.reshape(out.shape[0], -1), batch.labels.to(out.device))
+    with torch.no_grad():
+        target = call_model(ctx.original, batch, ctx.device)
+    return nn.functional.kl_div(torch.log_softmax(out.reshape(out.shape[0], -1), -1),
+                                torch.softmax(target.reshape(target.shape[0], -1), -1), reduction="batchmean")
+
+
+def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
+             params: Iterable[nn.Parameter] | None = None, grad_hook: GradHook | None = None,
+             step_hook: StepHook | None = None, loss_hook: LossHook | None = None,
+             select_best: bool = True, keep_start: bool = True,
+             train_mode: Callable[[nn.Module], None] | None = None) -> FinetuneResult:
+    """Fine-tune `model` in place; returns the validation history (the best state is restored).
+
+    `train_mode`, if given, is called after the model is put in training mode each epoch (e.g. to keep some
+    modules' batch-norm statistics frozen). With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
+    where a later epoch of equal validation metric is the more compressible one).
+    """
+    train, _ = ctx.require_training(desc)
+    gen = ctx.generator()
+    opt = make_optimizer(params if params is not None else model.parameters(), settings)
+    n_batches = math.ceil(len(train) / settings.batch_size)
+    steps = min(n_batches, settings.max_steps_per_epoch) if settings.max_steps_per_epoch else n_batches
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.epochs * steps)) if settings.cosine else None
+    start = ctx.validate(model) if select_best else None
+    best = start if keep_start else None
+    best_state = copy.deepcopy(model.state_dict()) if select_best else None
+    result = FinetuneResult(best, 0, [{"epoch": 0, "val": start.value if start else None}])
+    step = 0
+    with ctx.reporter.task(desc, settings.epochs * steps) as task:
+        for epoch in range(1, settings.epochs + 1):
+            set_train(model, True)
+            if train_mode is not None:
+                train_mode(model)
+            total, count, stats_sum = 0.0, 0, {}
+            for i, batch in enumerate(train.batches(settings.batch_size, gen)):
+                if i >= steps:
+                    break
+                opt.zero_grad(set_to_none=True)
+                out = call_model(model, batch, ctx.device)
+                loss = task_loss(ctx, model, batch, out)
+                if loss_hook is not None:
+                    loss = loss + loss_hook(model, batch, out)
+                loss.backward()
+                if grad_hook is not None:
+                    for k, v in (grad_hook(model, step) or {}).items():
+                        stats_sum[k] = stats_sum.get(k, 0.0) + v
+                ctx.masks.mask_grads(model)
+                opt.step()
+                ctx.masks.apply(model)
+                if step_hook is not None:
+                    step_hook(model)
+                if sched is not None:
+                    sched.step()
+                step += 1
+                total += float(loss.detach())
+                count += 1
+                task.advance(status=f"loss {total / count:.4f}")
+            set_train(model, False)
+            metrics = ctx.validate(model)
+            entry = {"epoch": epoch, "loss": total / max(count, 1), "val": metrics.value,
+                     **{k: v / max(count, 1) for k, v in stats_sum.items()}}
+            result.history.append(entry)
+            task.status(f"val {metrics.value:.2f}")
+            better = result.best is None or metrics.value > result.best.value or (
+                not keep_start and metrics.value >= result.best.value)
+            if select_best and better:
+                result.best, result.best_epoch = metrics, epoch
+                best_state = copy.deepcopy(model.state_dict())
+    if select_best:
+        model.load_state_dict(best_state)
+        ctx.masks.apply(model)
+    set_train(model, False)
+    return result

@@ -1,0 +1,66 @@
+"""The ONNX side of structural stages: each structure record's rewrites are found by its kind in the registry.
+
+A stage returns a model and a declarative structure record; here the exported graph is rewritten so that it
+holds only the compact form (the ring, the coefficients), the compact tensors are made int8 before ONNX Runtime's
+quantizer runs, and a stage that asks for it gets one export compared with torch in ONNX Runtime.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from compressor.errors import ArtifactError
+from compressor.io.calls import onnx_predict, predict
+from compressor.io.data import Dataset
+from compressor.io.onnx_export import export_onnx_proto, max_abs_diff, ort_session, save_onnx
+from compressor.registry import StructureHandler, structure_handler
+
+CHECK_SAMPLES = 256
+
+
+def handler_of(entry: dict[str, Any]) -> StructureHandler:
+    handler = structure_handler(entry.get("kind"))
+    if handler is None:
+        raise ArtifactError(f"unknown structure {entry.get('kind')!r}; is a plugin missing?")
+    return handler
+
+
+def apply_rewrites(proto: onnx.ModelProto, structures: list[dict[str, Any]], model: nn.Module) -> onnx.ModelProto:
+    """The fp32 graph with every structure's ONNX rewrite applied, in the order the stages ran."""
+    for entry in structures:
+        rewrite = handler_of(entry).onnx_rewrite
+        if rewrite is not None:
+            proto = rewrite(proto, entry, model)
+    return proto
+
+
+def compact_int8(proto: onnx.ModelProto, structures: list[dict[str, Any]], model: nn.Module) -> onnx.ModelProto | None:
+    """The graph with the structures' own compact tensors stored as int8, or None when no structure has any."""
+    rewrites = [(entry, handler_of(entry).int8_rewrite) for entry in structures]
+    rewrites = [(entry, fn) for entry, fn in rewrites if fn is not None]
+    if not rewrites:
+        return None
+    for entry, rewrite in rewrites:
+        proto = rewrite(proto, entry, model)
+    return proto
+
+
+def export_model(model: nn.Module, example: Dataset, device: str, structures: list[dict[str, Any]]) -> onnx.ModelProto:
+    return apply_rewrites(export_onnx_proto(model, example, device), structures, model)
+
+
+def verify_structure(model: nn.Module, entry: dict[str, Any], data: Dataset, device: torch.device) -> dict[str, float]:
+    """Export with this structure's rewrite, run in ONNX Runtime on up to 256 samples: max abs diff vs torch and
+    the file's bytes."""
+    data = data.subset(torch.arange(min(CHECK_SAMPLES, len(data))))
+    proto = export_model(model, data.example(), str(device), [entry])
+    with tempfile.TemporaryDirectory(prefix=f"compressor-{entry['kind']}-") as tmp:
+        path = Path(tmp) / "check.onnx"
+        save_onnx(proto, path)
+        diff = max_abs_diff(onnx_predict(ort_session(path), data), predict(model, data, device))
+        return {"onnx_max_abs_diff": diff, "onnx_fp32_bytes": path.stat().st_size}

@@ -1,0 +1,1 @@
+"""Formats in (load, data) and out (ONNX export, safetensors with compressed encodings); running a model on data."""

@@ -1,0 +1,99 @@
+"""Running a model on data, the same way for every caller: torch modules (eager, `.pt2`, TorchScript) by keyword or
+position, and ONNX Runtime sessions."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.errors import DataError
+from compressor.io.data import Dataset
+
+EVAL_BATCH = 256
+
+
+def first_tensor(out: object) -> torch.Tensor:
+    """The main output of a forward: the tensor itself, the first of a tuple, or `logits` of a dict/dataclass."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        if "logits" in out:
+            return first_tensor(out["logits"])
+        return first_tensor(next(iter(out.values())))
+    if hasattr(out, "logits"):
+        return first_tensor(out.logits)
+    if isinstance(out, (tuple, list)) and out:
+        return first_tensor(out[0])
+    raise DataError(f"the model returned {type(out).__name__}; expected a tensor (or a tuple/dict of tensors)")
+
+
+def takes_keywords(model: nn.Module, names: list[str]) -> bool:
+    """Whether the model expects its inputs by keyword: a `.pt2` program exported with kwargs records them in
+    its input spec; an eager forward takes keywords unless its only input is the conventional `x`."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return False
+    spec = getattr(model, "_in_spec", None)
+    if isinstance(model, torch.fx.GraphModule) and spec is not None:
+        try:
+            kwargs_spec = spec.children_specs[1]
+            return bool(kwargs_spec.context)
+        except (AttributeError, IndexError, TypeError):
+            return False
+    return names != ["x"]
+
+
+def call_model(model: nn.Module, batch: Dataset, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Run the model on one batch, by keyword when it takes its inputs named, else positionally (and the other
+    way round if the first refuses the call)."""
+    inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+    calls = [lambda: model(**inputs), lambda: model(*inputs.values())]
+    if not takes_keywords(model, list(inputs)):
+        calls.reverse()
+    try:
+        return first_tensor(calls[0]())
+    except (TypeError, ValueError) as exc:
+        if len(inputs) == 1 and "keyword" not in str(exc) and "argument" not in str(exc):
+            raise
+        return first_tensor(calls[1]())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
+            batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Outputs of the whole dataset (on CPU, float32). Bad input shapes become one-line DataErrors."""
+    set_train(model, False)
+    outs = []
+    for batch in data.batches(batch_size):
+        try:
+            outs.append(call_model(model, batch, device).detach().float().cpu())
+        except DataError:
+            raise
+        except Exception as exc:
+            shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in batch.inputs.items())
+            msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{data.source}: the model cannot run on inputs {shapes}: {msg}") from exc
+    return torch.cat(outs)
+
+
+def onnx_predict(session, data: Dataset, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Outputs of an ONNX Runtime session on the dataset (first graph output)."""
+    names = [i.name for i in session.get_inputs()]
+    outs = []
+    for batch in data.batches(batch_size):
+        if set(names) == set(batch.inputs):
+            feed = {n: batch.inputs[n].numpy() for n in names}
+        else:
+            feed = dict(zip(names, (v.numpy() for v in batch.inputs.values())))
+        outs.append(torch.from_numpy(np.asarray(session.run(None, feed)[0], dtype=np.float32)))
+    return torch.cat(outs)
+
+
+def set_train(model: nn.Module, mode: bool) -> bool:
+    """Switch train/eval; a `.pt2` module refuses, so it stays in eval mode (batch norm frozen). Returns success."""
+    try:
+        model.train(mode)
+        return True
+    except NotImplementedError:
+        return False

@@ -1,0 +1,262 @@
+"""Load a checkpoint into a trainable working model, whatever format it came in.
+
+Accepted: a ``torch.export`` program (``.pt2``); a state_dict (``.pt``/``.pth``/``.safetensors``) with
+``--arch package.module:factory`` or ``--arch path/to/file.py:factory``; TorchScript; and a pickled
+``nn.Module`` only with ``--trust-pickle`` (unpickling runs code from the file, so it is never done by default).
+The format is read from the file's content, not trusted from its extension.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compressor.errors import ModelLoadError, UsageError
+from compressor.registry import loader_for
+
+FORMATS_ACCEPTED = (
+    "a torch.export program (.pt2), TorchScript, a state_dict (.pt/.pth/.safetensors) with --arch, "
+    "or a pickled nn.Module with --trust-pickle"
+)
+STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "weights")
+
+
+@dataclass
+class LoadedModel:
+    """The working model and what is known about where it came from."""
+
+    module: nn.Module
+    format: str  # "pt2" | "state_dict" | "torchscript" | "pickle"
+    source: str
+    sha256: str
+    arch: str | None = None
+    input_names: list[str] = field(default_factory=list)
+    program: torch.export.ExportedProgram | None = None
+
+    @property
+    def exported(self) -> bool:
+        """True for a module rebuilt from a torch.export program: `.train()` is unsupported, BN stays frozen."""
+        return self.format == "pt2"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def detect_format(path: Path) -> str:
+    """Name the checkpoint format from the file's content."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) >= 8 and path.suffix.lower() == ".safetensors":
+        return "safetensors"
+    names = _zip_names(path)
+    if names:
+        if any(n.endswith("archive_format") for n in names) or any("serialized_exported_program" in n for n in names):
+            return "pt2"
+        if any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch_pickle"
+        raise ModelLoadError(f"{path}: a zip archive that is not a PyTorch checkpoint; accepted: {FORMATS_ACCEPTED}")
+    if head[:1] == b"\x80":  # legacy (non-zip) torch.save
+        return "torch_pickle"
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") < (1 << 27) and head[8:9] == b"{":
+        return "safetensors"
+    raise ModelLoadError(f"{path}: unknown model format; accepted: {FORMATS_ACCEPTED}")
+
+
+def resolve_arch(spec: str) -> nn.Module:
+    """Build a module from ``package.module:factory`` or ``path/to/file.py:factory`` (cwd importable)."""
+    if ":" not in spec:
+        raise UsageError(f"--arch {spec!r}: expected 'package.module:factory' or 'path/to/file.py:factory'")
+    target, _, attr = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise ModelLoadError(f"--arch: file not found: {file}")
+            mod_name = "compressor_arch_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+            spec_obj = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[mod_name] = module
+            spec_obj.loader.exec_module(module)
+        else:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(target)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"--arch {spec!r}: cannot import {target}: {type(exc).__name__}: {exc}")
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ModelLoadError(f"--arch {spec!r}: {target} has no attribute {attr!r}")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ModelLoadError(f"--arch {spec!r}: calling {attr}() failed: {type(exc).__name__}: {exc}")
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"--arch {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in STATE_DICT_WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict):
+                return _unwrap_state_dict(obj[key], path)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {str(k): v for k, v in obj.items()}
+    raise ModelLoadError(f"{path}: holds {type(obj).__name__}, not a state_dict of tensors; accepted: {FORMATS_ACCEPTED}")
+
+
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        raise ModelLoadError(f"{what}: weights do not fit the architecture: {', '.join(detail)}")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ModelLoadError(
+            f"{what}: weight {k} has shape {tuple(state[k].shape)}, the architecture expects {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def forward_input_names(model: nn.Module, program: torch.export.ExportedProgram | None = None) -> list[str]:
+    """The names of the model's forward arguments, in order (the data files may name arrays after them)."""
+    if program is not None:
+        return [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    if isinstance(model, torch.jit.ScriptModule):
+        return [a.name for a in model.forward.schema.arguments[1:]]
+    params = inspect.signature(model.forward).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Read a checkpoint (never modifying it) and return the working model in eval mode; weights must be finite
+    (a corrupted archive can decode to NaN without any error from torch)."""
+    loaded = _load_model(path, arch, trust_pickle)
+    for name, t in list(loaded.module.named_parameters()) + list(loaded.module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelLoadError(f"{path}: weight {name} contains NaN or infinite values; the file is corrupt")
+    return loaded
+
+
+def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: the file is empty; accepted: {FORMATS_ACCEPTED}")
+    plugin = loader_for(path)
+    digest = file_sha256(path)
+    if plugin is not None:
+        return _from_plugin(plugin, path, digest, arch)
+    fmt = detect_format(path)
+    try:
+        if fmt == "pt2":
+            program = torch.export.load(str(path))
+            module = program.module()
+            return LoadedModel(module, "pt2", str(path), digest, None, forward_input_names(module, program), program)
+        if fmt == "torchscript":
+            module = torch.jit.load(str(path), map_location="cpu")
+            module.eval()
+            return LoadedModel(module, "torchscript", str(path), digest, None, forward_input_names(module))
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+            return _from_state_dict(state, path, digest, arch)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not trust_pickle:
+                raise ModelLoadError(
+                    f"{path}: holds pickled Python objects (likely a whole nn.Module); unpickling runs code from the "
+                    "file, so it is refused by default: pass --trust-pickle if you trust its source, or save a "
+                    "state_dict and pass --arch"
+                ) from exc
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+            if not isinstance(obj, nn.Module):
+                raise ModelLoadError(f"{path}: the pickle holds {type(obj).__name__}, not an nn.Module")
+            obj.eval()
+            return LoadedModel(obj, "pickle", str(path), digest, None, forward_input_names(obj))
+        if isinstance(obj, nn.Module):
+            obj.eval()
+            return LoadedModel(obj, "pickle", str(path), digest, None, forward_input_names(obj))
+        return _from_state_dict(_unwrap_state_dict(obj, path), path, digest, arch)
+    except (ModelLoadError, UsageError):
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path}: cannot load as {fmt} ({type(exc).__name__}: {first[:200]})") from exc
+
+
+def _from_plugin(plugin, path: Path, digest: str, arch: str | None) -> LoadedModel:
+    name, loader = plugin
+    try:
+        obj = loader.load(path)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: loader plugin {name!r} failed ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, nn.Module):
+        obj.eval()
+        return LoadedModel(obj, "pickle", str(path), digest, None, forward_input_names(obj))
+    return _from_state_dict(_unwrap_state_dict(obj, path), path, digest, arch)
+
+
+def _from_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, arch: str | None) -> LoadedModel:
+    if arch is None:
+        raise UsageError(
+            f"{path} is a state_dict (weights without code): pass --arch package.module:factory "
+            "or --arch path/to/file.py:factory"
+        )
+    model = resolve_arch(arch)
+    load_state_dict_into(model, state, str(path))
+    model.eval()
+    return LoadedModel(model, "state_dict", str(path), digest, arch, forward_input_names(model))
+
+
+def model_bytes_of(module: nn.Module) -> int:
+    """fp32-equivalent bytes of parameters and buffers as stored (each tensor counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+

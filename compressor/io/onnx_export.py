@@ -1,0 +1,149 @@
+"""Export the working model to one self-contained, reproducible ONNX file, checked and parity-tested.
+
+The default torch exporter (torch.export-based, needs onnxscript) is used; TorchScript modules fall back to the
+TorchScript exporter. Batch is dynamic. Metadata that varies between runs (stack traces, source paths, exporter
+rule names) is stripped so the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from compressor.errors import StageError
+from compressor.io.calls import set_train, takes_keywords
+from compressor.io.data import Dataset
+from compressor.version import __version__
+
+OPSET = 20
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence the exporter's warnings, log lines and progress prints."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript",
+                                                "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove run-dependent metadata: node/graph/model doc strings and metadata_props."""
+    def clean_graph(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for coll in (graph.input, graph.output, graph.value_info, graph.initializer):
+            for item in coll:
+                if hasattr(item, "doc_string"):
+                    item.doc_string = ""
+                if hasattr(item, "metadata_props"):
+                    del item.metadata_props[:]
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean_graph(attr.g)
+                for g in attr.graphs:
+                    clean_graph(g)
+        if hasattr(graph, "metadata_props"):
+            del graph.metadata_props[:]
+
+    clean_graph(model.graph)
+    for fn in model.functions:
+        fn.doc_string = ""
+        for node in fn.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    model.doc_string = ""
+    del model.metadata_props[:]
+    model.producer_name = "compressor"
+    model.producer_version = __version__
+    return model
+
+
+def _dynamic_shapes(example: Dataset) -> dict[str, dict[int, object]]:
+    return {name: {0: torch.export.Dim.DYNAMIC} for name in example.inputs}
+
+
+def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -> onnx.ModelProto:
+    """Trace the model into an ONNX ModelProto (not yet written)."""
+    set_train(model, False)
+    model = model.to("cpu")
+    inputs = {k: v.cpu() for k, v in example.inputs.items()}
+    try:
+        with quiet_exporter():
+            if isinstance(model, torch.jit.ScriptModule):
+                buf = io.BytesIO()
+                torch.onnx.export(model, tuple(inputs.values()), buf, dynamo=False, opset_version=17,
+                                  input_names=list(inputs), output_names=["output"],
+                                  dynamic_axes={**{n: {0: "batch"} for n in inputs}, "output": {0: "batch"}})
+                proto = onnx.load_from_string(buf.getvalue())
+            else:
+                if not takes_keywords(model, list(inputs)):
+                    args, kwargs = tuple(inputs.values()), None
+                    dyn = tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
+                else:
+                    args, kwargs = (), dict(inputs)
+                    dyn = _dynamic_shapes(example)
+                program = torch.onnx.export(model, args, None, kwargs=kwargs, dynamo=True, external_data=False,
+                                            dynamic_shapes=dyn, opset_version=OPSET, verbose=False,
+                                            optimize=True)
+                proto = program.model_proto
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"ONNX export failed ({type(exc).__name__}: {msg})") from exc
+    finally:
+        model.to(device)
+    return strip_metadata(proto)
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    """Write one self-contained file atomically, after `onnx.checker`."""
+    data = proto.SerializeToString()
+    if len(data) >= 2**31:
+        raise StageError("the ONNX model exceeds 2 GB; external data is not supported yet")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise StageError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from exc
+    write_bytes_atomic(path, data)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(np.max(np.abs(a.numpy() - b.numpy()))) if a.numel() else 0.0

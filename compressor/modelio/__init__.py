@@ -1,1 +1,0 @@
-"""Formats in (load) and out (ONNX, safetensors with compressed encodings)."""

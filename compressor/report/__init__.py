@@ -1,0 +1,1 @@
+"""The report: JSON, Markdown and terminal table, the sparsity section, plots, and `compress diff`."""

@@ -1,0 +1,165 @@
+"""The report: `report.json` (machine-readable), `report.md` (a CI job summary as is), a rich table.
+
+Sizes come from the files written (raw and gzip), never estimates; metrics are in percent; a drop is in points.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from compressor.io.onnx_export import write_bytes_atomic
+from compressor.report.sparsity import markdown_lines
+from compressor.verify.gates import evaluate_gates
+from compressor.version import __version__
+
+
+def environment() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"compressor": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, base_stored_bytes: int,
+                 records: list[dict],
+                 artifacts: list[dict], notes: list[str], seconds: float) -> dict[str, Any]:
+    final = artifacts[0]["metric_value"]
+    drop = baseline.value - final
+    gates = evaluate_gates(baseline.value, final, artifacts[0].get("metric_extra", {}), baseline.name,
+                           artifacts[0]["size"], options.max_drop, options.min_recovery, options.max_bytes,
+                           options.floors)
+    passed = all(g["passed"] for g in gates)
+    return {
+        "verdict": "pass" if passed else "fail",
+        "model": {"path": str(options.model), "format": ctx.loaded.format, "sha256": ctx.loaded.sha256},
+        "pipeline": [r["name"] for r in records] or [],
+        "seed": options.seed,
+        "data": {"heldout": str(options.data), "train": _s(options.train_data),
+                 "val": ctx.val.source if ctx.val is not None else None,
+                 "calib": ctx.calib.source if ctx.calib is not None else None},
+        "baseline": {"metric": baseline.name, "value": baseline.value, "params": base_params, "bytes": base_bytes,
+                     "file_bytes": os.path.getsize(options.model),
+                     "stored_bytes": base_stored_bytes, **baseline.extra},
+        "stages": records,
+        "artifacts": artifacts,
+        "gate": {"metric": baseline.name, "max_drop": options.max_drop, "baseline": baseline.value,
+                 "final": final, "drop": round(drop, 6), "passed": passed, "gates": gates,
+                 "failed": [g["name"] for g in gates if not g["passed"]]},
+        "notes": notes,
+        "seconds": round(seconds, 2),
+        "environment": environment(),
+    }
+
+
+def _s(p) -> str | None:
+    return None if p is None else str(p)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def verdict_line(report: dict[str, Any]) -> str:
+    g = report["gate"]
+    onnx_art = report["artifacts"][0]
+    ratio = onnx_art["size"] / report["baseline"]["bytes"] if report["baseline"]["bytes"] else 0
+    word = "PASS" if g["passed"] else "FAIL (" + ", ".join(g.get("failed", [])) + ")"
+    return (f"{word}: {g['metric']} {g['baseline']:.2f}% -> {g['final']:.2f}% (drop {g['drop']:.2f} points, "
+            f"max {g['max_drop']:.2f}); model.onnx {human_bytes(onnx_art['size'])} = {ratio:.2f}x the fp32 weights")
+
+
+def _stage_rows(report: dict[str, Any]) -> list[list[str]]:
+    b = report["baseline"]
+    rows = [["baseline", f"{b['value']:.2f}", f"{b['params']:,}", f"{b['params']:,}", f"{b['params']:,}", "-"]]
+    for r in report["stages"]:
+        rows.append([r["name"], f"{r['metric_value']:.2f}", f"{r['params']:,}", f"{r['nonzeros']:,}",
+                     f"{r['dof']:,}", f"{r['seconds']:.1f}"])
+    return rows
+
+
+def _artifact_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for a in report["artifacts"]:
+        lat = "-" if a.get("latency_ms") is None else f"{a['latency_ms']:.2f}"
+        rows.append([a["path"], human_bytes(a["bytes"]), human_bytes(a["gzip_bytes"]), f"{a['metric_value']:.2f}", lat])
+    return rows
+
+
+STAGE_HEADER = ["stage", "metric %", "params", "nonzeros", "DoF", "seconds"]
+ARTIFACT_HEADER = ["artifact", "bytes", "gzip", "metric %", "ORT ms (batch 64)"]
+
+
+GATE_LABELS = {"max_drop": "max_drop (points below baseline)", "min_recovery": "min_recovery (final / baseline)",
+               "max_bytes": "max_bytes (model.onnx, smallest of raw/gzip)"}
+
+
+def _num(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    g = report["gate"]
+    lines = [f"## compressor: {'✅' if g['passed'] else '❌'} {verdict_line(report)}", ""]
+    lines.append(f"Model `{report['model']['path']}` ({report['model']['format']}), pipeline "
+                 f"`{','.join(report['pipeline']) or '(none)'}`, seed {report['seed']}, "
+                 f"held-out `{report['data']['heldout']}`.")
+    lines.append("")
+    for header, rows in ((STAGE_HEADER, _stage_rows(report)), (ARTIFACT_HEADER, _artifact_rows(report))):
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    if report.get("sparsity"):
+        lines += markdown_lines(report["sparsity"])
+    lines.append("| gate | value | limit | passed |")
+    lines.append("|---|---|---|---|")
+    for gate in g.get("gates", []):
+        lines.append(f"| {GATE_LABELS.get(gate['name'], gate['name'])} | {_num(gate['value'])} | "
+                     f"{_num(gate['limit'])} | {'yes' if gate['passed'] else '**NO**'} |")
+    if g.get("failed"):
+        lines.append("")
+        lines.append(f"Failed gates: {', '.join(g['failed'])}")
+    lines.append("")
+    notes = list(report.get("notes", []))
+    for r in report["stages"]:
+        notes += [f"{r['name']}: {n}" for n in r.get("notes", [])]
+    onnx_art = report["artifacts"][0]
+    notes.append(f"ONNX fp32 export vs torch: max abs diff {onnx_art['parity_max_abs_diff_fp32_vs_torch']:.2e}")
+    if notes:
+        lines.append("Notes:")
+        lines += [f"- {n}" for n in notes]
+        lines.append("")
+    env = report["environment"]
+    lines.append("<sub>" + ", ".join(f"{k} {v}" for k, v in env.items()) + "</sub>")
+    return "\n".join(lines) + "\n"
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    for title, header, rows in (("Stages (held-out)", STAGE_HEADER, _stage_rows(report)),
+                                ("Artifacts", ARTIFACT_HEADER, _artifact_rows(report))):
+        table = Table(title=title, title_justify="left")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+    for n in report.get("notes", []):
+        console.print(f"[dim]note: {n}[/dim]", highlight=False)
+
+
+def write_reports(report: dict[str, Any], out) -> None:
+    write_bytes_atomic(out.path("report.json"), (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(out.path("report.md"), markdown(report).encode())

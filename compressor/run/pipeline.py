@@ -1,0 +1,231 @@
+"""The runner: load, baseline, stages in order (evaluated after each), export, measure the artifacts, report.
+
+Stages get a `RunContext` and never write files; the runner owns every output (see DESIGN.md).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.core.layers import WeightInfo, find_weights
+from compressor.core.masks import MaskRegistry
+from compressor.core.params import count_params
+from compressor.errors import CompressorError, DataError, ModelLoadError, StageError, UsageError
+from compressor.export.onnx import handler_of, verify_structure
+from compressor.io.calls import predict
+from compressor.io.data import Dataset, load_dataset, split_validation
+from compressor.io.load import LoadedModel, load_model
+from compressor.io.safetensors_io import save_weights
+from compressor.registry import get_stage, plugin_metrics, validate_order
+from compressor.run.progress import Reporter
+from compressor.stage import Stage, build_config, parse_overrides
+from compressor.verify.artifacts import file_sizes
+from compressor.verify.gates import KNOWN_METRICS
+from compressor.verify.metrics import Metrics, check_labels, evaluate, score
+
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class RunOptions:
+    model: Path
+    pipeline: list[str]
+    data: Path
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    train_data: Path | None = None
+    val_data: Path | None = None
+    calib_data: Path | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    force: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+    max_drop: float = 1.0
+    min_recovery: float | None = None
+    max_bytes: int | None = None
+    floors: dict[str, float] = field(default_factory=dict)
+    recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> options from a recipe
+    resume: bool = False
+    keep_checkpoints: bool = False
+
+
+@dataclass
+class RunContext:
+    """Everything a stage may use (never the held-out set)."""
+
+    model: nn.Module
+    original: nn.Module
+    loaded: LoadedModel
+    train: Dataset | None
+    val: Dataset | None
+    calib: Dataset | None
+    seed: int
+    stage_index: int
+    device: torch.device
+    baseline_val: Metrics | None
+    val_reference: torch.Tensor | None
+    masks: MaskRegistry
+    plan: list[str]
+    reporter: Reporter
+    weights: list[WeightInfo]
+    # the structure records of structural stages (rpg, basis), in order: saved in model.safetensors; the export
+    # layer finds by kind how to rebuild each on load and how to rewrite the ONNX graph (fp32 and int8)
+    structures: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
+
+    @property
+    def stage_seed(self) -> int:
+        """Each stage's randomness is seeded from (seed, stage index), so a resumed run is exact."""
+        return self.seed * 1000 + self.stage_index
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.stage_seed)
+
+    def require_training(self, stage: str) -> tuple[Dataset, Dataset]:
+        if self.train is None or self.val is None:
+            raise DataError(f"stage {stage!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
+        return self.train, self.val
+
+    def validate(self, model: nn.Module | None = None) -> Metrics:
+        """The validation metric (for a stage's decisions)."""
+        if self.val is None:
+            raise DataError("no validation data: pass --train-data or --val-data")
+        return evaluate(model or self.model, self.val, self.val_reference, self.device)
+
+
+def plan_stages(options: RunOptions) -> list[Stage]:
+    """Resolve names and `--set` values into configured stages; all errors before anything runs."""
+    known = (*KNOWN_METRICS, *plugin_metrics())
+    for name in options.floors:
+        if name not in known:
+            raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(known)}")
+    names = [n.strip() for n in options.pipeline if n.strip()]
+    validate_order(names)
+    overrides = parse_overrides(options.overrides)
+    for stage in overrides:
+        if stage not in names:
+            get_stage(stage)
+            raise UsageError(f"--set {stage}.*: stage {stage!r} is not in the pipeline ({','.join(names)})")
+    if not Path(options.model).exists():
+        raise ModelLoadError(f"model file not found: {options.model}")
+    for flag, path in (("--data", options.data), ("--train-data", options.train_data),
+                       ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"data file not found: {path} ({flag})")
+    if not (options.max_drop == options.max_drop) or abs(options.max_drop) == float("inf"):
+        raise UsageError("--max-drop must be a finite number of points")
+    stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
+              for n in names]
+    for st in stages:
+        if (getattr(st, "needs_training_data", False) and options.train_data is None
+                and getattr(st.config, "epochs", 1) != 0):
+            raise UsageError(f"stage {st.name!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
+        needs_calib = getattr(st.config, "mode", None) == "static" and st.name == "quantize"
+        if needs_calib and options.train_data is None and options.calib_data is None:
+            raise UsageError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
+                             "or use --set quantize.mode=dynamic")
+    return stages
+
+
+def measured_bytes(model: nn.Module) -> int:
+    """Size of the model's weights as compressor stores them (encoded safetensors; smallest of raw and gzip),
+    measured from a file actually written, never estimated."""
+    with tempfile.TemporaryDirectory(prefix="compressor-sz-") as tmp:
+        path = Path(tmp) / "w.safetensors"
+        save_weights(model.state_dict(), path, {})
+        return file_sizes(path)["size"]
+
+
+def load_splits(options: RunOptions, input_names: list[str], seed: int):
+    """(heldout, train, val, calib, notes)."""
+    notes = []
+    heldout = load_dataset(options.data, input_names)
+    train = load_dataset(options.train_data, input_names) if options.train_data else None
+    val = load_dataset(options.val_data, input_names) if options.val_data else None
+    if train is not None and val is None:
+        train, val = split_validation(train, VAL_FRACTION, seed)
+        notes.append(f"validation set: a seeded {VAL_FRACTION:.0%} split of {options.train_data} (no --val-data)")
+    calib = load_dataset(options.calib_data, input_names) if options.calib_data else train
+    return heldout, train, val, calib, notes
+
+
+def prepare(options: RunOptions, reporter: Reporter):
+    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
+    torch.manual_seed(options.seed)
+    try:
+        device = torch.device(options.device)
+    except RuntimeError:
+        raise UsageError(f"--device {options.device!r}: not a torch device (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    loaded = load_model(options.model, options.arch, options.trust_pickle)
+    heldout, train, val, calib, notes = load_splits(options, loaded.input_names, options.seed)
+    model = loaded.module.to(device)
+    original = copy.deepcopy(model)
+    for p in original.parameters():
+        if p.is_leaf:
+            p.requires_grad_(False)
+    reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
+    reference = predict(original, heldout, device)
+    baseline = evaluate(original, heldout, None, device) if heldout.labels is not None else None
+    if baseline is None:
+        baseline = score(reference, heldout, reference)
+    else:
+        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
+    val_reference = predict(original, val, device) if val is not None else None
+    baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
+    if loaded.exported:
+        notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
+    weights = find_weights(model, heldout.example(), loaded.program)
+    ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
+                     seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
+                     val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
+                     reporter=reporter, weights=weights)
+    return ctx, heldout, baseline, reference, notes
+
+
+def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: torch.Tensor) -> dict[str, Any]:
+    """Apply one torch-side stage and measure it on the held-out set."""
+    ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
+    torch.manual_seed(ctx.stage_seed)
+    start = time.perf_counter()
+    try:
+        result = stage.apply(ctx)
+        if result.structure is not None and result.verify_onnx:
+            check_structure(ctx, result)
+    except CompressorError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"stage {stage.name!r} failed: {type(exc).__name__}: {msg}") from exc
+    if result.structure is not None:
+        ctx.structures.append(result.structure)
+    seconds = time.perf_counter() - start
+    ctx.model = result.model
+    ctx.masks.apply(ctx.model)
+    metric = evaluate(ctx.model, heldout, reference, ctx.device)
+    params, nonzeros = count_params(ctx.model)
+    result.metrics.setdefault("bytes", measured_bytes(ctx.model))
+    return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,
+            "nonzeros": nonzeros, "dof": int(result.metrics.pop("dof", params)), "seconds": round(seconds, 3),
+            "notes": result.notes, **result.metrics}
+
+
+def check_structure(ctx: RunContext, result) -> None:
+    """A stage asked for one export of its structure, compared with torch in ONNX Runtime (`verify_onnx`)."""
+    data = ctx.val if ctx.val is not None else ctx.train
+    check = verify_structure(result.model, result.structure, data, ctx.device)
+    result.metrics.update(check)
+    describe = handler_of(result.structure).describe_check
+    if describe is not None:
+        result.notes.append(describe(check, result.metrics))

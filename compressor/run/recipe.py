@@ -1,0 +1,159 @@
+"""Recipes: a YAML (or TOML) file naming the stages in order with their options, plus run-level settings.
+
+    seed: 0
+    device: cpu
+    data: {heldout: heldout.npz, train: train.npz, val: val.npz, calib: calib.npz}
+    gates: {max_drop: 1.0, min_recovery: 0.99, max_bytes: 2000000, floors: {accuracy: 95}}
+    stages:
+      - shrink: {epochs: 10}
+      - prune: {target: 0.9}
+      - quantize
+
+Everything is validated before anything runs: an unknown stage, an unknown or mistyped option, or a bad value is
+a usage error naming the file, the line (YAML), the key and the valid choices. `--set stage.key=value` overrides
+recipe values; command-line options override run-level settings. The resolved recipe (every default filled in)
+is written next to the artifacts as `recipe.yaml`; running it again reproduces the run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compressor.errors import UsageError
+from compressor.registry import get_stage
+from compressor.stage import build_config, config_as_dict
+
+RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
+TOP_KEYS = ("seed", "device", "data", "gates", "stages")
+DATA_KEYS = ("heldout", "train", "val", "calib")
+GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
+
+
+@dataclass
+class Recipe:
+    path: Path
+    stages: list[tuple[str, dict[str, Any], int | None]]  # (stage, raw options, line)
+    settings: dict[str, Any] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.path}" + (f" line {line}" if line else "")
+
+
+def is_recipe(pipeline: str) -> bool:
+    return pipeline.strip().lower().endswith(RECIPE_SUFFIXES)
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for k, v in node.value:
+            key = str(yaml.safe_load(yaml.serialize(k)))
+            out[key] = _to_python(v, f"{path}.{key}" if path else key, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, f"{path}[{i}]", lines) for i, v in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _parse(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    if not path.is_file():
+        raise UsageError(f"recipe not found: {path}")
+    lines: dict[str, int] = {}
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            return tomllib.loads(path.read_text()), lines
+        node = yaml.compose(path.read_text())
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: not a valid recipe file ({' '.join(str(exc).split())[:200]})")
+    data = _to_python(node, "", lines) if node is not None else {}
+    return data, lines
+
+
+def _check_keys(obj: Any, allowed: tuple[str, ...], what: str, recipe: Recipe, prefix: str) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise UsageError(f"{recipe.where(prefix)}: {what} must be a mapping")
+    for key in obj:
+        if key not in allowed:
+            raise UsageError(f"{recipe.where(f'{prefix}.{key}' if prefix else key)}: unknown key {key!r} in {what}; "
+                             f"valid keys: {', '.join(allowed)}")
+    return obj
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Parse and validate a recipe (stage names and options, run settings)."""
+    data, lines = _parse(path)
+    recipe = Recipe(path, [], {}, lines)
+    data = _check_keys(data, TOP_KEYS, "the recipe", recipe, "")
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise UsageError(f"{recipe.where('stages')}: 'stages' must be a non-empty list of stages")
+    for i, item in enumerate(raw_stages):
+        key = f"stages[{i}]"
+        if isinstance(item, str):
+            name, opts = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, opts = next(iter(item.items()))
+            opts = opts or {}
+            key = f"{key}.{name}"
+        else:
+            raise UsageError(f"{recipe.where(key)}: each stage is a name or a one-key mapping 'stage: {{options}}'")
+        if not isinstance(opts, dict):
+            raise UsageError(f"{recipe.where(key)}: options of stage {name!r} must be a mapping")
+        try:
+            cls = get_stage(name)
+        except UsageError as exc:
+            raise UsageError(f"{recipe.where(key)}: {exc}")
+        for opt, value in opts.items():  # validate each option with its own line number
+            build_config(cls, {opt: value}, where=recipe.where(f"{key}.{opt}"))
+        recipe.stages.append((name, dict(opts), lines.get(key)))
+    recipe.settings["data"] = _check_keys(data.get("data"), DATA_KEYS, "data", recipe, "data")
+    gates = _check_keys(data.get("gates"), GATE_KEYS, "gates", recipe, "gates")
+    recipe.settings["gates"] = gates
+    for key, value in gates.items():
+        if key == "floors":
+            if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in value.values()):
+                raise UsageError(f"{recipe.where('gates.floors')}: floors must map metric names to numbers")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{recipe.where('gates.' + key)}: gates.{key} must be a number, got {value!r}")
+    for key, value in recipe.settings["data"].items():
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
+    if "device" in data and not (isinstance(data["device"], str) and
+                                 data["device"].split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
+        raise UsageError(f"{recipe.where('device')}: device must be cpu, cuda, cuda:N (got {data['device']!r})")
+    for key in ("seed", "device"):
+        if key in data:
+            recipe.settings[key] = data[key]
+    if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
+        raise UsageError(f"{recipe.where('seed')}: seed must be an integer")
+    return recipe
+
+
+def resolved_recipe(options, stages) -> str:
+    """YAML of the run as executed: every stage option (defaults filled in) and every run-level setting."""
+    def s(p):
+        return None if p is None else str(p)
+
+    doc = {
+        "seed": options.seed,
+        "device": options.device,
+        "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
+                 "calib": s(options.calib_data)},
+        "gates": {"max_drop": options.max_drop, "min_recovery": options.min_recovery,
+                  "max_bytes": options.max_bytes, "floors": dict(options.floors)},
+        "stages": [{st.name: config_as_dict(st.config)} for st in stages],
+    }
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,74 @@
+"""Measure what was written: bytes (raw and gzip), the metric of each artifact loaded back, ORT latency."""
+from __future__ import annotations
+
+import gzip
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compressor.io.data import Dataset
+
+LATENCY_BATCH = 64
+
+
+def gzip_size(path: Path) -> int:
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    raw = path.stat().st_size
+    gz = gzip_size(path)
+    return {"bytes": raw, "gzip_bytes": gz, "size": min(raw, gz)}
+
+
+def latency_batch(data: Dataset, batch: int = LATENCY_BATCH) -> Dataset:
+    idx = torch.arange(batch) % len(data)
+    return data.subset(idx)
+
+
+def ort_latency_ms(session, data: Dataset, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one batch-64 run in ONNX Runtime."""
+    batch = latency_batch(data)
+    names = [i.name for i in session.get_inputs()]
+    if set(names) == set(batch.inputs):
+        feed = {n: batch.inputs[n].numpy() for n in names}
+    else:
+        feed = dict(zip(names, (v.numpy() for v in batch.inputs.values())))
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return round(statistics.median(times), 4)
+
+
+def ort_peak_memory_bytes(path: Path, data: Dataset) -> int | None:
+    """Peak resident memory (whole process, Python and ORT included) of a fresh process that loads the model
+    and runs one batch-64 inference; compare artifacts by difference."""
+    import subprocess
+    import sys
+    import tempfile
+
+    batch = latency_batch(data)
+    with tempfile.TemporaryDirectory(prefix="compressor-mem-") as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, **{k: v.numpy() for k, v in batch.inputs.items()})
+        code = (
+            "import sys,numpy as np,onnxruntime as ort\n"
+            "s=ort.InferenceSession(sys.argv[1],providers=['CPUExecutionProvider'])\n"
+            "d=np.load(sys.argv[2]);names=[i.name for i in s.get_inputs()]\n"
+            "feed={n:d[n] for n in names} if set(names)==set(d.files) else dict(zip(names,[d[k] for k in d.files]))\n"
+            "s.run(None,feed)\n"
+            "print([int(l.split()[1])*1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+        )
+        try:
+            out = subprocess.run([sys.executable, "-c", code, str(path), str(inputs)], capture_output=True,
+                                 text=True, timeout=120, check=True)
+            return int(out.stdout.strip().splitlines()[-1])
+        except Exception:
+            return None

@@ -1,0 +1,105 @@
+"""The package's shape: no import cycle, no function-local import of compressor modules, no module over 300 lines,
+one folder per algorithm. Read from the source (AST), so nothing here depends on import order."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "compressor"
+MAX_LINES = 300
+ALGORITHMS = ("shrink", "prune", "rpg", "basis", "quantize")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported(node: ast.AST, known: dict[str, Path]) -> list[str]:
+    """compressor modules named by an import statement (`from pkg import mod` names the module when it is one)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name in known]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
+        return subs or ([node.module] if node.module in known else [])
+    return []
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    graph = {}
+    for name, path in known.items():
+        tree = ast.parse(path.read_text())
+        graph[name] = {m for node in ast.walk(tree) for m in imported(node, known) if m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_import_graph_is_acyclic():
+    graph = import_graph()
+    assert len(graph) > 30
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_function_local_imports_of_compressor_modules():
+    local = []
+    for name, path in modules().items():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                        if any(n == "compressor" or n.startswith("compressor.") for n in names):
+                            local.append(f"{name}:{node.lineno}")
+    assert not local, local
+
+
+def test_no_module_over_300_lines():
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_each_algorithm_in_its_own_folder():
+    graph = import_graph()
+    for algo in ALGORITHMS:
+        folder = PACKAGE / "algorithms" / algo
+        assert (folder / "__init__.py").is_file() and (folder / "stage.py").is_file(), algo
+        # an algorithm never reaches into another algorithm's folder
+        prefix = f"compressor.algorithms.{algo}"
+        for mod, deps in graph.items():
+            if mod.startswith(prefix):
+                others = [d for d in deps if d.startswith("compressor.algorithms.") and not d.startswith(prefix)]
+                assert not others, (mod, others)
