@@ -1,12 +1,14 @@
 """The `compress` command: `compress MODEL --pipeline a,b --data heldout.npz --out DIR`, plus sub-commands
 `inspect` and `stages` beside it (a group whose default command is `run`, so the plain form keeps working).
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed. Errors print one line, never a traceback
-(set COMPRESSOR_DEBUG=1 to see one).
+Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed, 130 interrupted (SIGINT), 143 terminated (SIGTERM: handled
+like SIGINT, the staging directory removed). Errors print one line, never a traceback, and third-party warnings
+and logs stay off stderr (`--debug` or COMPRESSOR_DEBUG=1 shows them, and the traceback).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from compressor.errors import CompressorError, UsageError
+from compressor.errors import CompressorError, Terminated, UsageError
 from compressor.inspect_model import inspect_model
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
@@ -50,7 +52,7 @@ class DefaultCommandGroup(TyperGroup):
 
 app = typer.Typer(cls=DefaultCommandGroup, add_completion=False, no_args_is_help=True,
                   help="Compress a PyTorch model and prove on held-out data what it cost. "
-                       "Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed.",
+                       "Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed, 130 interrupted, 143 terminated.",
                   context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False)
 err = Console(stderr=True)
 out = Console()
@@ -66,6 +68,18 @@ def _version(value: bool) -> None:
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """compress MODEL --pipeline a,b,c --data heldout.npz --out DIR"""
+
+
+DEBUG_HELP = "Show tracebacks and third-party warnings and logs (same as COMPRESSOR_DEBUG=1)."
+
+
+def _debug(on: bool) -> None:
+    if on:
+        os.environ["COMPRESSOR_DEBUG"] = "1"
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _fail(exc: BaseException) -> None:
@@ -89,6 +103,9 @@ def _guard(fn):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130)
+        except Terminated:
+            err.print("error: terminated (SIGTERM)")
+            raise typer.Exit(143)
         except Exception as exc:
             if os.environ.get("COMPRESSOR_DEBUG"):
                 raise
@@ -134,8 +151,10 @@ def run(
                                 "restored from their checkpoints (same inputs and settings required)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep --out/.checkpoints after success."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
+    _debug(debug)
     names, recipe_options, settings = pipeline.split(","), {}, {}
     if is_recipe(pipeline):
         recipe = load_recipe(Path(pipeline))
@@ -199,8 +218,10 @@ def inspect_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module."),
     data: Optional[Path] = typer.Option(None, "--data", help="A data file, to trace an eager model by its ops."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Layers, parameters, bytes per layer, and what each stage would touch."""
+    _debug(debug)
     inspect_model(model, arch, trust_pickle, data, out)
 
 
@@ -231,15 +252,25 @@ def entrypoint() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:  # unwind like Ctrl-C: staging removed, one line (only the main thread may set a handler)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        previous = None
     try:
         app()
     except SystemExit:
         raise
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(143)
     except Exception as exc:  # never a traceback for the user
         if os.environ.get("COMPRESSOR_DEBUG"):
             raise
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

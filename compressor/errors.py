@@ -1,7 +1,7 @@
 """Errors that speak to the user: one line, what was wrong, and what would be right.
 
 The CLI prints a `CompressorError` without a traceback and exits with its `exit_code`
-(1: bad input or failed step, 2: usage, 3: gate failed).
+(1: bad input or failed step, 2: usage, 3: gate failed; 130 interrupted by SIGINT, 143 terminated by SIGTERM).
 """
 from __future__ import annotations
 
@@ -38,4 +38,10 @@ class StageError(CompressorError):
 
 
 class ArtifactError(CompressorError):
-    """A saved artifact is missing, corrupt, or does not reproduce what was saved."""
+    """A saved artifact is missing, corrupt, or does not reproduce what was saved: the one exception type
+    `compressor.load` raises for a malformed artifact; its message names the file."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised from the signal handler so the run unwinds (staging removed) like on Ctrl-C.
+    A BaseException, as KeyboardInterrupt is, so no `except Exception` swallows it."""

@@ -20,16 +20,16 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "0eae88ed9144efd1adc6d8da9d63b51ca159555cfeafe512e0555b91e80ffb1d",
-        "e68d2f6899db3d04ae8bef3e71352e2eca447f48fbae49acf18839675dfae32b"),
+        "ce0314515504792b98853079085e3f614f4a860c6deaa26c2ba676fffa15f255"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
         "a8b365b4054f4428c20015f393193fa0cf54ddf5798a14e10d1649f229f634d7",
-        "b1d79bd533d9d46f802b6b25590951bdd9acf03819b0c6a20ebdab408964d63f"),
+        "87b142e031bcc650fb8975307335e499083e94b6889d5d72a4b3140d1e10b7d3"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
-        "cb4819990378afbbf0be547da2586b74170f6ab016213bf20065d4c8e724f723"),
+        "6b2ab2e1c098657882ff2d18d8ca33d0ffd9aea7cb4470adc009faff5d9691c4"),
 }
 
 ONE_THREAD = ("import sys, torch; torch.set_num_threads(1); torch.set_num_interop_threads(1); "

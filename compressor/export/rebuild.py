@@ -1,9 +1,12 @@
 """Public API: `load(out_dir)` rebuilds the compressed model from `model.safetensors`.
 
-The architecture comes from the source recorded at compression time (the `.pt2` program, the `--arch`
-factory, the TorchScript file) unless a module is passed in; structural stages (RPG ring, basis stacks)
-register (in `compressor.registry`, by structure kind) the rebuild that restores their compressed form before
-the weights are loaded.
+The architecture comes from the module passed in (`model=`), else from the source recorded at compression time:
+the `.pt2` program or the TorchScript file (data, read by torch's own loaders, only if its sha256 still
+matches). An `--arch` factory is code: its name in the metadata is shown, never imported or called, unless the
+caller opts in with `trust_code=True` (a crafted artifact must not run code on load); a pickled source needs
+`trust_pickle=True`. Structural stages (RPG ring, basis stacks) register (in `compressor.registry`, by
+structure kind) the rebuild that restores their compressed form before the weights are loaded. Every malformed
+artifact raises `ArtifactError` naming the file.
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.errors import ArtifactError
+from compressor.errors import ArtifactError, CompressorError
+from compressor.io.archive import quiet_loaders
 from compressor.io.load import file_sha256, load_state_dict_into, resolve_arch
-from compressor.io.safetensors_io import read_weights
+from compressor.io.safetensors_io import check_onnx, read_weights
 from compressor.registry import structure_handler
 
+SOURCE_FIELDS = ("format", "path", "sha256", "arch", "cwd")
 
 
 def source_record(loaded) -> dict[str, Any]:
@@ -31,18 +36,37 @@ def source_record(loaded) -> dict[str, Any]:
             "arch": arch, "cwd": os.getcwd() if arch and not arch.rpartition(":")[0].endswith(".py") else None}
 
 
-def rebuild_architecture(source: dict[str, Any], trust_pickle: bool = False) -> nn.Module:
+def _import_arch(source: dict[str, Any], file: Path) -> nn.Module:
+    """Opted-in only: import and call the recorded factory, with its cwd importable during the import only."""
+    arch, cwd = source.get("arch"), source.get("cwd")
+    if not isinstance(arch, str):
+        raise ArtifactError(f"{file}: the metadata names no architecture for its state_dict source")
+    saved = list(sys.path)
+    if cwd and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return resolve_arch(arch)
+    finally:
+        sys.path[:] = saved
+
+
+def rebuild_architecture(source: dict[str, Any], file: Path, trust_pickle: bool = False,
+                         trust_code: bool = False) -> nn.Module:
     """A fresh module of the source architecture (its weights are overwritten by the caller)."""
+    if not all(isinstance(source.get(k), (str, type(None))) for k in SOURCE_FIELDS):
+        raise ArtifactError(f"{file}: malformed source record in the metadata")
     fmt = source.get("format")
     if fmt == "state_dict":
-        if source.get("cwd") and source["cwd"] not in sys.path:
-            sys.path.insert(0, source["cwd"])
-        return resolve_arch(source["arch"])
-    path = Path(source.get("path", ""))
+        if not trust_code:
+            raise ArtifactError(f"{file}: rebuilding needs the architecture {source.get('arch')!r} named in its "
+                                "metadata (code, not run by default); pass model=... or trust_code=True")
+        return _import_arch(source, file)
+    path = Path(source.get("path") or "")
     if not path.is_file():
-        raise ArtifactError(f"the source model {path} is gone; pass the architecture: compressor.load(dir, model=...)")
+        raise ArtifactError(f"{file}: the source model {path} is gone; pass the architecture: "
+                            "compressor.load(dir, model=...)")
     if file_sha256(path) != source.get("sha256"):
-        raise ArtifactError(f"the source model {path} changed since compression (sha256 differs); "
+        raise ArtifactError(f"{file}: the source model {path} changed since compression (sha256 differs); "
                             "pass the architecture: compressor.load(dir, model=...)")
     if fmt == "pt2":
         return torch.export.load(str(path)).module()
@@ -50,20 +74,38 @@ def rebuild_architecture(source: dict[str, Any], trust_pickle: bool = False) -> 
         return torch.jit.load(str(path), map_location="cpu")
     if fmt == "pickle":
         if not trust_pickle:
-            raise ArtifactError(f"the source {path} is a pickled module; pass trust_pickle=True to rebuild from it")
+            raise ArtifactError(f"{file}: the source {path} is a pickled module; pass trust_pickle=True to "
+                                "rebuild from it")
         return torch.load(str(path), map_location="cpu", weights_only=False)
-    raise ArtifactError(f"unknown source format {fmt!r} in the metadata")
+    raise ArtifactError(f"{file}: unknown source format {fmt!r} in the metadata")
 
 
-def load(path: str | Path, model: nn.Module | None = None, trust_pickle: bool = False) -> nn.Module:
-    """Rebuild the compressed model saved in `path` (an output directory or its model.safetensors)."""
+def load(path: str | Path, model: nn.Module | None = None, trust_pickle: bool = False,
+         trust_code: bool = False) -> nn.Module:
+    """Rebuild the compressed model saved in `path` (an output directory or its model.safetensors).
+
+    Verifies the checksums of every stored tensor, of the metadata and (for a directory) of model.onnx.
+    `model`: a module of the source architecture (needed for a state_dict source unless `trust_code=True`).
+    `trust_code`: allow importing and calling the `--arch` factory named in the metadata (runs code).
+    `trust_pickle`: allow unpickling a pickled source module (runs code).
+    Raises `compressor.ArtifactError`, its message naming the file, for every malformed artifact.
+    """
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
     state, meta = read_weights(file)
-    if model is None:
-        model = rebuild_architecture(meta.get("source", {}), trust_pickle)
-    model = rebuild_structures(model, meta.get("structures", []), state, file)
-    load_state_dict_into(model, state, str(file))
+    if path.is_dir():
+        check_onnx(file, meta, path / "model.onnx")
+    try:
+        if model is None:
+            with quiet_loaders():
+                model = rebuild_architecture(meta.get("source", {}), file, trust_pickle, trust_code)
+        model = rebuild_structures(model, meta.get("structures", []), state, file)
+        load_state_dict_into(model, state, str(file))
+    except ArtifactError:
+        raise
+    except (CompressorError, Exception) as exc:
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{file}: cannot rebuild the model ({why.replace(str(file) + ': ', '')})") from exc
     try:
         model.eval()
     except NotImplementedError:

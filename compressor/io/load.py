@@ -14,7 +14,6 @@ import inspect
 
 import pickle
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ModelLoadError, UsageError
+from compressor.io.archive import quiet_loaders, zip_names
 from compressor.registry import loader_for
 
 FORMATS_ACCEPTED = (
@@ -57,21 +57,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
-
 def detect_format(path: Path) -> str:
     """Name the checkpoint format from the file's content."""
     with open(path, "rb") as fh:
         head = fh.read(16)
     if len(head) >= 8 and path.suffix.lower() == ".safetensors":
         return "safetensors"
-    names = _zip_names(path)
+    names = zip_names(path)
     if names:
         if any(n.endswith("archive_format") for n in names) or any("serialized_exported_program" in n for n in names):
             return "pt2"
@@ -164,8 +156,10 @@ def forward_input_names(model: nn.Module, program: torch.export.ExportedProgram 
 
 def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
     """Read a checkpoint (never modifying it) and return the working model in eval mode; weights must be finite
-    (a corrupted archive can decode to NaN without any error from torch)."""
-    loaded = _load_model(path, arch, trust_pickle)
+    (a corrupted archive can decode to NaN without any error from torch). Zip archives are CRC-checked first and
+    torch's logging is kept off stderr (`compressor.io.archive`)."""
+    with quiet_loaders():
+        loaded = _load_model(path, arch, trust_pickle)
     for name, t in list(loaded.module.named_parameters()) + list(loaded.module.named_buffers()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelLoadError(f"{path}: weight {name} contains NaN or infinite values; the file is corrupt")
@@ -184,8 +178,9 @@ def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = 
     digest = file_sha256(path)
     if plugin is not None:
         return _from_plugin(plugin, path, digest, arch)
-    fmt = detect_format(path)
+    fmt = "checkpoint"
     try:
+        fmt = detect_format(path)
         if fmt == "pt2":
             program = torch.export.load(str(path))
             module = program.module()

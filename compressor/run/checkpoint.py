@@ -4,7 +4,9 @@ After each finished stage we write what rebuilds its result — the weights in t
 structure entries of rpg/basis, so a ring or a basis stack comes back as such), the masks, the stage record — plus
 a fingerprint of the input model, the data files and the resolved recipe. Every stage seeds itself from
 (seed, stage index), so skipping the finished stages and running the rest gives byte-identical artifacts.
-A checkpoint is written to a temporary directory and renamed, so a kill leaves either all of it or none.
+A checkpoint is written to a temporary directory and renamed, so a kill leaves either all of it or none; a write
+that fails (a full disk) removes the temporary directory and names the file; the temporary directories of a
+crashed run are removed by the next one. Unreadable checkpoint files are errors naming the file.
 """
 from __future__ import annotations
 
@@ -23,13 +25,27 @@ from compressor.errors import CompressorError, OutputError
 from compressor.export.rebuild import rebuild_structures
 from compressor.io.load import file_sha256, load_state_dict_into
 from compressor.io.safetensors_io import read_weights, save_weights
+from compressor.run.outputs import CKPT_DIR, remove_dead_debris
 from compressor.stage import config_as_dict
-
-CKPT_DIR = ".checkpoints"
 
 
 class ResumeError(CompressorError):
-    """--resume on a directory whose checkpoints were made from other inputs or settings."""
+    """--resume on a directory whose checkpoints were made from other inputs or settings, or are unreadable."""
+
+
+def _unreadable(path: Path, why: str) -> ResumeError:
+    return ResumeError(f"--resume: {path}: unreadable checkpoint ({why}); rerun without --resume in an empty --out")
+
+
+def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A checkpoint JSON file that must be an object holding `keys`."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, f"{type(exc).__name__}: {str(exc)[:120]}") from exc
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise _unreadable(path, f"expected an object with {', '.join(keys)}")
+    return data
 
 
 def fingerprint(options, stages) -> str:
@@ -45,11 +61,13 @@ class Checkpoints:
     def __init__(self, out: Path, fp: str, resume: bool) -> None:
         self.root = out / CKPT_DIR
         self.fp = fp
+        if self.root.is_dir():
+            remove_dead_debris(self.root, ".tmp-*")
         if resume:
             marker = self.root / "fingerprint.json"
             if not marker.is_file():
                 raise OutputError(f"--resume: {out} holds no checkpoints of an interrupted run")
-            saved = json.loads(marker.read_text()).get("fingerprint")
+            saved = read_json(marker, ("fingerprint",))["fingerprint"]
             if saved != fp:
                 raise ResumeError(f"--resume: the checkpoints in {out} were made from a different model, data, seed "
                                   "or recipe (fingerprint mismatch); start a new run in an empty --out")
@@ -61,34 +79,55 @@ class Checkpoints:
         return (self._dir(index, name) / "record.json").is_file()
 
     def save(self, index: int, name: str, ctx, record: dict[str, Any]) -> None:
-        if not (self.root / "fingerprint.json").is_file():  # created with the first checkpoint, not before
-            self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / "fingerprint.json").write_text(json.dumps({"fingerprint": self.fp}))
-        final = self._dir(index, name)
         tmp = self.root / f".tmp-{index:02d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_weights(ctx.model.state_dict(), tmp / "weights.safetensors", {"structures": ctx.structures},
-                     encode=False)
-        masks = {k: v.to(torch.uint8).contiguous() for k, v in ctx.masks.masks.items()}
-        if masks:
-            save_file(masks, str(tmp / "masks.safetensors"))
-        (tmp / "record.json").write_text(json.dumps({"record": record, "structures": ctx.structures,
-                                                      "notes": ctx.notes}, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        current = tmp
+        try:
+            if not (self.root / "fingerprint.json").is_file():  # created with the first checkpoint, not before
+                self.root.mkdir(parents=True, exist_ok=True)
+                current = self.root / f".tmp-fingerprint-{os.getpid()}"
+                current.write_text(json.dumps({"fingerprint": self.fp}))
+                os.replace(current, self.root / "fingerprint.json")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            current = tmp / "weights.safetensors"
+            save_weights(ctx.model.state_dict(), current, {"structures": ctx.structures}, encode=False)
+            masks = {k: v.to(torch.uint8).contiguous() for k, v in ctx.masks.masks.items()}
+            if masks:
+                current = tmp / "masks.safetensors"
+                save_file(masks, str(current))
+            current = tmp / "record.json"
+            current.write_text(json.dumps({"record": record, "structures": ctx.structures, "notes": ctx.notes},
+                                          default=str))
+            current = self._dir(index, name)
+            shutil.rmtree(current, ignore_errors=True)
+            os.replace(tmp, current)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if current.name.startswith(".tmp-fingerprint"):
+                current.unlink(missing_ok=True)
+            if isinstance(exc, Exception):
+                why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:160]
+                shown = self._dir(index, name) / current.name if current.parent == tmp else current
+                raise OutputError(f"{shown}: cannot write the checkpoint ({why})") from exc
+            raise
 
     def restore(self, index: int, name: str, ctx) -> dict[str, Any]:
         """Rebuild the stage's result into ctx (model, structures, masks, notes); returns its record. The structures' ONNX
         rewrites need no re-registration: the export finds them by kind."""
         d = self._dir(index, name)
-        data = json.loads((d / "record.json").read_text())
+        data = read_json(d / "record.json", ("record", "structures", "notes"))
+        if not (isinstance(data["structures"], list) and isinstance(data["notes"], list)
+                and isinstance(data["record"], dict)):
+            raise _unreadable(d / "record.json", "malformed record, structures or notes")
         state, _ = read_weights(d / "weights.safetensors")
         model = copy.deepcopy(ctx.original)
         for p in model.parameters():
             p.requires_grad_(True)
-        model = rebuild_structures(model, data["structures"], state, d / "weights.safetensors")
-        load_state_dict_into(model, state, str(d / "weights.safetensors"))
+        try:
+            model = rebuild_structures(model, data["structures"], state, d / "weights.safetensors")
+            load_state_dict_into(model, state, str(d / "weights.safetensors"))
+        except Exception as exc:
+            raise _unreadable(d / "weights.safetensors", str(exc).strip()[:200]) from exc
         ctx.model = model.to(ctx.device)
         ctx.structures = list(data["structures"])
         ctx.notes = list(data["notes"])

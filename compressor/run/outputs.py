@@ -1,14 +1,21 @@
-"""The output directory: refuse to clobber, stage every file in a sibling temp dir, move in at the end.
+"""The output directory: refuse to clobber, stage every file in a sibling temp dir, swap it in at the end.
 
-A crash leaves nothing half-written in ``--out``: files are only moved there (``os.replace``) once complete.
+A crash leaves nothing half-written in ``--out``: the run writes into ``.<out>.tmp-<pid>`` beside it, and only
+a complete directory is renamed into place. With ``--force`` over an existing ``--out`` the commit is
+rename(out -> ``.<out>.old-<pid>``), rename(staging -> out), then remove the old one: a failure at any point
+leaves the old directory whole (and no debris); ``--force`` replaces the directory wholesale, so files a user put
+in it are not kept. Staging and old siblings of a crashed run (their pid dead) are removed by the next run.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from compressor.errors import OutputError
+
+CKPT_DIR = ".checkpoints"  # lives in --out itself (so --resume finds it); carried into the new directory
 
 
 def _alive(pid: str) -> bool:
@@ -21,6 +28,20 @@ def _alive(pid: str) -> bool:
         return True
 
 
+def remove_dead_debris(parent: Path, pattern: str) -> None:
+    """Remove what a crashed run of ours left (names ending in -<pid> of a dead process; never a live one's)."""
+    for stale in parent.glob(pattern):
+        if not _alive(stale.name.rpartition("-")[2]):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _read_only(path: Path) -> bool:
+    return not (path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
+
+
 class OutputDir:
     def __init__(self, out: Path, force: bool, inputs: list[Path], resume: bool = False) -> None:
         self.out = out
@@ -28,8 +49,10 @@ class OutputDir:
         if out.exists() and not out.is_dir():
             raise OutputError(f"--out {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not (force or resume):
-            hint = " (or --resume to continue an interrupted run)" if (out / ".checkpoints").is_dir() else ""
-            raise OutputError(f"--out {out} exists and is not empty; pass --force to overwrite its files{hint}")
+            hint = " (or --resume to continue an interrupted run)" if (out / CKPT_DIR).is_dir() else ""
+            raise OutputError(f"--out {out} exists and is not empty; pass --force to replace it{hint}")
+        if out.is_dir() and _read_only(out):
+            raise OutputError(f"--out {out} is read-only (not writable); choose another directory or change its mode")
         resolved_out = out.resolve()
         for p in inputs:
             if p.resolve().parent == resolved_out:
@@ -41,10 +64,9 @@ class OutputDir:
             except OSError as exc:
                 raise OutputError(f"--out {out}: cannot create parent directory ({exc.strerror})")
         self.staging = parent / f".{out.name}.tmp-{os.getpid()}"
-        if resume:  # staging directories left by the interrupted run (never one of a live process)
-            for stale in parent.glob(f".{out.name}.tmp-*"):
-                if not _alive(stale.name.rpartition("-")[2]):
-                    shutil.rmtree(stale, ignore_errors=True)
+        self.old = parent / f".{out.name}.old-{os.getpid()}"
+        remove_dead_debris(parent, f".{out.name}.tmp-*")
+        remove_dead_debris(parent, f".{out.name}.old-*")
         try:
             if self.staging.exists():
                 shutil.rmtree(self.staging)
@@ -56,20 +78,31 @@ class OutputDir:
         return self.staging / name
 
     def commit(self) -> None:
-        """Move the finished files into --out (a rename of the whole directory when possible)."""
-        if self.out.is_dir() and not any(self.out.iterdir()):
-            self.out.rmdir()
+        """Swap the complete staging directory in for --out (see the module docstring)."""
         if not self.out.exists():
             os.replace(self.staging, self.out)
             return
-        for f in sorted(self.staging.iterdir()):
-            target = self.out / f.name
-            if f.is_dir() and target.is_dir():
-                shutil.rmtree(target)
-            if target.is_dir() and not f.is_dir():
-                shutil.rmtree(target)
-            os.replace(f, target)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        ckpt = self.out / CKPT_DIR
+        if ckpt.is_dir():  # the checkpoints of this run: the runner removes them after, unless kept
+            os.replace(ckpt, self.staging / CKPT_DIR)
+        try:
+            os.replace(self.out, self.old)
+        except OSError as exc:
+            self._put_back_checkpoints()
+            raise OutputError(f"--out {self.out}: cannot move the old directory aside ({exc.strerror})") from exc
+        try:
+            os.replace(self.staging, self.out)
+        except BaseException as exc:
+            os.replace(self.old, self.out)
+            self._put_back_checkpoints()
+            if isinstance(exc, OSError):
+                raise OutputError(f"--out {self.out}: cannot move the new directory in ({exc.strerror})") from exc
+            raise
+        shutil.rmtree(self.old, ignore_errors=True)
+
+    def _put_back_checkpoints(self) -> None:
+        if (self.staging / CKPT_DIR).is_dir() and not (self.out / CKPT_DIR).exists():
+            os.replace(self.staging / CKPT_DIR, self.out / CKPT_DIR)
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)

@@ -25,6 +25,7 @@ from compressor.io.load import LoadedModel, load_model
 from compressor.io.safetensors_io import save_weights
 from compressor.registry import get_stage, plugin_metrics, validate_order
 from compressor.run.progress import Reporter
+from compressor.run.ranges import check_ranges
 from compressor.stage import Stage, build_config, parse_overrides
 from compressor.verify.artifacts import file_sizes
 from compressor.verify.gates import KNOWN_METRICS
@@ -109,6 +110,7 @@ def plan_stages(options: RunOptions) -> list[Stage]:
     for name in options.floors:
         if name not in known:
             raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(known)}")
+    check_ranges(options)
     names = [n.strip() for n in options.pipeline if n.strip()]
     validate_order(names)
     overrides = parse_overrides(options.overrides)
@@ -122,8 +124,6 @@ def plan_stages(options: RunOptions) -> list[Stage]:
                        ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
         if path is not None and not Path(path).is_file():
             raise DataError(f"data file not found: {path} ({flag})")
-    if not (options.max_drop == options.max_drop) or abs(options.max_drop) == float("inf"):
-        raise UsageError("--max-drop must be a finite number of points")
     stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
               for n in names]
     for st in stages:
@@ -182,6 +182,9 @@ def prepare(options: RunOptions, reporter: Reporter):
         baseline = score(reference, heldout, reference)
     else:
         check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
+    for split in (train, val, calib) if reference.ndim == 2 else ():  # name the file, not torch's IndexError
+        if split is not None:
+            check_labels(split, reference.shape[1])
     val_reference = predict(original, val, device) if val is not None else None
     baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
     if loaded.exported:

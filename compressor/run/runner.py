@@ -12,7 +12,7 @@ from compressor.core.params import count_params
 from compressor.export.onnx import compact_int8, export_model
 from compressor.export.rebuild import load as load_artifact, source_record
 from compressor.io.calls import onnx_predict, predict
-from compressor.io.load import model_bytes_of
+from compressor.io.load import file_sha256, model_bytes_of
 from compressor.io.onnx_export import max_abs_diff, ort_session, save_onnx, write_bytes_atomic
 from compressor.io.safetensors_io import save_weights
 from compressor.report.build import build_report, write_reports
@@ -111,19 +111,23 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     meta = {"source": source_record(ctx.loaded), "compressor_version": __version__, "seed": options.seed,
             "stages": [{"name": s.name, "config": config_as_dict(s.config)} for s in stages],
             "structures": ctx.structures}
-    encodings = save_weights(ctx.model.state_dict(), st_path, meta)
-    reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle)
+    onnx_sha256 = file_sha256(onnx_path)
+    encodings = save_weights(ctx.model.state_dict(), st_path, meta, onnx_sha256=onnx_sha256)
+    # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
+    reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle,
+                             trust_code=ctx.loaded.format == "state_dict")
     st_out = predict(reloaded, heldout, "cpu")
     ctx.model.to("cpu")
     onnx_metric = score(onnx_out, heldout, reference)
     st_metric = score(st_out, heldout, reference)
     artifacts = [
-        {"path": "model.onnx", **file_sizes(onnx_path), "metric_value": onnx_metric.value,
+        {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
          "metric_extra": onnx_metric.extra,
          "latency_ms": ort_latency_ms(session, heldout), "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_export_bytes": fp32_sizes["bytes"], "fp32_export_gzip_bytes": fp32_sizes["gzip_bytes"],
          "parity_max_abs_diff_fp32_vs_torch": parity},
-        {"path": "model.safetensors", **file_sizes(st_path), "metric_value": st_metric.value, "latency_ms": None,
+        {"path": "model.safetensors", **file_sizes(st_path), "sha256": file_sha256(st_path),
+         "metric_value": st_metric.value, "latency_ms": None,
          "peak_memory_bytes": None, "reload_max_abs_diff_vs_torch": max_abs_diff(st_out, final_torch),
          "encodings": {k: v["encoding"] for k, v in encodings.items()}},
     ]

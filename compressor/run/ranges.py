@@ -1,0 +1,38 @@
+"""Option values checked before any work: a value outside its range is a usage error (exit 2), never a whole
+pipeline run that ends in a failed gate (exit 3) or an overflow deep in torch (`torch.manual_seed` takes a
+64-bit seed; each stage seeds itself from seed * 1000 + stage index, so the seed is kept to 32 bits).
+"""
+from __future__ import annotations
+
+import math
+
+from compressor.errors import UsageError
+
+SEED_MAX = 2 ** 32 - 1
+# metric -> (low, high) of a meaningful floor; a plugin metric's floor need only be finite
+FLOOR_RANGES = {"accuracy": (0.0, 100.0), "agreement": (0.0, 100.0), "cosine_min": (-1.0, 1.0),
+                "cosine_mean": (-1.0, 1.0)}
+
+
+def _number(value, flag: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{flag} {value!r}: expected a finite number")
+    return float(value)
+
+
+def check_ranges(options) -> None:
+    """Raise UsageError naming the flag of the first value outside its range (RunOptions fields)."""
+    seed = options.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed {seed!r}: expected an integer from 0 to {SEED_MAX}")
+    if not 0.0 <= _number(options.max_drop, "--max-drop") <= 100.0:
+        raise UsageError(f"--max-drop {options.max_drop}: expected points from 0 to 100")
+    if options.min_recovery is not None and not 0.0 < _number(options.min_recovery, "--min-recovery") <= 1.0:
+        raise UsageError(f"--min-recovery {options.min_recovery}: expected a ratio in (0, 1] (e.g. 0.99)")
+    if options.max_bytes is not None and (isinstance(options.max_bytes, bool) or not isinstance(options.max_bytes, int)
+                                          or options.max_bytes < 1):
+        raise UsageError(f"--max-bytes {options.max_bytes!r}: expected a whole number of bytes, at least 1")
+    for name, value in options.floors.items():
+        low, high = FLOOR_RANGES.get(name, (-math.inf, math.inf))
+        if not low <= _number(value, f"--floor {name}=") <= high:
+            raise UsageError(f"--floor {name}={value}: expected a value from {low:g} to {high:g}")
