@@ -36,7 +36,10 @@ from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
 
 
-DEFAULT_RING_FRACTION = 0.16  # N = 16% of the generated weights (digits_cnn: DoF 18% of the model)
+# N = 25% of the generated weights (digits_cnn: DoF 27% of the model). Chosen with distill=1 on validation data
+# (digits_val, digits_cnn.pt2 rpg,quantize, seeds 0-2: mean validation 99.63% against 99.07% for 0.16 without
+# distillation, 99.26% for 0.25 without, 99.07% for 0.16 with; lr 5e-3 x 30 epochs was worse).
+DEFAULT_RING_FRACTION = 0.25
 
 
 @dataclass
@@ -56,7 +59,7 @@ class RpgConfig:
                              "faster than 1e-3 on the digits models)")
     batch_size: int = option(64, "fine-tuning batch size")
     max_steps_per_epoch: int = option(0, "cap on optimizer steps per epoch (0: a full pass)")
-    distill: float = option(0.0, "weight of a distillation term to the original model's outputs while "
+    distill: float = option(1.0, "weight of a distillation term to the original model's outputs while "
                                  "fine-tuning (Hinton et al. 2015: T^2 KL of temperature-T softmaxes; 0: off)")
     temperature: float = option(2.0, "distillation temperature T")
     verify_onnx: bool = option(True, "export once, rewrite the graph, and compare ONNX Runtime with torch")
@@ -141,8 +144,11 @@ def take_masks(ctx, names: list[str]) -> torch.Tensor | None:
 
 def distill_hook(ctx, weight: float, temperature: float):
     """Knowledge distillation (Hinton, Vinyals, Dean 2015) to the original model: weight * T^2 *
-    KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss."""
+    KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss. Only for
+    labelled data (class logits): without labels the task loss already matches the original's outputs."""
     def hook(model: torch.nn.Module, batch, out: torch.Tensor) -> torch.Tensor:
+        if batch.labels is None:
+            return out.new_zeros(())
         with torch.no_grad():
             target = call_model(ctx.original, batch, ctx.device).reshape(out.shape[0], -1)
         log_p = torch.log_softmax(out.reshape(out.shape[0], -1) / temperature, -1)
