@@ -1,10 +1,11 @@
-"""Benchmark: rpg (Wang et al., WACV 2023) ring form vs the dense model, sweeping the DoF fraction.
+"""Benchmark: rpg (Wang et al., WACV 2023) ring form vs the dense model, sweeping the ring size.
 
-For digits_cnn and digits_resnet (state_dict + --arch, so batch norm trains while fine-tuning), each DoF fraction
-(0.05, 0.10, 0.18, 0.35, 0.50 of the whole model) is run through the real CLI pipeline (`compress ... --pipeline
-rpg`, default fine-tuning budget: 20 epochs) and reports held-out accuracy after the projection only (same seed, so
+For digits_cnn and digits_resnet (state_dict + --arch, so batch norm trains while fine-tuning), each ring fraction
+(N = 0.05, 0.10, 0.16, 0.25, 0.50 of the generated weights) is run through the real CLI pipeline (`compress ...
+--pipeline rpg`, the stage's default fine-tuning) and reports held-out accuracy after the projection only (same seed, so
 the same ring before fine-tuning) and after fine-tuning, DoF, ONNX and safetensors bytes measured from the files,
-the size bound 1.1*4*DoF + 16 KB, and ONNX Runtime vs torch; plus `rpg,quantize` at 0.18 (int8 ring).
+the size bound 1.1*4*DoF + 16 KB, and ONNX Runtime vs torch; plus `rpg,quantize` with the stage's defaults
+(int8 ring, one scale per 128-slot row).
 
     python -m bench.rpg            (writes bench/results/rpg.md too; ~15-30 min on 2 shared cores)
     python -m bench.rpg --epochs 5 (a shorter budget, stated in the table header)
@@ -29,7 +30,7 @@ from compressor.verify.metrics import evaluate
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 MODELS = {"digits_cnn": "sample_models.digits_models:cnn", "digits_resnet": "sample_models.digits_models:resnet"}
-FRACTIONS = (0.05, 0.10, 0.18, 0.35, 0.50)
+FRACTIONS = (0.05, 0.10, 0.16, 0.25, 0.50)
 HEADER = ["model", "variant", "DoF", "DoF %", "ring N", "reuse T/N", "held-out proj. only %", "held-out %",
           "x dense acc", "ONNX bytes", "bound bytes", "safetensors bytes", "ORT vs torch", "seconds"]
 
@@ -40,10 +41,10 @@ def options(name: str, out: Path, pipeline: list[str], overrides: list[str]) -> 
                       overrides=overrides, quiet=True, max_drop=100.0)
 
 
-def projection_only(name: str, fraction: float, tmp: Path) -> float:
+def projection_only(name: str, fraction: float | None, tmp: Path) -> float:
     """Held-out accuracy of the projected ring before any fine-tuning (same seed and stage index as the run)."""
     ctx, held, _, _, _ = prepare(options(name, tmp / "unused", ["rpg"], []), Reporter(quiet=True))
-    result = RpgStage(RpgConfig(dof_fraction=fraction, epochs=0, verify_onnx=False)).apply(ctx)
+    result = RpgStage(RpgConfig(ring_fraction=fraction, epochs=0, verify_onnx=False)).apply(ctx)
     return evaluate(result.model, held, None).value
 
 
@@ -58,8 +59,10 @@ def dense_row(name: str, tmp: Path) -> tuple[list[str], float]:
     return row, baseline.value
 
 
-def rpg_row(name: str, fraction: float, dense_acc: float, tmp: Path, epochs: int | None, quantize: bool) -> list[str]:
-    overrides = [f"rpg.dof_fraction={fraction}"] + ([f"rpg.epochs={epochs}"] if epochs is not None else [])
+def rpg_row(name: str, fraction: float | None, dense_acc: float, tmp: Path, epochs: int | None,
+            quantize: bool) -> list[str]:
+    overrides = ([f"rpg.ring_fraction={fraction}"] if fraction is not None else []) + \
+        ([f"rpg.epochs={epochs}"] if epochs is not None else [])
     pipeline = ["rpg", "quantize"] if quantize else ["rpg"]
     out = tmp / f"{name}-{fraction}-{'q' if quantize else 'f'}"
     t0 = time.perf_counter()
@@ -70,7 +73,8 @@ def rpg_row(name: str, fraction: float, dense_acc: float, tmp: Path, epochs: int
     proj = projection_only(name, fraction, tmp)
     acc = onnx_art["metric_value"]
     bound = 1.1 * 4 * stage["dof"] + 16 * 1024
-    variant = f"rpg {fraction:.2f}" + (" + quantize (int8 ring)" if quantize else "")
+    variant = (f"rpg ring {fraction:.2f}" if fraction is not None else "rpg defaults") + \
+        (" + quantize (int8 ring)" if quantize else "")
     return [name, variant, f"{stage['dof']:,}", f"{100 * stage['dof_fraction']:.1f}", f"{stage['ring_size']:,}",
             f"{stage['ring_reuse']:.1f}", f"{proj:.2f}", f"{acc:.2f}", f"{acc / dense_acc:.3f}",
             f"{onnx_art['bytes']:,}", f"{int(bound):,}", f"{st_art['bytes']:,}",
@@ -83,8 +87,8 @@ def table(rows: list[list[str]]) -> str:
 
 
 def write(rows: list[list[str]], epochs: int | None, done: bool) -> str:
-    budget = f"{epochs} fine-tuning epochs (reduced from the default 20)" if epochs is not None else \
-        "default fine-tuning budget (20 epochs, Adam lr 1e-2, batch 64)"
+    budget = f"{epochs} fine-tuning epochs (reduced from the default)" if epochs is not None else \
+        "the stage's default fine-tuning"
     text = (f"# bench/rpg.py (2 shared CPU cores, torch {torch.__version__}){'' if done else ' — partial'}\n\n"
             f"State_dict + --arch models (batch norm trains while fine-tuning), seed 0, {budget}. Held-out accuracy "
             "of the ONNX artifact in ONNX Runtime; 'proj. only' = the closed-form ring before fine-tuning (torch). "
@@ -113,7 +117,7 @@ def main() -> str:
                 rows.append(rpg_row(name, fraction, dense_acc, tmp, args.epochs, quantize=False))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
                 write(rows, args.epochs, done=False)
-            rows.append(rpg_row(name, 0.18, dense_acc, tmp, args.epochs, quantize=True))
+            rows.append(rpg_row(name, None, dense_acc, tmp, args.epochs, quantize=True))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = write(rows, args.epochs, done=True)
     print(text)

@@ -6,7 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compressor.algorithms.basis.stacks import detect_stacks, example_inputs, hierarchical_model
+from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
+from compressor.algorithms.basis.stacks import detect_stacks
 from compressor.core.layers import find_weights
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
@@ -53,7 +54,7 @@ def _print_stacks(loaded, example, console: Console) -> None:
     """Stacks of same-shaped blocks applied one after another (what `basis` compresses)."""
     ex = example_inputs(loaded.module, example, loaded.program)
     try:
-        module = hierarchical_model(loaded.module, ex[0], loaded.input_names) if ex else loaded.module
+        module = hierarchical_model(loaded.module, ex[0], loaded.input_names, ex[1]) if ex else loaded.module
         stacks = detect_stacks(module, *(ex or (None, None)))
     except Exception as exc:  # inspection never fails on this section
         console.print(f"[dim]stacks: not traced ({type(exc).__name__})[/dim]")

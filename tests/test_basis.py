@@ -1,15 +1,19 @@
 """basis (Queiruga et al., docs/ALGORITHMS.md §4): exact projections, stack detection, the compressed stack, artifacts."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 import compressor
 from compressor.algorithms.basis.functions import Basis, projection_matrix
-from compressor.algorithms.basis.stacks import detect_stacks, hierarchical_model
+from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
+from compressor.algorithms.basis.stacks import detect_stacks
 from compressor.algorithms.basis.stage import project_stack
 from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import load_dataset
@@ -211,3 +215,51 @@ def test_eager_state_dict_round_trip_and_n_steps(tmp_path):
     assert report["artifacts"][1]["reload_max_abs_diff_vs_torch"] == 0.0
     model = compressor.load(out, model=odenet())
     assert model.blocks[0].basis.size == 5 and model.blocks[0].n_steps == 10
+
+
+# ---- .pt2 transformers: the chained hidden state is not the first argument ---------------------------------------
+
+TEXT_HELDOUT = SAMPLES / "text_heldout.npz"
+
+
+@pytest.mark.parametrize("name", ["text_classifier", "text_embedder"])
+def test_pt2_transformer_stack_found_with_its_hidden_state_argument(name):
+    """An unflattened `.pt2` BERT layer receives a symbolic size and the attention bias before the hidden state:
+    the stack is found by the argument that chains layer i's output into layer i+1, and compressed stacks run
+    with it (K = depth is the original stack exactly)."""
+    held = load_dataset(TEXT_HELDOUT, ["input_ids", "attention_mask"])
+    flat = torch.export.load(str(SAMPLES / f"{name}.pt2")).module()
+    args, kwargs = example_inputs(flat, held, None)
+    assert not args and list(kwargs) == ["input_ids", "attention_mask"]  # exported with keyword inputs
+    model = hierarchical_model(flat, args, None, kwargs)
+    seen = []
+    hook = model.get_submodule("encoder.layers.1").register_forward_pre_hook(lambda m, a: seen.append(a))
+    ref = model(**kwargs)
+    hook.remove()
+    stacks = detect_stacks(model, args, kwargs)
+    assert [(s.parent, s.blocks) for s in stacks] == [("encoder.layers", ["0", "1", "2", "3"])]
+    hidden = stacks[0].hidden_arg
+    assert hidden > 0 and tuple(seen[0][hidden].shape) == (2, 32, 64)  # not args[0]
+    project_stack(model, stacks[0], Basis("piecewise_constant", 4), 4)
+    assert (model(**kwargs) - ref).abs().max() < 1e-5
+
+
+def test_pt2_text_classifier_basis_cli_records_the_hidden_argument_and_reloads(tmp_path):
+    out = tmp_path / "out"
+    res = run_cli(SAMPLES / "text_classifier.pt2", "--pipeline", "basis", "--data", TEXT_HELDOUT,
+                  "--train-data", SAMPLES / "text_train.npz", "--val-data", SAMPLES / "text_val.npz", "--out", out,
+                  "--set", "basis.size=4", "--quiet")  # K = depth: exact, so the gate must pass
+    assert res.code == 0, res
+    report = read_report(out)
+    assert report["stages"][0]["stacks"] == ["encoder.layers.0"]
+    assert report["artifacts"][0]["parity_max_abs_diff_fp32_vs_torch"] < 1e-4
+    assert report["artifacts"][1]["reload_max_abs_diff_vs_torch"] == 0.0
+    with safe_open(str(out / "model.safetensors"), "pt") as fh:
+        meta = json.loads(fh.metadata()["compressor"])
+    record = next(s for s in meta["structures"] if s["kind"] == "basis")
+    assert record["keywords"] and record["stacks"][0]["hidden_arg"] > 0
+    held = load_dataset(TEXT_HELDOUT, ["input_ids", "attention_mask"]).subset(torch.arange(64))
+    model = compressor.load(out)
+    assert model.get_submodule("encoder.layers.0").hidden_arg == record["stacks"][0]["hidden_arg"]
+    original = torch.export.load(str(SAMPLES / "text_classifier.pt2")).module()
+    assert (predict(model, held) - predict(original, held)).abs().max() < 1e-4

@@ -14,9 +14,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import compressor
-from compressor.algorithms.rpg.onnx_graph import generate_index_map_in_graph, index_map_nodes
+from compressor.algorithms.rpg.onnx_graph import generate_index_map_in_graph, index_map_nodes, ring_to_int8
 from compressor.algorithms.rpg.ring import (RingLayer, RingLayout, affine_map_params, hashed_signs, index_map,
                                             project, ring_model, scale_vector, slot_indices)
+from compressor.algorithms.rpg.ring_int8 import RING_INT8_BLOCK, dequantize_ring, quantize_ring
+from compressor.algorithms.rpg.stage import DEFAULT_RING_FRACTION, RpgConfig, ring_size_for
 from compressor.errors import ArtifactError
 from compressor.io.calls import predict
 from compressor.io.data import load_dataset
@@ -74,13 +76,40 @@ def test_slot_usage_counts_are_floor_or_ceil(total, n, seed):
     assert int((counts == -(-total // n)).sum()) == (total % n or n)
 
 
+def _fmix32(h: int) -> int:
+    """murmur3's finaliser in plain Python integers (the reference)."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
 def test_hashed_sign_matches_the_formula_without_int64_overflow():
     ks = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**33 + 17, 2**40 + 3, 2**50 + 5]
     ks += torch.randint(0, 2**62, (200,), generator=torch.Generator().manual_seed(0)).tolist()
-    want = [1 - 2 * (((k * 2654435761) % 2**32) >> 31) for k in ks]
+    want = [1 - 2 * (_fmix32(k % 2**32) >> 31) for k in ks]
     assert hashed_signs(torch.tensor(ks)).tolist() == want
     signs = hashed_signs(torch.arange(100_000))
     assert abs(float(signs.mean())) < 0.02  # balanced
+
+
+def _max_lag_correlation(signs: torch.Tensor, lo: int, hi: int) -> float:
+    """max |mean(s_k s_{k+L})| over lags L in [lo, hi], all lags at once by an FFT autocorrelation."""
+    n = signs.numel()
+    f = torch.fft.rfft(signs.double(), 2 * n)
+    acf = torch.fft.irfft(f * f.conj(), 2 * n)[:n]
+    lags = torch.arange(lo, hi + 1)
+    return float((acf[lags] / (n - lags)).abs().max())
+
+
+def test_sign_hash_is_uncorrelated_at_every_ring_lag():
+    """Weights sharing a slot are N apart: their signs must be uncorrelated for every ring size N (the paper's
+    i.i.d. flips). The golden-ratio hash this replaced fails the same check (correlation ~1 at some lags)."""
+    k = torch.arange(1 << 21) + RingLayout(10, 7, 1, 0).sign_offset
+    assert _max_lag_correlation(hashed_signs(k), 1_000, 100_000) < 0.05
+    golden = (1 - 2 * (((k % 2**32) * 2654435761 % 2**32) // 2**31)).float()
+    assert _max_lag_correlation(golden, 1_000, 100_000) > 0.5
 
 
 def test_closed_form_projection_equals_least_squares():
@@ -109,6 +138,33 @@ def test_onnx_index_map_nodes_equal_torch():
     slots, signs = ort_session(proto.SerializeToString()).run(None, {})
     want_slots, want_signs = index_map(layout, layout.index_length)
     assert np.array_equal(slots, want_slots.numpy()) and np.array_equal(signs, want_signs.numpy())
+
+
+def test_int8_ring_rows_dequantize_identically_in_onnx_runtime_and_beat_one_scale():
+    gen = torch.Generator().manual_seed(4)
+    ring = torch.randn(1000, generator=gen)
+    ring[[5, 700]] = torch.tensor([40.0, -25.0])  # two outliers: one scale would coarsen every slot
+    graph = helper.make_graph([helper.make_node("Identity", ["rpg_ring"], ["out"])], "ring", [],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1000])],
+                              [onnx.numpy_helper.from_array(ring.numpy(), "rpg_ring")])
+    proto = ring_to_int8(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+    onnx.checker.check_model(proto, full_check=True)
+    out = ort_session(proto.SerializeToString()).run(None, {})[0]
+    q, scales = quantize_ring(ring.numpy())
+    assert q.dtype == np.int8 and q.shape == (-(-1000 // RING_INT8_BLOCK), RING_INT8_BLOCK)
+    deq = dequantize_ring(torch.from_numpy(q), torch.from_numpy(scales), 1000)
+    assert np.array_equal(out, deq.numpy())
+    one_scale = torch.round(ring / (ring.abs().max() / 127)) * (ring.abs().max() / 127)
+    assert (deq - ring).abs().mean() < 0.5 * (one_scale - ring).abs().mean()
+
+
+def test_layout_without_the_sign_hash_version_is_refused():
+    entry = small_layout(n=7).as_dict()
+    assert entry["sign_hash"] == "fmix32"
+    RingLayout.from_dict(entry)
+    entry.pop("sign_hash")
+    with pytest.raises(ArtifactError, match="golden-ratio multiplicative sign hash"):
+        RingLayout.from_dict(entry)
 
 
 # ---- the ring module and its ONNX graph ------------------------------------------------------------------------
@@ -171,7 +227,7 @@ def check_artifact(out: Path) -> dict:
     assert stage["name"] == "rpg" and report["stages"][1]["name"] == "quantize"
     n = stage["ring_size"]
     assert stage["dof"] == n + report["baseline"]["params"] - stage["generated_weights"]  # ring counted once
-    assert stage["params"] == stage["dof"] and 0.17 < stage["dof_fraction"] < 0.19
+    assert stage["params"] == stage["dof"] and n == round(DEFAULT_RING_FRACTION * stage["generated_weights"])
     assert "projection_val_metric" in stage
     bound = 1.1 * 4 * stage["dof"] + 16 * 1024
     onnx_art, st_art = report["artifacts"]
@@ -183,8 +239,11 @@ def check_artifact(out: Path) -> dict:
     assert not set(stage["generated_layers"]) & set(tensors), "generated weights were stored"
     proto = onnx.load(str(out / "model.onnx"))
     ring8 = [i for i in proto.graph.initializer if i.name == "rpg_ring_int8"]
-    assert ring8 and ring8[0].data_type == TensorProto.INT8 and list(ring8[0].dims) == [n]
-    assert any(node.op_type == "DequantizeLinear" and node.output[0] == "rpg_ring" for node in proto.graph.node)
+    assert ring8 and ring8[0].data_type == TensorProto.INT8
+    assert list(ring8[0].dims) == [-(-n // RING_INT8_BLOCK), RING_INT8_BLOCK]  # one scale per row of slots
+    scales = [i for i in proto.graph.initializer if i.name == "rpg_ring_scale"]
+    assert list(scales[0].dims) == [-(-n // RING_INT8_BLOCK)]
+    assert any(node.op_type == "DequantizeLinear" and node.input[0] == "rpg_ring_int8" for node in proto.graph.node)
     assert not any(node.op_type == "BatchNormalization" for node in proto.graph.node), "batch norm left unfolded"
     model = compressor.load(out)
     assert sum(p.numel() for p in model.parameters()) == stage["dof"]
@@ -236,6 +295,53 @@ def test_tampered_layout_or_seed_is_refused(cnn_rpg, tmp_path, what, edit, messa
     with pytest.raises(ArtifactError, match=message) as err:
         compressor.load(bad)
     assert "\n" not in str(err.value)
+
+
+class DepthwiseNet(nn.Module):
+    """A small depthwise-separable CNN: its ordinary parameters (stem, biases, classifier) are over 20% of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.dw1, self.pw1 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 1)
+        self.dw2, self.pw2 = nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Conv2d(32, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.pw1(torch.relu(self.dw1(x))))
+        x = torch.relu(self.pw2(torch.relu(self.dw2(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def depthwise_cnn() -> nn.Module:
+    return DepthwiseNet()
+
+
+def test_default_ring_size_is_accepted_on_a_small_depthwise_cnn(tmp_path):
+    torch.manual_seed(0)
+    net = depthwise_cnn()
+    train = np.load(TRAIN)
+    x, y = torch.from_numpy(train["x"]), torch.from_numpy(train["y"])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for step in range(60):  # briefly trained: the ring projects real weights
+        idx = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "dw.pt")
+    generated = sum(getattr(net, n).weight.numel() for n in ("dw1", "pw1", "dw2", "pw2"))
+    total = sum(p.numel() for p in net.parameters())
+    assert (total - generated) / total > 0.2  # a DoF-fraction default of 0.18 had no room left here
+    with pytest.raises(Exception, match="leaves no room"):
+        ring_size_for(RpgConfig(dof_fraction=0.18), total, generated)
+    res = run_cli(tmp_path / "dw.pt", "--arch", "tests.test_rpg:depthwise_cnn", "--pipeline", "rpg", "--data", HELDOUT,
+                  "--train-data", TRAIN, "--out", tmp_path / "out", "--quiet", "--max-drop", "100", *FAST, cwd=ROOT)
+    assert res.code == 0, res
+    stage = read_report(tmp_path / "out")["stages"][0]
+    assert stage["generated_weights"] == generated
+    assert stage["ring_size"] == ring_size_for(RpgConfig(), total, generated)
+    assert stage["ring_size"] == round(DEFAULT_RING_FRACTION * generated)
 
 
 def test_ring_too_small_is_a_one_line_error(tmp_path):

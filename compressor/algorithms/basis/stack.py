@@ -43,8 +43,9 @@ class BasisStack(nn.Module):
 
     def __init__(self, template: nn.Module, layout: list[tuple[str, tuple[int, ...], str]],
                  fixed: dict[str, torch.Tensor], basis: Basis, n_steps: int, depth: int,
-                 coef: torch.Tensor | None = None) -> None:
+                 coef: torch.Tensor | None = None, hidden_arg: int = 0) -> None:
         super().__init__()
+        self.hidden_arg = int(hidden_arg)  # the positional argument carrying the hidden state (stacks.Stack)
         self._template = [template]  # not registered: its own tensors are never stored nor used
         self.layout = list(layout)  # (name, shape, "param"|"buffer") of each slice of a coefficient row
         self.basis, self.n_steps, self.depth = basis, int(n_steps), int(depth)
@@ -98,12 +99,13 @@ class BasisStack(nn.Module):
             template.train(self.training)
         except NotImplementedError:
             pass
-        h, rest = args[0], args[1:]
+        i = self.hidden_arg
+        h, before, after = args[i], args[:i], args[i + 1:]
         scale = self.depth / self.n_steps
         out: Any = h
         steps = self.step_tensors()
         for tensors in steps:
-            out = functional_call(template, tensors, (h, *rest), kwargs, strict=False)
+            out = functional_call(template, tensors, (*before, h, *after), kwargs, strict=False)
             new = _first_tensor(out)
             h = new if self.n_steps == self.depth else h + scale * (new - h)
         if self.training:
@@ -125,7 +127,8 @@ class BasisStack(nn.Module):
             start += size
 
     def extra_repr(self) -> str:
-        return f"basis={self.basis.kind}, K={self.basis.size}, n_steps={self.n_steps}, depth={self.depth}"
+        return (f"basis={self.basis.kind}, K={self.basis.size}, n_steps={self.n_steps}, depth={self.depth}, "
+                f"hidden_arg={self.hidden_arg}")
 
 
 class StackPassthrough(nn.Module):
@@ -136,10 +139,11 @@ class StackPassthrough(nn.Module):
         self._stack = [stack]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        last = self._stack[0]._last_out
-        if isinstance(last, torch.Tensor) or last is None:
-            return args[0]
-        return _replace_first(last, args[0])
+        stack = self._stack[0]
+        h = args[stack.hidden_arg]
+        if isinstance(stack._last_out, torch.Tensor) or stack._last_out is None:
+            return h
+        return _replace_first(stack._last_out, h)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

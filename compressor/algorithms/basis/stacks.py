@@ -6,9 +6,11 @@ hierarchy is restored with `torch.export.unflatten` (a flat `ep.module()` is re-
 
 Criteria, all checked on one traced forward with an example input:
 1. same parameter/buffer names, shapes and dtypes (the signature), under the same parent module;
-2. applied one after another: each block is called exactly once, block k+1's first argument IS block k's output
-   (the same tensor object, so the chain is verified, not inferred from names), its other arguments are the
-   same objects as block k's, and a block's output has its input's shape;
+2. applied one after another: each block is called exactly once, one positional argument of block k+1 IS block
+   k's output (the same tensor object, so the chain is verified, not inferred from names) — the hidden-state
+   argument, found per stack and the same index for every block (an unflattened `.pt2` layer may receive the
+   attention mask or symbolic sizes first) — its other arguments are the same objects as block k's, and a
+   block's output has its input hidden state's shape;
 3. the same computation: running the first block with block k's tensors (`torch.func.functional_call`) on
    block k's recorded input reproduces block k's output.
 Without an example input only `nn.Sequential` runs of the same class and repr are reported, as unverified.
@@ -34,6 +36,7 @@ class Stack:
     params_per_block: int
     buffers_per_block: int
     verified: bool = True
+    hidden_arg: int = 0  # index of the positional argument that chains block k's output into block k+1
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -52,7 +55,7 @@ class Stack:
     def as_dict(self) -> dict[str, Any]:
         return {"parent": self.parent, "blocks": list(self.blocks), "depth": self.depth,
                 "params_per_block": self.params_per_block, "buffers_per_block": self.buffers_per_block,
-                "verified": self.verified}
+                "verified": self.verified, "hidden_arg": self.hidden_arg}
 
 
 def signature(module: nn.Module) -> tuple:
@@ -153,32 +156,42 @@ def detect_stacks(model: nn.Module, args: tuple | None = None, kwargs: dict | No
         for c in seq:
             counts[c["name"]] = counts.get(c["name"], 0) + 1
         run: list[dict[str, Any]] = []
+        hidden: int | None = None
         for c in seq + [None]:
-            if c is not None and run and _linked(model, parent, run[-1], c, counts) and _same_computation(
+            link = _linked(model, parent, run[-1], c, counts) if c is not None and run else None
+            if link is not None and (hidden is None or link == hidden) and _same_computation(
                     model, parent, run[0], c):
                 run.append(c)
+                hidden = link
                 continue
             if len(run) >= min_depth:
                 first = _child(model, parent, run[0]["name"])
-                stacks.append(Stack(parent, [r["name"] for r in run], *_counts(first)))
+                stacks.append(Stack(parent, [r["name"] for r in run], *_counts(first), hidden_arg=hidden or 0))
             run = [c] if c is not None and counts[c["name"]] == 1 else []
+            hidden = None
     return _outermost(stacks)
 
 
-def _linked(model: nn.Module, parent: str, a: dict, b: dict, counts: dict[str, int]) -> bool:
-    """b is applied to a's output, with a's other arguments, and both have the same tensors."""
+def _linked(model: nn.Module, parent: str, a: dict, b: dict, counts: dict[str, int]) -> int | None:
+    """The index i of b's positional argument that IS a's output, when b is applied to it with a's other
+    arguments, a's argument i has the output's shape, and both blocks have the same tensors; else None."""
     if counts[a["name"]] != 1 or counts[b["name"]] != 1 or a["name"] == b["name"]:
-        return False
+        return None
     ma, mb = _child(model, parent, a["name"]), _child(model, parent, b["name"])
     if signature(ma) != signature(mb):
-        return False
+        return None
     out_a = _first(a["out"])
-    if out_a is None or not b["args"] or b["args"][0] is not out_a:
-        return False
-    h_a = a["args"][0] if a["args"] else None
+    hits = [i for i, arg in enumerate(b["args"]) if arg is out_a] if out_a is not None else []
+    if len(hits) != 1 or len(a["args"]) != len(b["args"]):
+        return None
+    i = hits[0]
+    h_a = a["args"][i]
     if not isinstance(h_a, torch.Tensor) or h_a.shape != out_a.shape:
-        return False
-    return _same_object_or_value(a["args"][1:], b["args"][1:]) and _same_object_or_value(a["kwargs"], b["kwargs"])
+        return None
+    others_a, others_b = a["args"][:i] + a["args"][i + 1:], b["args"][:i] + b["args"][i + 1:]
+    if _same_object_or_value(others_a, others_b) and _same_object_or_value(a["kwargs"], b["kwargs"]):
+        return i
+    return None
 
 
 def _same_computation(model: nn.Module, parent: str, first: dict, c: dict) -> bool:
@@ -229,65 +242,3 @@ def _outermost(stacks: list[Stack]) -> list[Stack]:
         if not prefix_hit:
             out.append(s)
     return out
-
-
-def hierarchical_model(model: nn.Module, example_args: tuple, input_names: list[str] | None = None) -> nn.Module:
-    """A module whose submodules are the blocks: the model itself, or, for a flat `.pt2` GraphModule
-    (`ep.module()`), the model re-exported with a dynamic batch and unflattened (holding its current tensors).
-
-    The unflattened module's forward takes `*args`, which the ONNX exporter cannot pair with per-input dynamic
-    shapes, so it is given a forward with the program's named inputs (`named_forward`)."""
-    if not isinstance(model, torch.fx.GraphModule):
-        return model
-    import warnings
-
-    dims = tuple({0: torch.export.Dim.DYNAMIC} if isinstance(a, torch.Tensor) and a.ndim else None
-                 for a in example_args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(model, tuple(example_args), dynamic_shapes=dims, strict=False)
-        module = torch.export.unflatten(program)
-    module.load_state_dict(model.state_dict(), strict=True)
-    names = list(input_names or [f"arg{i}" for i in range(len(example_args))])
-    return named_forward(module, names)
-
-
-_NAMED_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
-
-
-def named_forward(module: nn.Module, names: list[str]) -> nn.Module:
-    """Give a module whose forward is `(*args, **kwargs)` a forward with explicit positional names."""
-    if not all(n.isidentifier() for n in names):
-        names = [f"arg{i}" for i in range(len(names))]
-    base = type(module)
-    key = (base, tuple(names))
-    if key not in _NAMED_CLASSES:
-        args = ", ".join(names)
-        ns: dict[str, Any] = {}
-        exec(f"def forward(self, {args}):\n    return _base_forward(self, {args})\n", {"_base_forward": base.forward}, ns)
-        _NAMED_CLASSES[key] = type(base.__name__, (base,), {"forward": ns["forward"], "__module__": base.__module__})
-    module.__class__ = _NAMED_CLASSES[key]
-    return module
-
-
-def example_inputs(model: nn.Module, data: Any, program: torch.export.ExportedProgram | None
-                   ) -> tuple[tuple, dict] | None:
-    """(args, kwargs) for one traced forward: two samples of a dataset (by keyword when the model's forward
-    names them, as `compressor.verify.metrics.call_model` does), else the `.pt2` program's example inputs."""
-    if data is not None:
-        inputs = {k: v[:2] for k, v in data.example().inputs.items()}
-        if list(inputs) == ["x"] or isinstance(model, torch.fx.GraphModule) or program is not None:
-            return tuple(inputs.values()), {}
-        import inspect
-
-        try:
-            params = inspect.signature(model.forward).parameters
-            if all(k in params for k in inputs):
-                return (), inputs
-        except (TypeError, ValueError):
-            pass
-        return tuple(inputs.values()), {}
-    if program is not None and program.example_inputs is not None:
-        a, kw = program.example_inputs
-        return tuple(a), dict(kw or {})
-    return None

@@ -20,7 +20,8 @@ from torch import nn
 
 from compressor.algorithms.basis.functions import Basis, projection_matrix, resolve_size, valid_size
 from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, block_layout, block_row, set_child
-from compressor.algorithms.basis.stacks import Stack, detect_stacks, example_inputs, hierarchical_model
+from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
+from compressor.algorithms.basis.stacks import Stack, detect_stacks
 from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
@@ -39,7 +40,10 @@ class BasisConfig:
     n_steps: int = option(0, "evaluation steps per stack (forward Euler at t=j/n); 0 = the original depth")
     stacks: tuple[str, ...] = option((), "glob patterns of stack names (e.g. stage1.*) to compress; empty = all")
     min_depth: int = option(2, "shortest run of blocks treated as a stack")
-    finetune: bool = option(False, "fine-tune the coefficients after projection (needs --train-data)")
+    finetune: bool | Literal["auto"] = option("auto", "fine-tune the coefficients after projection (needs "
+                                              "--train-data): true, false, or auto = only when the projection "
+                                              "costs more than max_drop points of validation metric")
+    max_drop: float = option(1.0, "auto fine-tune: the validation drop (points) the projection may cost without it")
     finetune_epochs: int = option(3, "fine-tune epochs")
     finetune_lr: float = option(1e-3, "fine-tune learning rate (Adam, cosine schedule)")
     remask: bool = option(False, "after prune: re-derive masks on the coefficients at the blocks' sparsity "
@@ -52,6 +56,8 @@ class BasisConfig:
             return "n_steps must be 0 (original depth) or positive"
         if self.min_depth < 2:
             return "min_depth must be at least 2"
+        if self.max_drop < 0:
+            return "max_drop must be >= 0"
         if self.finetune_epochs < 1 or self.finetune_lr <= 0:
             return "finetune_epochs must be >= 1 and finetune_lr > 0"
         return None
@@ -71,12 +77,12 @@ def target_size(kind: str, size: float, depth: int) -> int:
 
 
 def install_stack(model: nn.Module, parent: str, blocks: list[str], basis: Basis, n_steps: int,
-                  coef: torch.Tensor | None) -> BasisStack:
+                  coef: torch.Tensor | None, hidden_arg: int = 0) -> BasisStack:
     """Swap the blocks of a stack for one BasisStack (at the first block) and passthroughs."""
     container = model.get_submodule(parent) if parent else model
     template = container._modules[blocks[0]]
     layout, fixed = block_layout(template)
-    stack = BasisStack(template, layout, fixed, basis, n_steps or len(blocks), len(blocks), coef)
+    stack = BasisStack(template, layout, fixed, basis, n_steps or len(blocks), len(blocks), coef, hidden_arg)
     training = template.training
     set_child(container, blocks[0], stack)
     for name in blocks[1:]:
@@ -100,7 +106,7 @@ def project_stack(model: nn.Module, stack: Stack, basis: Basis, n_steps: int) ->
             if name.endswith("running_var"):
                 coef[:, start:start + size].clamp_(min=1e-5)
             start += size
-    return install_stack(model, stack.parent, stack.blocks, basis, n_steps, coef)
+    return install_stack(model, stack.parent, stack.blocks, basis, n_steps, coef, stack.hidden_arg)
 
 
 def _remask(ctx, stack: Stack, module: BasisStack, path: str, remask: bool) -> str | None:
@@ -140,7 +146,7 @@ class BasisStage(Stage):
             raise StageError("basis: needs an example input to trace the model's stacks: pass --train-data or "
                              "--val-data")
         args, kwargs = example
-        work = hierarchical_model(ctx.model, args, ctx.loaded.input_names)
+        work = hierarchical_model(ctx.model, args, ctx.loaded.input_names, kwargs)
         found = detect_stacks(work, args, kwargs, cfg.min_depth)
         chosen = [s for s in found if not cfg.stacks or any(
             fnmatch.fnmatchcase(s.name, p) or fnmatch.fnmatchcase(s.paths[0], p) or fnmatch.fnmatchcase(s.parent, p)
@@ -164,7 +170,7 @@ class BasisStage(Stage):
             stack_params = sum(int(torch.Size(s).numel()) for _, s, kind in module.layout if kind == "param") * k
             params_after += stack_params
             records.append({"parent": stack.parent, "blocks": stack.blocks, "basis": basis.kind, "K": k,
-                            "n_steps": n_steps, "depth": stack.depth, "path": path,
+                            "n_steps": n_steps, "depth": stack.depth, "path": path, "hidden_arg": stack.hidden_arg,
                             "layout": [[n, list(s), kind] for n, s, kind in module.layout],
                             "fixed": list(module._fixed_names)})
             notes.append(f"{stack.name}: {stack.depth} blocks -> {k} {basis.kind} coefficient sets, {n_steps} steps; "
@@ -173,22 +179,31 @@ class BasisStage(Stage):
             if mask_note:
                 notes.append(mask_note)
         example_rec = [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
-                       for a in args if isinstance(a, torch.Tensor)]
+                       for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         structure = {"kind": "basis", "stacks": records, "unflattened": work is not ctx.model,
-                     "input_names": list(ctx.loaded.input_names), "example": example_rec}
+                     "input_names": list(kwargs) if kwargs else list(ctx.loaded.input_names),
+                     "keywords": bool(kwargs), "example": example_rec}
         metrics: dict[str, Any] = {"stacks": [r["path"] for r in records], "stack_params_before": params_before,
                                    "stack_params_after": params_after}
         after = ctx.validate(work) if ctx.val is not None else None
+        finetune_now = cfg.finetune is True
         if before is not None and after is not None:
             drop = before.value - after.value
             metrics.update(val_before=before.value, val_after_projection=after.value)
             notes.append(f"validation {before.name} {before.value:.2f}% before, {after.value:.2f}% after projection "
                          f"(no data used; drop {drop:.2f} points)")
-            if drop > LARGE_DROP and not cfg.finetune:
+            smooth = drop <= cfg.max_drop
+            if cfg.finetune == "auto" and not smooth and ctx.train is not None:
+                finetune_now = True
+                notes.append(f"the projection costs {drop:.2f} > {cfg.max_drop:g} points: these blocks are not smooth "
+                             "in depth (not trained with refinement; docs/ALGORITHMS.md §4), so the coefficients are "
+                             "fine-tuned (basis.finetune=auto; false keeps the data-free projection)")
+            elif drop > LARGE_DROP and not finetune_now:
                 notes.append(f"the projection costs {drop:.2f} points: these blocks are not smooth in depth (a "
                              "plain ResNet or transformer, not trained with refinement; docs/ALGORITHMS.md §4); try "
                              "--set basis.finetune=true (needs --train-data) or a larger basis.size")
-        if cfg.finetune:
+        metrics["finetuned"] = finetune_now
+        if finetune_now:
             def freeze_stacks(model: nn.Module) -> None:
                 # the stacks' batch-norm statistics stay as projected (eval mode, as for a .pt2 model): training
                 # with batch statistics and projecting running estimates back was measured to break validation

@@ -5,16 +5,18 @@ The exporter writes a `RingModel`'s index map as two constant tensors of T entri
 nodes computing, for k = Range(0, max(T, 65536)) (see `MIN_INDEX_LENGTH`):
 
     slot(k) = (a*k + b) mod N                                        (Mul, Add, Mod)
-    s(k)    = 1 - 2*((((k + o) * 2654435761) mod 2^32) >> 31), o seeded (Add, Mod, Mul, Div, Sub, Cast)
+    s(k)    = 1 - 2*(fmix32((k + o) mod 2^32) >> 31), o seeded      (Add, Mod, Div, BitwiseXor, Mul, Sub, Cast)
 
-(Wang et al., WACV 2023 generate W_l = c_l * s * A[pi_l]; docs/ALGORITHMS.md §3 gives this index map). The 32-bit hash
-product is split into 16-bit halves so no int64 intermediate overflows (see `compressor.algorithms.rpg.ring.hashed_signs`).
+(Wang et al., WACV 2023 generate W_l = c_l * s * A[pi_l]; docs/ALGORITHMS.md §3 gives this index map). The hash is
+murmur3's finaliser in int64 arithmetic that cannot overflow (`compressor.algorithms.rpg.sign_hash`); BitwiseXor
+needs ai.onnx opset >= 18, which the rewrite checks (and raises an older import to).
 The nodes are added after export and optimisation, so no constant folding materialises them in the file.
 
 A prune mask (exported as a bool constant of T bytes) is stored as packed bits and unpacked in-graph. Batch norms
 after generated convs are folded into them (the exporter only folds into constant weights) and value_info is
 dropped, so the graph's overhead stays within the size goal of 1.1 x 4 x DoF bytes + 16 KB.
-`ring_to_int8` stores the ring as int8 + one scale and dequantizes it in-graph (DequantizeLinear), for quantize.
+`ring_to_int8` stores the ring as int8 rows of `RING_INT8_BLOCK` slots with one scale per row and dequantizes it
+in-graph (DequantizeLinear, axis 0), for quantize (`compressor.algorithms.rpg.ring_int8`).
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.algorithms.rpg.ring import (MASK_NAME, RING_NAME, RingLayout, SIGNS_NAME, SLOTS_NAME, _M_HI, _M_LO,
-                                            _TWO16, _TWO31, _TWO32)
-from compressor.core.int8 import symmetric_int8
+from compressor.algorithms.rpg.ring import MASK_NAME, RING_NAME, RingLayout, SIGNS_NAME, SLOTS_NAME
+from compressor.algorithms.rpg.ring_int8 import quantize_ring
+from compressor.algorithms.rpg.sign_hash import BITWISE_XOR_OPSET, CONSTANTS, onnx_sign_spec
 from compressor.errors import StageError
 
 PREFIX = "rpg_gen/"
@@ -53,8 +55,7 @@ def _int64(graph: onnx.GraphProto, name: str, value: int) -> str:
 def index_map_nodes(graph: onnx.GraphProto, layout: RingLayout, slots_out: str, signs_out: str) -> list:
     """Nodes computing slot(k) into `slots_out` (int64) and s(k) into `signs_out` (float), k < index_length."""
     c = {name: _int64(graph, name, v) for name, v in {
-        "zero": 0, "one": 1, "two": 2, "T": layout.index_length, "a": layout.a, "b": layout.b, "N": layout.n,
-        "two32": _TWO32, "two31": _TWO31, "two16": _TWO16, "m_lo": _M_LO, "m_hi": _M_HI,
+        **CONSTANTS, "zero": 0, "T": layout.index_length, "a": layout.a, "b": layout.b, "N": layout.n,
         "soff": layout.sign_offset}.items()}
     p = PREFIX
     spec = [
@@ -63,19 +64,7 @@ def index_map_nodes(graph: onnx.GraphProto, layout: RingLayout, slots_out: str, 
         ("Mul", ["k", c["a"]], "ak", {}),
         ("Add", ["ak", c["b"]], "akb", {}),
         ("Mod", ["akb", c["N"]], "@slots", {"fmod": 0}),
-        # h = ((k + sign_offset) mod 2^32) * 2654435761 mod 2^32, from 16-bit halves of the multiplier
-        ("Add", ["k", c["soff"]], "ks", {}),
-        ("Mod", ["ks", c["two32"]], "k32", {"fmod": 0}),
-        ("Mul", ["k32", c["m_lo"]], "lo", {}),
-        ("Mul", ["k32", c["m_hi"]], "hi_full", {}),
-        ("Mod", ["hi_full", c["two16"]], "hi", {"fmod": 0}),
-        ("Mul", ["hi", c["two16"]], "hi_shift", {}),
-        ("Add", ["lo", "hi_shift"], "h_sum", {}),
-        ("Mod", ["h_sum", c["two32"]], "h", {"fmod": 0}),
-        # s = 1 - 2 * (h >> 31)
-        ("Div", ["h", c["two31"]], "bit", {}),
-        ("Mul", ["bit", c["two"]], "bit2", {}),
-        ("Sub", [c["one"], "bit2"], "sign_int", {}),
+        *onnx_sign_spec("k", c["soff"], c),
         ("Cast", ["sign_int"], "@signs", {"to": TensorProto.FLOAT}),
     ]
     outputs = {"@slots": slots_out, "@signs": signs_out}
@@ -86,8 +75,18 @@ def index_map_nodes(graph: onnx.GraphProto, layout: RingLayout, slots_out: str, 
     return nodes
 
 
+def require_opset(proto: onnx.ModelProto, version: int) -> None:
+    """Refuse a graph whose default-domain opset import is below `version` (the exporter writes 20; BitwiseXor of
+    the sign hash needs 18). Raising the import in place could silently reinterpret ops that changed meaning."""
+    entry = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if entry < version:
+        raise StageError(f"rpg: the exported graph imports ONNX opset {entry}; the in-graph sign hash (BitwiseXor) "
+                         f"needs opset >= {version}")
+
+
 def generate_index_map_in_graph(proto: onnx.ModelProto, layout: RingLayout) -> onnx.ModelProto:
     """Replace the exported `rpg_slots` / `rpg_signs` constants by in-graph integer arithmetic."""
+    require_opset(proto, BITWISE_XOR_OPSET)
     graph = proto.graph
     slots = _pop_initializer(graph, SLOTS_NAME)
     signs = _pop_initializer(graph, SIGNS_NAME)
@@ -199,14 +198,22 @@ def packed_mask_nodes(graph: onnx.GraphProto, mask: onnx.TensorProto, k: str) ->
 
 
 def ring_to_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Store the ring as symmetric int8 with one per-tensor scale; DequantizeLinear restores `rpg_ring` in-graph."""
+    """Store the ring as int8 rows with one scale per row; DequantizeLinear (axis 0) + Reshape + Slice restore
+    `rpg_ring` in-graph, exactly as `compressor.algorithms.rpg.ring_int8.dequantize_ring` does in torch."""
     graph = proto.graph
     ring = numpy_helper.to_array(_pop_initializer(graph, RING_NAME)).astype(np.float32)
-    rows, scales = symmetric_int8(ring.reshape(1, -1))
-    q, scale = rows.reshape(-1), scales[0]
+    q, scales = quantize_ring(ring)
+    p = PREFIX
     names = (RING_NAME + "_int8", RING_NAME + "_scale", RING_NAME + "_zero_point")
-    graph.initializer.extend([numpy_helper.from_array(q, names[0]),
-                              numpy_helper.from_array(np.array(scale, dtype=np.float32), names[1]),
-                              numpy_helper.from_array(np.array(0, dtype=np.int8), names[2])])
-    _prepend(graph, [helper.make_node("DequantizeLinear", list(names), [RING_NAME], name=PREFIX + "dequantize_ring")])
+    graph.initializer.extend([
+        numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scales, names[1]),
+        numpy_helper.from_array(np.zeros(len(scales), dtype=np.int8), names[2]),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), p + "ring_flat"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), p + "ring_start"),
+        numpy_helper.from_array(np.array([ring.size], dtype=np.int64), p + "ring_end")])
+    _prepend(graph, [
+        helper.make_node("DequantizeLinear", list(names), [p + "ring_rows"], name=p + "dequantize_ring", axis=0),
+        helper.make_node("Reshape", [p + "ring_rows", p + "ring_flat"], [p + "ring_padded"], name=p + "ring_reshape"),
+        helper.make_node("Slice", [p + "ring_padded", p + "ring_start", p + "ring_end"], [RING_NAME],
+                         name=p + "ring_slice")])
     return proto

@@ -6,8 +6,9 @@ Wang, Chen, Yu et al., "Compact and Optimal Deep Learning with Recurrent Paramet
     W_l = reshape( c_l * s(k) * A[slot(k)] , shape_l )      for the global indices k in [offset_l, offset_l + n_l)
 
 with our index map slot(k) = (a*k + b) mod N, gcd(a, N) = 1 (every slot is read floor(T/N) or ceil(T/N) times
-over T consecutive k: the paper's "even sampling"), the hashed sign s(k) = 1 - 2*((((k+o)*2654435761) mod 2^32) >> 31)
-with a seeded offset o (the affine map's groups do not depend on the seed, so the signs carry it)
+over T consecutive k: the paper's "even sampling"), the hashed sign s(k) = 1 - 2*(fmix32((k+o) mod 2^32) >> 31)
+(murmur3's finaliser, `compressor.algorithms.rpg.sign_hash`) with a seeded offset o (the affine map's groups do
+not depend on the seed, so the signs carry it)
 and a per-layer scale c_l. The same integer arithmetic is written as ONNX nodes by `compressor.algorithms.rpg.onnx_graph`,
 so the ONNX file holds only the ring.
 
@@ -28,15 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.algorithms.rpg.sign_hash import SIGN_HASH, hashed_signs
 from compressor.errors import ArtifactError
 
 RING_NAME = "rpg_ring"
 SLOTS_NAME = "rpg_slots"
 SIGNS_NAME = "rpg_signs"
 MASK_NAME = "rpg_mask"
-HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
-_M_HI, _M_LO = divmod(HASH_MULTIPLIER, 1 << 16)
-_TWO16, _TWO31, _TWO32 = 1 << 16, 1 << 31, 1 << 32
 # The exported index constants are at least this long, so the exporter's constant folder (onnxscript folds ops
 # whose inputs all have <= 8192 elements) cannot fold the ring gather of a small model into dense weights.
 MIN_INDEX_LENGTH = 1 << 16
@@ -59,17 +58,6 @@ def affine_map_params(seed: int, n: int) -> tuple[int, int]:
 def slot_indices(k: torch.Tensor, a: int, b: int, n: int) -> torch.Tensor:
     """slot(k) = (a*k + b) mod N in int64 (k < 2^31 and a < N < 2^31 keep a*k below 2^62)."""
     return (k.to(torch.int64) * a + b) % n
-
-
-def hashed_signs(k: torch.Tensor) -> torch.Tensor:
-    """s(k) = 1 - 2*(((k * 2654435761) mod 2^32) >> 31), as float32 +-1.
-
-    The product is split as k*M = k*M_lo + (k*M_hi mod 2^16)*2^16 (mod 2^32) with M = M_hi*2^16 + M_lo, so no
-    intermediate exceeds 2^49 in int64 (torch and ONNX alike; a plain k*M overflows int64 for k >= 2^32).
-    """
-    k32 = k.to(torch.int64) % _TWO32
-    h = (k32 * _M_LO + ((k32 * _M_HI) % _TWO16) * _TWO16) % _TWO32
-    return (1 - 2 * (h // _TWO31)).to(torch.float32)
 
 
 @dataclass
@@ -114,13 +102,18 @@ class RingLayout:
 
     def as_dict(self) -> dict[str, Any]:
         return {"N": self.n, "seed": self.seed, "a": self.a, "b": self.b, "index_length": self.index_length,
-                "sign_offset": self.sign_offset,
+                "sign_offset": self.sign_offset, "sign_hash": SIGN_HASH,
                 "layout": [{"name": l.name, "shape": list(l.shape), "offset": l.offset, "scale": l.scale}
                            for l in self.layers]}
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any], where: str = "rpg") -> "RingLayout":
         """Parse and check a saved layout; any inconsistency is a one-line ArtifactError."""
+        sign_hash = entry.get("sign_hash", "golden-ratio multiplicative") if isinstance(entry, dict) else None
+        if sign_hash != SIGN_HASH:
+            raise ArtifactError(f"{where}: this ring was saved with the {sign_hash} sign hash; this version "
+                                f"generates signs with {SIGN_HASH} and would rebuild different weights; "
+                                "compress the source model again")
         try:
             layers = [RingLayer(str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["offset"]),
                                 float(d["scale"])) for d in entry["layout"]]
