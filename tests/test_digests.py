@@ -22,8 +22,8 @@ RUNS = {
         ["digits_mlp.pt2", "--pipeline", "shrink,prune,quantize", "--train-data", str(TRAIN), "--seed", "3",
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
-        "fd53f44d55674e8eb7490e76b291c655b5ad2c96c330ba4b3c1b50f17e041f6c",
-        "afd95913a514b07c0bcde365b3bdd9c2d51323367a8c78481b45cc2379b765b0"),
+        "119358418d05467cf226b2efade2446771f2074c7782ad46db33e8c0a9ba8aaf",
+        "4973c8bc42f162f56d5a0c576ab95cc2420c14339c841cc3edc67263c2f129b3"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],

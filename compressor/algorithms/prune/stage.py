@@ -216,20 +216,25 @@ class PruneStage(Stage):
                                                       batch_size=cfg.batch_size), desc=desc)
 
     def _share(self, ctx, names: list[str]) -> list[str]:
+        """Weight sharing at `codebook_bits`; in auto mode, if that is over budget, 8 bits (256 shared values per
+        layer: still a quarter of float32, and nearly lossless) before giving up."""
         cfg = self.config
         if cfg.codebook == "off":
             return []
         saved = copy.deepcopy(ctx.model.state_dict())
-        sizes = share_weights(ctx.model, names, cfg.codebook_bits)
-        if cfg.codebook_epochs:
-            shared = SharedWeights(ctx.model, names)
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
-                                                      batch_size=cfg.batch_size),
-                     desc="codebook fine-tune", step_hook=shared.step_hook)
-        # kept only under the same budget rule as every pruning step (relative to the original model)
-        decision = ctx.judge(cfg.max_drop)
-        if cfg.codebook == "auto" and not decision.accepted:
+        notes = []
+        for bits in dict.fromkeys((cfg.codebook_bits, 8) if cfg.codebook == "auto" else (cfg.codebook_bits,)):
+            sizes = share_weights(ctx.model, names, bits)
+            if cfg.codebook_epochs:
+                shared = SharedWeights(ctx.model, names)
+                finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
+                                                          batch_size=cfg.batch_size),
+                         desc="codebook fine-tune", step_hook=shared.step_hook)
+            # kept only under the same budget rule as every pruning step (relative to the original model)
+            decision = ctx.judge(cfg.max_drop)
+            if cfg.codebook == "on" or decision.accepted:
+                return notes + [f"{bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values "
+                                f"per layer at most): validation {decision.describe()}"]
             ctx.model.load_state_dict(saved)
-            return [f"{cfg.codebook_bits}-bit weight sharing rejected: validation {decision.describe()}"]
-        return [f"{cfg.codebook_bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values per "
-                f"layer at most): validation {decision.describe()}"]
+            notes.append(f"{bits}-bit weight sharing rejected: validation {decision.describe()}")
+        return notes
