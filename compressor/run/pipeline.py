@@ -199,6 +199,11 @@ def prepare(options: RunOptions, reporter: Reporter):
         check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
     val_reference = predict(original, val, device) if val is not None else None
     baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
+    if options.val_data is None and baseline_val is not None and baseline_val.value - baseline.value > 0.5:
+        # a note only (no decision uses the held-out figure): the split was likely part of the model's training
+        notes.append(f"WARNING: the original model scores {baseline_val.value:.2f} on the validation split of the "
+                     f"training data vs {baseline.value:.2f} held out: it has likely seen those samples, so stage "
+                     "decisions cannot see what compression costs; pass an independent --val-data")
     if loaded.exported:
         notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
     weights = find_weights(model, heldout.example(), loaded.program)
