@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from compressor.errors import CompressorError, Terminated, UsageError
 from compressor.inspect_model import inspect_model
+from compressor.io.threads import DEFAULT_THREADS
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
 from compressor.report.diff import diff_markdown, diff_rows, read_report
@@ -152,6 +153,8 @@ def run(
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep --out/.checkpoints after success."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and ONNX Runtime, "
+                                          "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS [default: 1]."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
@@ -182,7 +185,8 @@ def run(
                          max_drop=float(pick(max_drop, gates.get("max_drop"), 1.0)),
                          min_recovery=pick(min_recovery, gates.get("min_recovery")),
                          max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
-                         recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints)
+                         recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
+                         threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)))
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)

@@ -21,6 +21,7 @@ from torch import nn
 from compressor.errors import StageError
 from compressor.io.calls import set_train, takes_keywords
 from compressor.io.data import Dataset
+from compressor.io.threads import pinned_threads
 from compressor.version import __version__
 
 OPSET = 20
@@ -139,8 +140,8 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or pinned_threads()
+    opts.inter_op_num_threads = 1
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

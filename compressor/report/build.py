@@ -41,6 +41,7 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, b
         "model": {"path": str(options.model), "format": ctx.loaded.format, "sha256": ctx.loaded.sha256},
         "pipeline": [r["name"] for r in records] or [],
         "seed": options.seed,
+        "threads": options.threads,
         "data": {"heldout": str(options.data), "train": _s(options.train_data),
                  "val": ctx.val.source if ctx.val is not None else None,
                  "calib": ctx.calib.source if ctx.calib is not None else None},
@@ -91,7 +92,10 @@ def _stage_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def _artifact_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
+    b = report["baseline"]
+    rows = [] if b.get("latency_ms") is None else [
+        ["fp32 original (weights; ONNX timed)", human_bytes(b["bytes"]), "-", f"{b['value']:.2f}",
+         f"{b['latency_ms']:.2f}"]]
     for a in report["artifacts"]:
         lat = "-" if a.get("latency_ms") is None else f"{a['latency_ms']:.2f}"
         rows.append([a["path"], human_bytes(a["bytes"]), human_bytes(a["gzip_bytes"]), f"{a['metric_value']:.2f}", lat])

@@ -17,6 +17,25 @@ def _pyplot():
         return None
 
 
+def latency_bars(report: dict[str, Any], path: Path) -> bool:
+    """ONNX Runtime latency (batch 64) of the fp32 original beside each artifact that runs in ORT."""
+    plt = _pyplot()
+    base = report["baseline"].get("latency_ms")
+    bars = [(a["path"], a["latency_ms"]) for a in report["artifacts"] if a.get("latency_ms") is not None]
+    if plt is None or base is None or not bars:
+        return False
+    labels, values = ["fp32 original", *[b[0] for b in bars]], [base, *[b[1] for b in bars]]
+    fig, ax = plt.subplots(figsize=(5, 2.4), dpi=100)
+    ax.barh(labels, values, color=["#8C8C8C"] + ["#C44E52" if v > base else "#4C72B0" for v in values[1:]])
+    ax.set_xlabel(f"ONNX Runtime ms per batch of 64 ({report.get('threads', 1)} thread(s))")
+    ax.set_title("latency")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
 def accuracy_vs_size(report: dict[str, Any], path: Path) -> bool:
     """Metric against stored bytes for the baseline and after each stage."""
     plt = _pyplot()

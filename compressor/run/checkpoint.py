@@ -52,7 +52,7 @@ def fingerprint(options, stages) -> str:
     files = {k: file_sha256(Path(p)) if p and Path(p).is_file() else str(p) for k, p in (
         ("model", options.model), ("heldout", options.data), ("train", options.train_data),
         ("val", options.val_data), ("calib", options.calib_data))}
-    doc = {"files": files, "seed": options.seed, "arch": options.arch,
+    doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -28,6 +28,7 @@ from compressor.run.progress import Reporter
 from compressor.run.ranges import check_ranges
 from compressor.stage import Stage, build_config, parse_overrides
 from compressor.verify.artifacts import file_sizes
+from compressor.verify.budget import DEFAULT_CONFIDENCE, BudgetDecision, sample_scores, within_budget
 from compressor.verify.gates import KNOWN_METRICS
 from compressor.verify.metrics import Metrics, check_labels, evaluate, score
 
@@ -57,6 +58,7 @@ class RunOptions:
     recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> options from a recipe
     resume: bool = False
     keep_checkpoints: bool = False
+    threads: int = 1
 
 
 @dataclass
@@ -83,6 +85,8 @@ class RunContext:
     structures: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
+    max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (verify/budget.py)
+    confidence: float = DEFAULT_CONFIDENCE
 
     @property
     def stage_seed(self) -> int:
@@ -102,6 +106,17 @@ class RunContext:
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
         return evaluate(model or self.model, self.val, self.val_reference, self.device)
+
+    def judge(self, stage_budget: float | None = None, model: nn.Module | None = None) -> BudgetDecision:
+        """Is the model within budget on validation? The budget is the run's gate, or a stage's own stricter
+        one; the rule is the paired upper confidence bound of `verify/budget.py`, the same for every decision."""
+        if self.val is None:
+            raise DataError("no validation data: pass --train-data or --val-data")
+        budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
+        out = predict(model or self.model, self.val, self.device)
+        base = sample_scores(self.val_reference, self.val.labels, self.val_reference)
+        return within_budget(base, sample_scores(out, self.val.labels, self.val_reference), budget,
+                             self.confidence)
 
 
 def plan_stages(options: RunOptions) -> list[Stage]:
@@ -187,13 +202,18 @@ def prepare(options: RunOptions, reporter: Reporter):
             check_labels(split, reference.shape[1])
     val_reference = predict(original, val, device) if val is not None else None
     baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
+    if options.val_data is None and baseline_val is not None and baseline_val.value - baseline.value > 0.5:
+        # a note only (no decision uses the held-out figure): the split was likely part of the model's training
+        notes.append(f"WARNING: the original model scores {baseline_val.value:.2f} on the validation split of the "
+                     f"training data vs {baseline.value:.2f} held out: it has likely seen those samples, so stage "
+                     "decisions cannot see what compression costs; pass an independent --val-data")
     if loaded.exported:
         notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
     weights = find_weights(model, heldout.example(), loaded.program)
     ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
-                     reporter=reporter, weights=weights)
+                     reporter=reporter, weights=weights, max_drop=options.max_drop)
     return ctx, heldout, baseline, reference, notes
 
 

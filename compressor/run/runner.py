@@ -15,8 +15,9 @@ from compressor.io.calls import onnx_predict, predict
 from compressor.io.load import file_sha256, model_bytes_of
 from compressor.io.onnx_export import max_abs_diff, ort_session, save_onnx, write_bytes_atomic
 from compressor.io.safetensors_io import save_weights
+from compressor.io.threads import pin_threads
 from compressor.report.build import build_report, write_reports
-from compressor.report.plots import accuracy_vs_size
+from compressor.report.plots import accuracy_vs_size, latency_bars
 from compressor.report.sparsity import sparsity_section
 from compressor.run.checkpoint import Checkpoints, fingerprint
 from compressor.run.outputs import OutputDir
@@ -24,7 +25,8 @@ from compressor.run.pipeline import RunOptions, measured_bytes, plan_stages, pre
 from compressor.run.progress import Reporter
 from compressor.run.recipe import resolved_recipe
 from compressor.stage import config_as_dict
-from compressor.verify.artifacts import file_sizes, ort_latency_ms, ort_peak_memory_bytes
+from compressor.verify.artifacts import (baseline_latency_ms, file_sizes, ort_latency_ms, ort_peak_memory_bytes,
+                                         slower_warnings)
 from compressor.verify.metrics import evaluate, score
 from compressor.version import __version__
 
@@ -34,6 +36,7 @@ EXIT_OK, EXIT_GATE = 0, 3
 def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dict[str, Any], int]:
     """Run the pipeline; returns (report, exit code). Raises CompressorError on bad input."""
     reporter = reporter or Reporter(quiet=options.quiet)
+    pin_threads(options.threads)
     stages = plan_stages(options)
     inputs = [p for p in (options.model, options.data, options.train_data, options.val_data, options.calib_data) if p]
     out = OutputDir(options.out, options.force, inputs, resume=options.resume)
@@ -80,6 +83,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         fp32_out = onnx_predict(fp32_session, heldout)
         parity = max_abs_diff(fp32_out, final_torch)
         fp32_sizes = file_sizes(fp32_path)
+        base_latency = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
         if export_stage is not None:
             ctx.stage_index = len(model_stages)
             reporter.log(f"stage {ctx.stage_index + 1}: {export_stage.name}")
@@ -124,6 +128,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
          "metric_extra": onnx_metric.extra,
          "latency_ms": ort_latency_ms(session, heldout), "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
+         "fp32_baseline_latency_ms": base_latency,
          "fp32_export_bytes": fp32_sizes["bytes"], "fp32_export_gzip_bytes": fp32_sizes["gzip_bytes"],
          "parity_max_abs_diff_fp32_vs_torch": parity},
         {"path": "model.safetensors", **file_sizes(st_path), "sha256": file_sha256(st_path),
@@ -137,14 +142,18 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                                   {k: v["encoding"] for k, v in encodings.items()}, plot)
     else:
         sparse = None
+    notes += slower_warnings(artifacts, base_latency)
     report = build_report(options=options, ctx=ctx, baseline=baseline, base_params=params,
                           base_bytes=model_bytes_of(ctx.original), base_stored_bytes=measured_bytes(ctx.original),
                           records=records, artifacts=artifacts,
                           notes=notes + ctx.notes, seconds=time.perf_counter() - started)
     if sparse is not None:
         report["sparsity"] = sparse
+    report["baseline"]["latency_ms"] = base_latency
     if accuracy_vs_size(report, out.path("accuracy_vs_size.png")):
         report["plots"] = {"accuracy_vs_size": "accuracy_vs_size.png"}
+    if latency_bars(report, out.path("latency.png")):
+        report.setdefault("plots", {})["latency"] = "latency.png"
     write_bytes_atomic(out.path("recipe.yaml"), resolved_recipe(options, stages).encode())
     write_reports(report, out)
     return report

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compressor.export.onnx import export_model
 from compressor.io.data import Dataset
+from compressor.io.onnx_export import ort_session, save_onnx
 
 LATENCY_BATCH = 64
 
@@ -45,6 +47,24 @@ def ort_latency_ms(session, data: Dataset, repeats: int = 20, warmup: int = 3) -
         session.run(None, feed)
         times.append((time.perf_counter() - t0) * 1000.0)
     return round(statistics.median(times), 4)
+
+
+def baseline_latency_ms(ctx, data: Dataset, fp32_session, tmp: Path) -> float:
+    """ORT latency of the original (uncompressed) model, measured the same way as each artifact. Without a
+    structural stage the compressed model's fp32 export is the original graph (same ops and shapes; pruned
+    zeros are stored densely), so its session is timed; otherwise the original model is exported and timed."""
+    if not ctx.structures:
+        return ort_latency_ms(fp32_session, data)
+    path = tmp / "original.fp32.onnx"
+    save_onnx(export_model(ctx.original, data.example(), str(ctx.device), []), path)
+    return ort_latency_ms(ort_session(path), data)
+
+
+def slower_warnings(artifacts: list[dict], baseline_ms: float, margin: float = 1.1) -> list[str]:
+    """A warning per artifact slower than the fp32 original by more than `margin` (timing noise of a median)."""
+    return [f"WARNING: {a['path']} runs slower than the fp32 original in ONNX Runtime: {a['latency_ms']:.3f} ms vs "
+            f"{baseline_ms:.3f} ms (batch {LATENCY_BATCH}); it saves bytes, not time"
+            for a in artifacts if a.get("latency_ms") is not None and a["latency_ms"] > baseline_ms * margin]
 
 
 def ort_peak_memory_bytes(path: Path, data: Dataset) -> int | None:

@@ -4,10 +4,11 @@ The crop loop of Bonetta et al. (arXiv 2204.04977): prune a fraction (default 10
 weights, fine-tune (with selective shrinkage when shrink precedes prune), repeat; density after n steps is
 0.9^n. Saliency policies from Stier, Darji, Granitzer (arXiv 2107.12917) — class-blinded, class-uniform,
 class-distribution — plus LOBSTER's bisection threshold search (see `compressor.algorithms.prune.policies`). It stops at
-the target sparsity, or when the validation metric falls more than `max_drop` points below the baseline's, in
-which case the last state within it is restored. Masks go through the shared `MaskRegistry`, so pruned
+the target sparsity, or when a step's validation drop is over budget (the stricter of `max_drop` and the run's
+--max-drop, judged by the upper confidence bound of `compressor.verify.budget`), in which case the last state
+within it is restored. Masks go through the shared `MaskRegistry`, so pruned
 weights stay exactly zero through all later fine-tuning and stages. Finally, optional weight sharing (Deep
-Compression's k-means codebook) is kept only if validation stays within `max_drop`.
+Compression's k-means codebook) is kept only if it is within the same budget.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class PruneConfig:
     patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping")
     epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
     max_steps: int = option(40, "upper bound on pruning steps")
+    lookahead: int = option(2, "steps pruned past an over-budget one before stopping at the last step within it")
     lr: float = option(1e-3, "fine-tuning learning rate")
     batch_size: int = option(64, "fine-tuning batch size")
     shrinkage: Literal["auto", "on", "off"] = option("auto", "fine-tune with selective shrinkage between steps "
@@ -60,8 +62,8 @@ class PruneConfig:
             return "schedule must be increasing sparsities in (0, 1)"
         if self.codebook_bits not in (1, 2, 4, 8):
             return "codebook_bits must be 1, 2, 4 or 8"
-        if self.epochs_per_step < 0 or self.max_steps < 1:
-            return "epochs_per_step must be >= 0 and max_steps >= 1"
+        if self.epochs_per_step < 0 or self.max_steps < 1 or self.lookahead < 0:
+            return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
         if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
         if self.max_drop < 0 or self.lobster_twt < 0:
@@ -127,15 +129,10 @@ class PruneStage(Stage):
         shrink_cfg = ctx.stage_configs.get("shrink")
         if use_shrink and shrink_cfg is None:
             shrink_cfg = ShrinkConfig()
-        baseline = ctx.baseline_val.value
-        # a drop smaller than two validation samples cannot be told from noise (docs/ALGORITHMS.md: one held-out image
-        # of digits is 0.28 points; one validation image 0.56-0.8): never stop on less
-        resolution = 200.0 / len(ctx.val)
-        tolerance = max(cfg.max_drop, resolution)
         good_state = copy.deepcopy(ctx.model.state_dict())
         good_masks = ctx.masks.state()
         history = [{"step": 0, "sparsity": sparsity_of(good_masks), "val": ctx.validate().value}]
-        stop_reason = "target reached"
+        stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
         with ctx.reporter.task("prune", None) as task:
             for step, target in enumerate(self._step_targets(), 1):
                 masks = {n: ctx.masks.get(n) for n in names}
@@ -162,34 +159,47 @@ class PruneStage(Stage):
                 ctx.masks.apply(ctx.model)
                 sparsity = sparsity_of({n: ctx.masks.get(n) for n in names})
                 val = ctx.validate().value
-                # the crop loop never prunes further while below the floor: fine-tune, then decide
+                # the crop loop never prunes further while over budget: fine-tune (up to 1 + patience rounds),
+                # then decide with the run's one budget rule (paired upper confidence bound, verify/budget.py)
+                decision = None
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
-                    if cfg.epochs_per_step == 0 or (_ > 0 and baseline - val <= tolerance):
+                    if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
                         break
                     self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}")
-                    val = ctx.validate().value
-                history.append({"step": step, "sparsity": round(sparsity, 6), "val": val})
+                    decision = ctx.judge(cfg.max_drop)
+                decision = decision or ctx.judge(cfg.max_drop)
+                val = ctx.validate().value
+                history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
+                                "drop_bound": round(decision.bound, 4)})
                 task.advance(status=f"sparsity {sparsity:.1%} val {val:.2f}")
-                if baseline - val > tolerance:
-                    ctx.model.load_state_dict(good_state)
-                    for n, m in good_masks.items():
-                        ctx.masks.set(n, m)
-                    stop_reason = f"validation fell {baseline - val:.2f} points (> {tolerance:.2f}) at " \
-                                  f"{sparsity:.1%}: restored the previous step"
-                    break
+                ended = sparsity >= cfg.target - 1e-9 or (cfg.policy == "lobster"
+                                                          and sparsity <= history[-2]["sparsity"])
+                if not decision.accepted:
+                    # one validation sample flipping back and forth is noise: look `lookahead` steps further before
+                    # giving up, and always return to the last accepted state
+                    rejected += 1
+                    stop_reason = f"at {sparsity:.1%} validation {decision.describe()}: restored {kept:.1%}"
+                    if rejected > cfg.lookahead or ended:
+                        break
+                    continue
+                rejected, kept = 0, sparsity
                 good_state = copy.deepcopy(ctx.model.state_dict())
                 good_masks = ctx.masks.state()
-                if sparsity >= cfg.target - 1e-9 or (cfg.policy == "lobster" and sparsity <= history[-2]["sparsity"]):
+                if ended:
                     stop_reason = "target reached" if sparsity >= cfg.target - 1e-9 else "LOBSTER found no threshold"
                     break
             else:
-                stop_reason = "schedule or max_steps exhausted"
+                stop_reason = f"schedule or max_steps exhausted (kept {kept:.1%})"
+        if rejected:
+            ctx.model.load_state_dict(good_state)
+            for n, m in good_masks.items():
+                ctx.masks.set(n, m)
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
-        if tolerance > cfg.max_drop:
-            notes.append(f"the validation set has {len(ctx.val)} samples: the stop rule used {tolerance:.2f} points "
-                         f"(two samples) instead of max_drop {cfg.max_drop}; pass a larger --val-data to be stricter")
-        notes += self._share(ctx, names, baseline)
+        notes.append(f"stop rule: a step is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
+                     f"paired validation drop ({len(ctx.val)} samples) is within {min(cfg.max_drop, ctx.max_drop):.2f} "
+                     "points (the stricter of prune.max_drop and --max-drop)")
+        notes += self._share(ctx, names)
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
                      for n, m in final_masks.items()}
@@ -205,24 +215,26 @@ class PruneStage(Stage):
             finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr,
                                                       batch_size=cfg.batch_size), desc=desc)
 
-    def _share(self, ctx, names: list[str], baseline: float) -> list[str]:
+    def _share(self, ctx, names: list[str]) -> list[str]:
+        """Weight sharing at `codebook_bits`; in auto mode, if that is over budget, 8 bits (256 shared values per
+        layer: still a quarter of float32, and nearly lossless) before giving up."""
         cfg = self.config
         if cfg.codebook == "off":
             return []
         saved = copy.deepcopy(ctx.model.state_dict())
-        before = ctx.validate().value
-        sizes = share_weights(ctx.model, names, cfg.codebook_bits)
-        if cfg.codebook_epochs:
-            shared = SharedWeights(ctx.model, names)
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
-                                                      batch_size=cfg.batch_size),
-                     desc="codebook fine-tune", step_hook=shared.step_hook)
-        val = ctx.validate().value
-        one_sample = 100.0 / len(ctx.val)
-        # sharing may cost at most one validation sample on top of pruning, and stay within max_drop overall
-        if cfg.codebook == "auto" and (baseline - val > cfg.max_drop + 1e-9 and before - val > one_sample / 2):
+        notes = []
+        for bits in dict.fromkeys((cfg.codebook_bits, 8) if cfg.codebook == "auto" else (cfg.codebook_bits,)):
+            sizes = share_weights(ctx.model, names, bits)
+            if cfg.codebook_epochs:
+                shared = SharedWeights(ctx.model, names)
+                finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
+                                                          batch_size=cfg.batch_size),
+                         desc="codebook fine-tune", step_hook=shared.step_hook)
+            # kept only under the same budget rule as every pruning step (relative to the original model)
+            decision = ctx.judge(cfg.max_drop)
+            if cfg.codebook == "on" or decision.accepted:
+                return notes + [f"{bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values "
+                                f"per layer at most): validation {decision.describe()}"]
             ctx.model.load_state_dict(saved)
-            return [f"{cfg.codebook_bits}-bit weight sharing rejected: validation {before:.2f} -> {val:.2f} "
-                    f"(baseline {baseline:.2f}, max_drop {cfg.max_drop})"]
-        return [f"{cfg.codebook_bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values per "
-                f"layer at most): validation {val:.2f}"]
+            notes.append(f"{bits}-bit weight sharing rejected: validation {decision.describe()}")
+        return notes

@@ -17,6 +17,8 @@ row-normalised Gram matrices of chosen layers' features in the compressed (H) an
 """
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
@@ -48,13 +50,19 @@ class ShrinkStage(Stage):
     def apply(self, ctx) -> StageResult:
         cfg = self.config
         before = small_fraction(ctx.model, shrink_targets(ctx.weights, cfg))
+        start = copy.deepcopy(ctx.model.state_dict())
         result, names = run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False)
+        # the selected epoch must be within the run's budget (verify/budget.py), else the stage spends nothing
+        decision = ctx.judge()
+        if not decision.accepted:
+            ctx.model.load_state_dict(start)
         after = small_fraction(ctx.model, names)
         relevant = [h.get("relevant", 0.0) for h in result.history[1:]]
         notes = [f"{cfg.rule} rule on {len(names)} tensors; best validation {result.best.value:.2f} at epoch "
                  f"{result.best_epoch}; |w| < 1e-3: {before:.1%} -> {after:.1%}",
                  "per epoch (loss / validation % / fraction relevant): " + "; ".join(
-                     f"{h['loss']:.4f} / {h['val']:.2f} / {h.get('relevant', 0.0):.3f}" for h in result.history[1:])]
+                     f"{h['loss']:.4f} / {h['val']:.2f} / {h.get('relevant', 0.0):.3f}" for h in result.history[1:]),
+                 f"validation {decision.describe()}" + ("" if decision.accepted else ": restored the input weights")]
         mean_rel = sum(relevant) / len(relevant) if relevant else 0.0
         if mean_rel < INERT_LOW or mean_rel > INERT_HIGH:
             notes.append(f"WARNING: the fraction of relevant weights is ~{mean_rel:.3f}: the selective part is inert "

@@ -1,0 +1,114 @@
+"""Benchmark: do the default pipelines pass the default gate on any seed, with and without --val-data?
+
+Runs `compress` (a subprocess each, one thread, the default gate of 1 point) for seeds 0-4 x {digits_mlp,
+digits_cnn, digits_resnet} x {shrink,prune,quantize ; rpg,quantize} x {no --val-data ; --val-data
+sample_models/digits_val.npz} and tabulates the held-out drop, the sparsity (prune) or DoF fraction (rpg), the
+smallest artifact's bytes and its ratio to the fp32 weights, and the exit code. No decision here uses the
+held-out set: it is what the tool reports.
+
+Resumable: each finished row is appended to bench/results/seeds.json and skipped when run again, so it can be
+stopped and restarted unattended. Goals (issue 11): every run exits 0 (drop <= 1 point); MLP >= 90% sparsity
+and >= 20x; CNN >= 80% and >= 10x.
+
+    python -m bench.seeds [--models digits_mlp,...] [--seeds 0,1] [--pipelines shrink,prune,quantize]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_models"
+RESULTS = ROOT / "bench" / "results"
+MODELS = ("digits_mlp", "digits_cnn", "digits_resnet")
+PIPELINES = ("shrink,prune,quantize", "rpg,quantize")
+SEEDS = (0, 1, 2, 3, 4)
+VAL_MODES = ("split", "val")
+
+
+def key(model: str, pipeline: str, seed: int, val: str) -> str:
+    return f"{model}|{pipeline}|{seed}|{val}"
+
+
+def run_one(model: str, pipeline: str, seed: int, val: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp:
+        out = Path(tmp) / "out"
+        cmd = [str(Path(sys.executable).parent / "compress"), str(SAMPLES / f"{model}.pt2"), "--pipeline", pipeline,
+               "--data", str(SAMPLES / "digits_heldout.npz"), "--train-data", str(SAMPLES / "digits_train.npz"),
+               "--out", str(out), "--seed", str(seed), "--quiet"]
+        if val == "val":
+            cmd += ["--val-data", str(SAMPLES / "digits_val.npz")]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        row = {"model": model, "pipeline": pipeline, "seed": seed, "val": val, "exit": proc.returncode,
+               "seconds": round(time.perf_counter() - start, 1)}
+        report_path = out / "report.json"
+        if not report_path.is_file():
+            row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            return row
+        report = json.loads(report_path.read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    smallest = min(a["size"] for a in report["artifacts"])
+    row.update(drop=report["gate"]["drop"], bytes=smallest, ratio=report["baseline"]["bytes"] / smallest,
+               sparsity=stages.get("prune", {}).get("sparsity"),
+               dof=(stages["rpg"]["dof"] / stages["rpg"]["params"]) if "rpg" in stages else None)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    header = ["model", "pipeline", "validation", "seed", "held-out drop", "sparsity / DoF", "smallest bytes",
+              "x smaller", "exit"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in sorted(rows, key=lambda r: (MODELS.index(r["model"]), r["pipeline"], r["val"], r["seed"])):
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['pipeline']} | {r['val']} | {r['seed']} | error: {r['error']} "
+                         f"| - | - | - | {r['exit']} |")
+            continue
+        frac = (f"{r['sparsity']:.1%} sparse" if r.get("sparsity") is not None
+                else f"DoF {r['dof']:.1%}" if r.get("dof") is not None else "-")
+        lines.append(f"| {r['model']} | {r['pipeline']} | {r['val']} | {r['seed']} | {r['drop']:.2f} | {frac} | "
+                     f"{r['bytes']:,} | {r['ratio']:.1f} | {r['exit']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--pipelines", default=";".join(PIPELINES), help="';'-separated pipelines")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--val", default=",".join(VAL_MODES), help="split (no --val-data), val (--val-data)")
+    args = parser.parse_args(argv)
+    store = RESULTS / "seeds.json"
+    done = json.loads(store.read_text()) if store.is_file() else {}
+    for model in args.models.split(","):
+        for pipeline in args.pipelines.split(";"):
+            for val in args.val.split(","):
+                for seed in map(int, args.seeds.split(",")):
+                    k = key(model, pipeline, seed, val)
+                    if k in done:
+                        continue
+                    done[k] = run_one(model, pipeline, seed, val)
+                    print(json.dumps(done[k]), flush=True)
+                    RESULTS.mkdir(exist_ok=True)
+                    tmp = store.with_suffix(".json.tmp")
+                    tmp.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
+                    tmp.replace(store)
+    text = table(list(done.values()))
+    passed = sum(1 for r in done.values() if r.get("exit") == 0)
+    summary = (f"{len(done)} runs recorded, {passed} exit 0 (gate: drop <= 1 point). validation: split = a seeded "
+               "10% of digits_train.npz, val = --val-data digits_val.npz. smallest bytes = the smallest artifact "
+               "(smallest of raw and gzip); x smaller = fp32 weights / that.")
+    (RESULTS / "seeds.md").write_text(f"# bench/seeds.py\n\n{summary}\n\n{text}\n")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

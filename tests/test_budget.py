@@ -1,0 +1,72 @@
+"""The one budget rule (verify/budget.py): a paired upper confidence bound on the validation drop, never widened."""
+from __future__ import annotations
+
+import torch
+
+from compressor.verify.budget import drop_bound, sample_scores, within_budget
+from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
+
+
+def paired(n: int, lost: int, gained: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n samples the baseline gets right except `gained`; the candidate loses `lost` of them and wins `gained`."""
+    base = torch.ones(n)
+    base[:gained] = 0
+    cand = base.clone()
+    cand[:gained] = 1
+    cand[gained:gained + lost] = 0
+    return base, cand
+
+
+def test_identical_predictions_have_a_zero_bound():
+    base, cand = paired(180, 0)
+    assert within_budget(base, cand, 0.0).accepted
+    assert drop_bound(base, cand) == (0.0, 0.0)
+
+
+def test_the_bound_is_above_the_observed_drop_and_never_widens_the_budget():
+    # the old rule accepted any drop up to two validation samples (1.11 points here) whatever max_drop said
+    base, cand = paired(180, 2)
+    d = within_budget(base, cand, 1.0, confidence=0.75)
+    assert abs(d.drop - 200 / 180) < 1e-9 and d.bound > d.drop
+    assert not d.accepted
+    assert not within_budget(*paired(180, 1), 0.5).accepted
+
+
+def test_churn_widens_the_bound_at_the_same_net_drop():
+    quiet = within_budget(*paired(400, 2), 1.0)
+    churn = within_budget(*paired(400, 12, gained=10), 1.0)
+    assert abs(quiet.drop - churn.drop) < 1e-9
+    assert churn.bound > quiet.bound + 0.3
+    assert quiet.accepted and not churn.accepted
+
+
+def test_more_samples_narrow_the_bound_and_confidence_widens_it():
+    small, large = within_budget(*paired(100, 1), 2.0), within_budget(*paired(10000, 100), 2.0)
+    assert abs(small.drop - large.drop) < 1e-9 and large.bound < small.bound
+    lo, hi = drop_bound(*paired(500, 3), 0.6), drop_bound(*paired(500, 3), 0.99)
+    assert hi[1] > lo[1]
+
+
+def test_sample_scores_follow_the_primary_metric():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert sample_scores(logits, torch.tensor([0, 0, 0]), None).tolist() == [1, 0, 1]
+    ref = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    assert sample_scores(logits, None, ref).tolist() == [1, 0, 1]
+    emb, emb_ref = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    cos = sample_scores(emb.reshape(2, 3, 1), None, emb_ref.reshape(2, 3, 1))
+    assert torch.allclose(cos, torch.tensor([1.0, 2 ** -0.5], dtype=torch.float64))
+
+
+def test_prune_spends_no_more_than_the_runs_gate(tmp_path):
+    """A run gate stricter than prune.max_drop binds the stop rule, and every kept step is within the bound."""
+    out = tmp_path / "o"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--set", "prune.codebook=off",
+                  "--set", "prune.epochs_per_step=1", "--set", "prune.patience=0", "--set", "prune.rate=0.5",
+                  "--set", "prune.max_drop=5", "--data", HELDOUT, "--train-data", TRAIN, "--out", out,
+                  "--quiet", "--max-drop", "0.3")
+    report = read_report(out)
+    prune = report["stages"][0]
+    kept = [h for h in prune["history"][1:] if h["sparsity"] <= prune["sparsity"] + 1e-9]
+    assert all(h["drop_bound"] <= 0.3 + 1e-9 for h in kept), prune["history"]
+    assert "within 0.30 points" in " ".join(prune["notes"]), prune["notes"]
+    assert res.code in (0, 3)
