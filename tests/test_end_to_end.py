@@ -87,7 +87,7 @@ def test_mlp_state_dict_with_arch_module_and_file_forms(tmp_path):
     assert onnx_art["bytes"] <= 0.35 * onnx_art["fp32_export_bytes"]
     assert report["baseline"]["value"] - onnx_art["metric_value"] <= 1.0
     assert report["baseline"]["value"] >= 95.0
-    reloaded = compressor.load(out)
+    reloaded = compressor.load(out, trust_code=True)  # our own --arch: opting in to import it
     data = load_dataset(HELDOUT, ["x"])
     sd = torch.load(SAMPLES / "digits_mlp.pt", weights_only=True)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in sd.items())
@@ -97,7 +97,9 @@ def test_mlp_state_dict_with_arch_module_and_file_forms(tmp_path):
                   "--set", "quantize.mode=dynamic", "--data", HELDOUT, "--out", out2, "--quiet")
     assert res.code == 0, res
     assert "dynamic int8" in read_report(out2)["stages"][0]["notes"][0]
-    assert predict(compressor.load(out2), data).shape == (360, 10)
+    from sample_models.digits_models import mlp
+
+    assert predict(compressor.load(out2, model=mlp()), data).shape == (360, 10)
 
 
 def test_console_script_version():
