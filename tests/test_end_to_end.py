@@ -119,8 +119,8 @@ def test_stages_and_inspect_commands():
 def test_gate_failure_exits_3_and_still_reports(tmp_path):
     out = tmp_path / "gate"
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--set", "quantize.mode=dynamic", "--data", HELDOUT, "--out", out,
-                  "--max-drop", "-1", "--quiet")
+                  "--floor", "cosine_min=1.0", "--quiet")  # --max-drop -1 is a usage error (exit 2) since issue 12
     assert res.code == 3, res
     report = read_report(out)
-    assert report["gate"]["passed"] is False and report["gate"]["max_drop"] == -1
+    assert report["gate"]["passed"] is False and report["gate"]["failed"] == ["floor:cosine_min"]
     assert "FAIL" in (out / "report.md").read_text()
