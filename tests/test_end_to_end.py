@@ -87,7 +87,7 @@ def test_mlp_state_dict_with_arch_module_and_file_forms(tmp_path):
     assert onnx_art["bytes"] <= 0.35 * onnx_art["fp32_export_bytes"]
     assert report["baseline"]["value"] - onnx_art["metric_value"] <= 1.0
     assert report["baseline"]["value"] >= 95.0
-    reloaded = compressor.load(out)
+    reloaded = compressor.load(out, trust_code=True)  # our own --arch: opting in to import it
     data = load_dataset(HELDOUT, ["x"])
     sd = torch.load(SAMPLES / "digits_mlp.pt", weights_only=True)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in sd.items())
@@ -97,7 +97,9 @@ def test_mlp_state_dict_with_arch_module_and_file_forms(tmp_path):
                   "--set", "quantize.mode=dynamic", "--data", HELDOUT, "--out", out2, "--quiet")
     assert res.code == 0, res
     assert "dynamic int8" in read_report(out2)["stages"][0]["notes"][0]
-    assert predict(compressor.load(out2), data).shape == (360, 10)
+    from sample_models.digits_models import mlp
+
+    assert predict(compressor.load(out2, model=mlp()), data).shape == (360, 10)
 
 
 def test_console_script_version():
@@ -117,8 +119,8 @@ def test_stages_and_inspect_commands():
 def test_gate_failure_exits_3_and_still_reports(tmp_path):
     out = tmp_path / "gate"
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--set", "quantize.mode=dynamic", "--data", HELDOUT, "--out", out,
-                  "--max-drop", "-1", "--quiet")
+                  "--floor", "cosine_min=1.0", "--quiet")  # --max-drop -1 is a usage error (exit 2) since issue 12
     assert res.code == 3, res
     report = read_report(out)
-    assert report["gate"]["passed"] is False and report["gate"]["max_drop"] == -1
+    assert report["gate"]["passed"] is False and report["gate"]["failed"] == ["floor:cosine_min"]
     assert "FAIL" in (out / "report.md").read_text()

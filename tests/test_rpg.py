@@ -23,6 +23,7 @@ from compressor.errors import ArtifactError
 from compressor.io.calls import predict
 from compressor.io.data import load_dataset
 from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
+from compressor.io.safetensors_io import header_sha256
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 FAST = ("--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=4", "--set", "rpg.verify_onnx=false")
@@ -270,6 +271,7 @@ def _rewrite_meta(src: Path, dst: Path, edit) -> Path:
     with safe_open(str(src / "model.safetensors"), framework="pt") as fh:
         meta = json.loads(fh.metadata()["compressor"])
     edit(next(s for s in meta["structures"] if s["kind"] == "rpg"))
+    meta["checksums"]["header"] = header_sha256(meta)  # re-signed, as a crafted file would: the ring's own checks
     dst.mkdir()
     save_file(load_file(str(src / "model.safetensors")), str(dst / "model.safetensors"),
               metadata={"compressor": json.dumps(meta)})
