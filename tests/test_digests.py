@@ -27,12 +27,12 @@ RUNS = {
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
-        "a8b365b4054f4428c20015f393193fa0cf54ddf5798a14e10d1649f229f634d7",
-        "ec1cb1d70f2bfac4d78babd4e5cb871b27194772953fa763beb936f36b9cd7e1"),
+        "05e57408837f4b5da50c99287daf3046c5d91cd433b6934133a7a1c654a345c8",
+        "207f84879169c92f5a008d3cfd7989e7136ee778da38353a3cd0499024914422"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
-        "6eb1d56c78ccb673e7d060f77de09b3d4c1aa91d61138cb6d429d8f7e35d5170"),
+        "aa6008fd6e8bf665cb967445314e1f441b795d8920b98c12685936c6b47325c9"),
 }
 
 ONE_THREAD = ("import sys, torch; torch.set_num_threads(1); torch.set_num_interop_threads(1); "
