@@ -15,11 +15,14 @@ DEFAULT_THREADS = 1
 _pinned = DEFAULT_THREADS
 
 
-def pin_threads(threads: int) -> None:
-    """Use exactly `threads` intra-op threads in torch and in every ONNX Runtime session made afterwards."""
+def pin_threads(threads: int) -> int:
+    """Use exactly `threads` intra-op threads in torch and in every ONNX Runtime session made afterwards;
+    returns the previous torch setting, so a caller that is a library call can put it back."""
     global _pinned
+    previous = torch.get_num_threads()
     _pinned = int(threads)
     torch.set_num_threads(_pinned)
+    return previous
 
 
 def pinned_threads() -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 
 from compressor.core.params import count_params
 from compressor.export.onnx import compact_int8, export_model
@@ -36,10 +37,10 @@ EXIT_OK, EXIT_GATE = 0, 3
 def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dict[str, Any], int]:
     """Run the pipeline; returns (report, exit code). Raises CompressorError on bad input."""
     reporter = reporter or Reporter(quiet=options.quiet)
-    pin_threads(options.threads)
     stages = plan_stages(options)
     inputs = [p for p in (options.model, options.data, options.train_data, options.val_data, options.calib_data) if p]
     out = OutputDir(options.out, options.force, inputs, resume=options.resume)
+    previous_threads = pin_threads(options.threads)
     try:
         ckpt = None
         if any(not s.export_time for s in stages):
@@ -51,6 +52,8 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
     except BaseException:
         out.abort()
         raise
+    finally:
+        torch.set_num_threads(previous_threads)
     return report, (EXIT_OK if report["gate"]["passed"] else EXIT_GATE)
 
 
