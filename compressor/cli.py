@@ -134,6 +134,9 @@ def run(
                                 "restored from their checkpoints (same inputs and settings required)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep --out/.checkpoints after success."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric for every decision, the gate and "
+                                         "the report: accuracy, agreement, cosine, mse or a plugin's name "
+                                         "[default: detected from the outputs and data]."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     names, recipe_options, settings = pipeline.split(","), {}, {}
@@ -163,7 +166,8 @@ def run(
                          max_drop=float(pick(max_drop, gates.get("max_drop"), 1.0)),
                          min_recovery=pick(min_recovery, gates.get("min_recovery")),
                          max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
-                         recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints)
+                         recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
+                         metric=pick(metric, settings.get("metric")))
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)

@@ -28,6 +28,8 @@ from compressor.run.progress import Reporter
 from compressor.stage import Stage, build_config, parse_overrides
 from compressor.verify.artifacts import file_sizes
 from compressor.verify.gates import KNOWN_METRICS
+from compressor.verify.budget import within_budget
+from compressor.verify.kind import BUILTIN, MetricChoice, choose
 from compressor.verify.metrics import Metrics, check_labels, evaluate, score
 
 VAL_FRACTION = 0.1
@@ -56,6 +58,7 @@ class RunOptions:
     recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> options from a recipe
     resume: bool = False
     keep_checkpoints: bool = False
+    metric: str | None = None  # --metric: accuracy | agreement | cosine | mse | a plugin's name (None: detected)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class RunContext:
     structures: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
+    metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
 
     @property
     def stage_seed(self) -> int:
@@ -100,7 +104,13 @@ class RunContext:
         """The validation metric (for a stage's decisions)."""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
-        return evaluate(model or self.model, self.val, self.val_reference, self.device)
+        return evaluate(model or self.model, self.val, self.val_reference, self.device, self.metric)
+
+    def within_budget(self, baseline: float, value: float, max_drop: float) -> bool:
+        """The stop rule every stage uses: `value` at most `max_drop` worse than `baseline` on validation, in the
+        run's metric and direction (verify/budget.py)."""
+        n_val = len(self.val) if self.val is not None and self.metric.counted else None
+        return within_budget(baseline, value, max_drop, n_val, self.metric.higher_is_better)
 
 
 def plan_stages(options: RunOptions) -> list[Stage]:
@@ -109,6 +119,8 @@ def plan_stages(options: RunOptions) -> list[Stage]:
     for name in options.floors:
         if name not in known:
             raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(known)}")
+    if options.metric not in (None, "auto", *BUILTIN, *plugin_metrics()):
+        raise UsageError(f"--metric {options.metric}: unknown; available: {', '.join((*BUILTIN, *plugin_metrics()))}")
     names = [n.strip() for n in options.pipeline if n.strip()]
     validate_order(names)
     overrides = parse_overrides(options.overrides)
@@ -177,20 +189,24 @@ def prepare(options: RunOptions, reporter: Reporter):
             p.requires_grad_(False)
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
     reference = predict(original, heldout, device)
-    baseline = evaluate(original, heldout, None, device) if heldout.labels is not None else None
-    if baseline is None:
-        baseline = score(reference, heldout, reference)
-    else:
-        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
     val_reference = predict(original, val, device) if val is not None else None
-    baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
+    # the output kind is decided on validation data when there is some (decisions never look at held-out)
+    probe, probe_out = (val, val_reference) if val is not None else (heldout, reference)
+    choice = choose(probe_out, probe.labels, options.metric)
+    if choice.name == "accuracy" and heldout.labels is None:
+        raise DataError(f"{heldout.source}: no labels `y`, but the run's metric is accuracy ({choice.reason})")
+    if choice.name == "accuracy":
+        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
+    reporter.log(f"metric: {choice.name} ({choice.reason})")
+    baseline = score(reference, heldout, reference, choice)
+    baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
     if loaded.exported:
         notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
     weights = find_weights(model, heldout.example(), loaded.program)
     ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
-                     reporter=reporter, weights=weights)
+                     reporter=reporter, weights=weights, metric=choice)
     return ctx, heldout, baseline, reference, notes
 
 
@@ -213,7 +229,7 @@ def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: 
     seconds = time.perf_counter() - start
     ctx.model = result.model
     ctx.masks.apply(ctx.model)
-    metric = evaluate(ctx.model, heldout, reference, ctx.device)
+    metric = evaluate(ctx.model, heldout, reference, ctx.device, ctx.metric)
     params, nonzeros = count_params(ctx.model)
     result.metrics.setdefault("bytes", measured_bytes(ctx.model))
     return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,

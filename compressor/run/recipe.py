@@ -27,7 +27,7 @@ from compressor.registry import get_stage
 from compressor.stage import build_config, config_as_dict
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("seed", "device", "data", "gates", "stages")
+TOP_KEYS = ("seed", "device", "metric", "data", "gates", "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
 GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
 
@@ -134,7 +134,9 @@ def load_recipe(path: Path) -> Recipe:
     if "device" in data and not (isinstance(data["device"], str) and
                                  data["device"].split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
         raise UsageError(f"{recipe.where('device')}: device must be cpu, cuda, cuda:N (got {data['device']!r})")
-    for key in ("seed", "device"):
+    if "metric" in data and not isinstance(data["metric"], str):
+        raise UsageError(f"{recipe.where('metric')}: metric must be a name (accuracy, agreement, cosine, mse, plugin)")
+    for key in ("seed", "device", "metric"):
         if key in data:
             recipe.settings[key] = data[key]
     if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
@@ -150,6 +152,7 @@ def resolved_recipe(options, stages) -> str:
     doc = {
         "seed": options.seed,
         "device": options.device,
+        **({"metric": options.metric} if options.metric else {}),
         "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
                  "calib": s(options.calib_data)},
         "gates": {"max_drop": options.max_drop, "min_recovery": options.min_recovery,

@@ -26,6 +26,7 @@ from compressor.errors import StageError
 from compressor.io.calls import call_model, set_train
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
+from compressor.verify.budget import drop, tolerance as budget_tolerance, within_budget
 
 
 @dataclass
@@ -35,7 +36,8 @@ class PruneConfig:
     rate: float = option(0.1, "fraction of the remaining weights pruned per step")
     schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate")
     target: float = option(0.9, "stop once this sparsity (over the prunable weights) is reached")
-    max_drop: float = option(1.0, "stop when validation falls more than this many points below the baseline")
+    max_drop: float = option(1.0, "stop when validation is more than this much worse than the baseline (points of "
+                                  "the run's metric; mse: its rise)")
     patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping")
     epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
     max_steps: int = option(40, "upper bound on pruning steps")
@@ -128,10 +130,11 @@ class PruneStage(Stage):
         if use_shrink and shrink_cfg is None:
             shrink_cfg = ShrinkConfig()
         baseline = ctx.baseline_val.value
-        # a drop smaller than two validation samples cannot be told from noise (docs/ALGORITHMS.md: one held-out image
-        # of digits is 0.28 points; one validation image 0.56-0.8): never stop on less
-        resolution = 200.0 / len(ctx.val)
-        tolerance = max(cfg.max_drop, resolution)
+        up = ctx.metric.higher_is_better
+        # the run's metric in its direction (verify/budget.py); for a metric counted in samples a drop smaller than
+        # two validation samples cannot be told from noise (docs/ALGORITHMS.md: one held-out image of digits is
+        # 0.28 points; one validation image 0.56-0.8): never stop on less
+        tolerance = budget_tolerance(cfg.max_drop, len(ctx.val) if ctx.metric.counted else None)
         good_state = copy.deepcopy(ctx.model.state_dict())
         good_masks = ctx.masks.state()
         history = [{"step": 0, "sparsity": sparsity_of(good_masks), "val": ctx.validate().value}]
@@ -164,17 +167,18 @@ class PruneStage(Stage):
                 val = ctx.validate().value
                 # the crop loop never prunes further while below the floor: fine-tune, then decide
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
-                    if cfg.epochs_per_step == 0 or (_ > 0 and baseline - val <= tolerance):
+                    if cfg.epochs_per_step == 0 or (_ > 0 and ctx.within_budget(baseline, val, cfg.max_drop)):
                         break
                     self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}")
                     val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val})
-                task.advance(status=f"sparsity {sparsity:.1%} val {val:.2f}")
-                if baseline - val > tolerance:
+                task.advance(status=f"sparsity {sparsity:.1%} val {ctx.metric.name} {val:.4g}")
+                if not ctx.within_budget(baseline, val, cfg.max_drop):
                     ctx.model.load_state_dict(good_state)
                     for n, m in good_masks.items():
                         ctx.masks.set(n, m)
-                    stop_reason = f"validation fell {baseline - val:.2f} points (> {tolerance:.2f}) at " \
+                    stop_reason = f"validation {ctx.metric.name} fell {drop(baseline, val, up):.4g} " \
+                                  f"(> {tolerance:.4g}) at " \
                                   f"{sparsity:.1%}: restored the previous step"
                     break
                 good_state = copy.deepcopy(ctx.model.state_dict())
@@ -220,9 +224,13 @@ class PruneStage(Stage):
         val = ctx.validate().value
         one_sample = 100.0 / len(ctx.val)
         # sharing may cost at most one validation sample on top of pruning, and stay within max_drop overall
-        if cfg.codebook == "auto" and (baseline - val > cfg.max_drop + 1e-9 and before - val > one_sample / 2):
+        # (counted metrics: the extra cost is tolerated up to half a sample, continuous metrics: not at all)
+        slack = one_sample / 2 if ctx.metric.counted else 0.0
+        up = ctx.metric.higher_is_better
+        if cfg.codebook == "auto" and (not within_budget(baseline, val, cfg.max_drop, None, up)
+                                       and drop(before, val, up) > slack):
             ctx.model.load_state_dict(saved)
-            return [f"{cfg.codebook_bits}-bit weight sharing rejected: validation {before:.2f} -> {val:.2f} "
-                    f"(baseline {baseline:.2f}, max_drop {cfg.max_drop})"]
+            return [f"{cfg.codebook_bits}-bit weight sharing rejected: validation {ctx.metric.name} {before:.4g} -> "
+                    f"{val:.4g} (baseline {baseline:.4g}, max_drop {cfg.max_drop})"]
         return [f"{cfg.codebook_bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values per "
-                f"layer at most): validation {val:.2f}"]
+                f"layer at most): validation {ctx.metric.name} {val:.4g}"]
