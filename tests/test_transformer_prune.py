@@ -84,4 +84,8 @@ def test_each_metric_gate_fails_on_a_regression(tmp_path, model, data, extra, me
     assert report["metric"]["name"] == metric and report["gate"]["failed"] == ["max_drop"]
     gate = report["gate"]
     assert gate["drop"] > 0 and gate["higher_is_better"] == (metric != "mse")
+    extra = report["artifacts"][0]["metric_extra"]
+    expected = {"cosine": 100 * extra["cosine_mean"], "mse": extra["mse"]}.get(metric)
+    if expected is not None:  # the final artifact is scored by the run's metric, not re-detected
+        assert gate["final"] == pytest.approx(expected)
     assert f"FAIL (max_drop): {metric}" in res.stdout
