@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compressor.errors import UsageError
+from compressor.errors import DataError, UsageError
 from compressor.registry import plugin_metrics
 
 BUILTIN = ("accuracy", "agreement", "cosine", "mse")
@@ -59,8 +59,13 @@ def labels_fit(outputs: torch.Tensor, labels: torch.Tensor | None) -> bool:
 
 
 def detect(outputs: torch.Tensor, labels: torch.Tensor | None) -> MetricChoice:
-    """The metric the output kind calls for (rules 1-5 of the module docstring)."""
+    """The metric the output kind calls for (rules 1-5 of the module docstring). Class labels beside class logits
+    that are out of range are a data error, never silently ignored."""
     shape = "x".join(str(s) for s in outputs.shape[1:]) or "scalar"
+    if (labels is not None and outputs.ndim == 2 and outputs.shape[1] > 1 and labels.ndim == 1 and len(labels)
+            and not labels_fit(outputs, labels)):
+        raise DataError(f"label {int(labels.max())} is out of range for a model with {outputs.shape[1]} outputs "
+                        f"(labels must be 0..{outputs.shape[1] - 1})")
     if labels_fit(outputs, labels):
         return MetricChoice("accuracy", f"labels present and the output is class logits [N, {shape}]", loss="ce")
     why_not_labels = " (labels ignored: they do not fit the output)" if labels is not None else ""
