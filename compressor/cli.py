@@ -155,6 +155,9 @@ def run(
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and ONNX Runtime, "
                                           "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS [default: 1]."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric for every decision, the gate and "
+                                         "the report: accuracy, agreement, cosine, mse or a plugin's name "
+                                         "[default: detected from the outputs and data]."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
@@ -186,7 +189,8 @@ def run(
                          min_recovery=pick(min_recovery, gates.get("min_recovery")),
                          max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
                          recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
-                         threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)))
+                         threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)),
+                         metric=pick(metric, settings.get("metric")))
     report, code = compress(options, Reporter(err, quiet))
     if not quiet:
         print_report(report, out)

@@ -72,8 +72,9 @@ def test_pt_dict_data_and_multi_input_transformer_without_labels(tmp_path):
                   "--train-data", tmp_path / "train.npz", "--set", "quantize.mode=dynamic", "--max-drop", "5", "--out", out, "--quiet")
     assert res.code == 0, res
     report = read_report(out)
-    assert report["baseline"]["metric"] == "agreement"
-    assert report["artifacts"][0]["metric_value"] >= 90.0
+    # an untrained encoder's outputs are not confident class scores: compared by cosine (issue 10), in points
+    assert report["baseline"]["metric"] == "cosine"
+    assert report["artifacts"][0]["metric_value"] >= 95.0
     assert abs(report["baseline"]["cosine_min"] - 1.0) < 1e-5
     assert "cosine_mean" in report["stages"][0]["metric_extra"]
     kinds = {w.name: w.kind for w in find_weights(load_model(tmp_path / "enc.pt", f"{arch_file}:encoder").module,

@@ -1,8 +1,11 @@
 """The one fine-tuning loop every stage shares (shrink, prune, rpg, basis).
 
-Trains on the training set, selects on the validation set (never the held-out set) and restores the best state.
-With labels the loss is cross-entropy; without labels it is distillation (KL divergence) towards the frozen
-original model's outputs, so unlabelled data can still fine-tune. Masks are honoured after every optimizer step.
+Trains on the training set, selects on the validation set (never the held-out set, and by the run's metric in its
+direction) and restores the best state. With labels the loss is cross-entropy; without labels it is distillation
+towards the frozen original model's outputs, chosen by the run's metric (verify/kind.py): logits (agreement) ->
+KL divergence at temperature T, scaled by T^2 (Hinton et al. 2015, "Distilling the knowledge in a neural
+network"); embeddings or regression outputs (cosine, mse) -> (1 - cosine) + MSE relative to the target's mean
+square, so the direction and the scale of the vectors are both kept (a softmax of an embedding is meaningless). Masks are honoured after every optimizer step.
 Hooks let a stage add to the gradient before the step (shrink's relevance decay), act after it, or add a loss
 term (the manifold-preserving term).
 """
@@ -18,8 +21,10 @@ from torch import nn
 
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
+from compressor.verify.budget import is_better
 from compressor.verify.metrics import Metrics
 
+DISTILL_TEMPERATURE = 2.0
 GradHook = Callable[[nn.Module, int], dict[str, float] | None]  # after backward, before step; may return stats
 StepHook = Callable[[nn.Module], None]
 LossHook = Callable[[nn.Module, Dataset, torch.Tensor], torch.Tensor]  # extra loss term from (model, batch, out)
@@ -50,13 +55,28 @@ def make_optimizer(params: Iterable[nn.Parameter], s: FinetuneSettings) -> torch
     return torch.optim.Adam(params, lr=s.lr)
 
 
+def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Label-free loss towards the original's outputs: "kl" for logits (over the last axis, so per-token logits
+    [B, T, V] distil per token), else cosine + relative MSE on each sample's flattened output."""
+    if kind == "kl":
+        t = DISTILL_TEMPERATURE
+        logits, ref = out.reshape(-1, out.shape[-1]), target.reshape(-1, target.shape[-1])
+        return nn.functional.kl_div(torch.log_softmax(logits / t, -1), torch.log_softmax(ref / t, -1),
+                                    reduction="batchmean", log_target=True) * t * t
+    o, r = out.reshape(out.shape[0], -1), target.reshape(target.shape[0], -1)
+    cos = nn.functional.cosine_similarity(o, r, dim=1, eps=1e-12)
+    mse = ((o - r) ** 2).mean() / ((r ** 2).mean() + 1e-12)
+    return (1 - cos).mean() + mse
+
+
 def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch.Tensor:
-    if batch.labels is not None:
+    """Cross-entropy with labels when the run's metric is accuracy, else distillation (`distill_loss`)."""
+    loss_kind = ctx.metric.loss
+    if batch.labels is not None and loss_kind == "ce":
         return nn.functional.cross_entropy(out.reshape(out.shape[0], -1), batch.labels.to(out.device))
     with torch.no_grad():
         target = call_model(ctx.original, batch, ctx.device)
-    return nn.functional.kl_div(torch.log_softmax(out.reshape(out.shape[0], -1), -1),
-                                torch.softmax(target.reshape(target.shape[0], -1), -1), reduction="batchmean")
+    return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)
 
 
 def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
@@ -115,9 +135,10 @@ def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "
             entry = {"epoch": epoch, "loss": total / max(count, 1), "val": metrics.value,
                      **{k: v / max(count, 1) for k, v in stats_sum.items()}}
             result.history.append(entry)
-            task.status(f"val {metrics.value:.2f}")
-            better = result.best is None or metrics.value > result.best.value or (
-                not keep_start and metrics.value >= result.best.value)
+            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f} val {ctx.metric.name} "
+                        f"{metrics.value:.4g}")
+            better = result.best is None or is_better(metrics.value, result.best.value,
+                                                      metrics.higher_is_better, ties=not keep_start)
             if select_best and better:
                 result.best, result.best_epoch = metrics, epoch
                 best_state = copy.deepcopy(model.state_dict())

@@ -23,7 +23,7 @@ CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "co
             "_convolution"}
 NORM_OPS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "native_batch_norm", "native_layer_norm",
             "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "rms_norm"}
-EMBEDDING_OPS = {"embedding", "embedding_bag"}
+EMBEDDING_OPS = {"embedding", "embedding_bag", "_embedding_bag", "index_select"}
 VIEW_OPS = {"t", "transpose", "permute", "view", "reshape", "expand", "_to_copy", "to", "detach", "clone",
             "contiguous", "alias", "type_as", "numpy_T", "_unsafe_view", "unsqueeze", "squeeze"}
 
@@ -35,6 +35,11 @@ class WeightInfo:
     name: str
     shape: tuple[int, ...]
     kind: str  # "linear" | "conv" | "norm" | "embedding" | "other"
+    aliases: tuple[str, ...] = ()  # other names of the same Parameter (tied weights, e.g. lm_head.weight)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
 
     @property
     def numel(self) -> int:
@@ -82,7 +87,11 @@ def _classify_node(node: torch.fx.Node, depth: int = 0) -> set[tuple[str, int]]:
 
 
 def _kind_from_uses(uses: set[tuple[str, int]], shape: tuple[int, ...]) -> str:
+    """The weight's kind. A table read by an embedding (gather) op is an embedding even when it is also read by
+    a linear op (a tied masked-LM decoder): embeddings are pruned only when asked for by pattern."""
     kinds = {k for k, _ in uses}
+    if "embedding" in kinds and len(shape) == 2:
+        return "embedding"
     if "conv" in kinds and len(shape) >= 3:
         return "conv"
     if "linear" in kinds and len(shape) >= 2:
@@ -159,27 +168,35 @@ def find_weights(model: nn.Module, example: Dataset | None = None,
             uses = _graph_param_uses(program.graph, mapping)
     if uses is None:
         uses = _uses_by_isinstance(model)
-    seen: set[int] = set()
-    out = []
+    # tied weights: one Parameter under several names (a `.pt2` graph reads it through only one of them), so the
+    # uses of every name are merged and the Parameter is listed once, under its first name, with its aliases
+    groups: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        shape = tuple(param.shape)
-        out.append(WeightInfo(name, shape, _kind_from_uses(uses.get(name, set()), shape)))
+        groups.setdefault(id(param), []).append(name)
+        params[id(param)] = param
+    out = []
+    for key, names in groups.items():
+        shape = tuple(params[key].shape)
+        merged = set().union(*(uses.get(n, set()) for n in names))
+        out.append(WeightInfo(names[0], shape, _kind_from_uses(merged, shape), tuple(names[1:])))
     return out
 
 
 def select(weights: Iterable[WeightInfo], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[WeightInfo]:
-    """Filter by glob patterns on parameter names (include empty = every matrix weight)."""
+    """Filter by glob patterns on parameter names, aliases of tied weights included (include empty = every
+    linear/conv matrix weight: no biases, norms or embedding tables)."""
+    def hit(w: WeightInfo, patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(n, p) for n in w.names for p in patterns)
+
     chosen = []
     for w in weights:
         if include:
-            if not any(fnmatch.fnmatchcase(w.name, p) for p in include):
+            if not hit(w, include):
                 continue
         elif not w.is_matrix_weight:
             continue
-        if any(fnmatch.fnmatchcase(w.name, p) for p in exclude):
+        if hit(w, exclude):
             continue
         chosen.append(w)
     return chosen

@@ -49,6 +49,23 @@ class LoadedModel:
         return self.format == "pt2"
 
 
+def retie_shared(module: nn.Module) -> nn.Module:
+    """Make tied weights one Parameter again. `ExportedProgram.module()` gives each name of a tied weight (e.g.
+    `lm_head.weight` and `encoder.embed.weight`) its own Parameter over the same storage; stages must see one
+    weight (pruned once, its mask on the one storage, stored once with an alias), so names whose tensors share
+    storage, shape and strides are pointed at the first one's Parameter."""
+    first: dict[tuple, nn.Parameter] = {}
+    for name, param in list(module.named_parameters(remove_duplicate=False)):
+        key = (param.data_ptr(), tuple(param.shape), param.stride(), param.dtype)
+        if key not in first:
+            first[key] = param
+            continue
+        if first[key] is not param:
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner) if owner else module, attr, first[key])
+    return module
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -183,7 +200,7 @@ def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = 
         fmt = detect_format(path)
         if fmt == "pt2":
             program = torch.export.load(str(path))
-            module = program.module()
+            module = retie_shared(program.module())
             return LoadedModel(module, "pt2", str(path), digest, None, forward_input_names(module, program), program)
         if fmt == "torchscript":
             module = torch.jit.load(str(path), map_location="cpu")

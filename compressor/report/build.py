@@ -1,6 +1,7 @@
 """The report: `report.json` (machine-readable), `report.md` (a CI job summary as is), a rich table.
 
-Sizes come from the files written (raw and gzip), never estimates; metrics are in percent; a drop is in points.
+Sizes come from the files written (raw and gzip), never estimates; the metric is the run's (accuracy/agreement in
+percent, cosine in points of 100 x mean, mse raw); a drop is how much worse, in those units (verify/budget.py).
 """
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from rich.table import Table
 
 from compressor.io.onnx_export import write_bytes_atomic
 from compressor.report.sparsity import markdown_lines
+from compressor.registry import plugin_metrics
+from compressor.verify.budget import drop
 from compressor.verify.gates import evaluate_gates
 from compressor.version import __version__
+
+
+UNITS = {"accuracy": "%", "agreement": "%", "cosine": " pts"}  # cosine: 100 x mean cosine to the original
 
 
 def environment() -> dict[str, str]:
@@ -31,10 +37,12 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, b
                  records: list[dict],
                  artifacts: list[dict], notes: list[str], seconds: float) -> dict[str, Any]:
     final = artifacts[0]["metric_value"]
-    drop = baseline.value - final
+    up = ctx.metric.higher_is_better
+    worse = drop(baseline.value, final, up)
+    lower = frozenset(n for n, f in plugin_metrics().items() if getattr(f, "lower_is_better", False))
     gates = evaluate_gates(baseline.value, final, artifacts[0].get("metric_extra", {}), baseline.name,
                            artifacts[0]["size"], options.max_drop, options.min_recovery, options.max_bytes,
-                           options.floors)
+                           options.floors, up, lower)
     passed = all(g["passed"] for g in gates)
     return {
         "verdict": "pass" if passed else "fail",
@@ -45,15 +53,17 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, b
         "data": {"heldout": str(options.data), "train": _s(options.train_data),
                  "val": ctx.val.source if ctx.val is not None else None,
                  "calib": ctx.calib.source if ctx.calib is not None else None},
+        "metric": {"name": ctx.metric.name, "reason": ctx.metric.reason, "higher_is_better": up,
+                   "unit": ctx.metric.unit.strip()},
         "baseline": {"metric": baseline.name, "value": baseline.value, "params": base_params, "bytes": base_bytes,
                      "file_bytes": os.path.getsize(options.model),
                      "stored_bytes": base_stored_bytes, **baseline.extra},
         "stages": records,
         "artifacts": artifacts,
         "gate": {"metric": baseline.name, "max_drop": options.max_drop, "baseline": baseline.value,
-                 "final": final, "drop": round(drop, 6), "passed": passed, "gates": gates,
+                 "final": final, "drop": round(worse, 6), "higher_is_better": up, "passed": passed, "gates": gates,
                  "failed": [g["name"] for g in gates if not g["passed"]]},
-        "notes": notes,
+        "notes": [f"metric: {ctx.metric.name} ({ctx.metric.reason})", *notes],
         "seconds": round(seconds, 2),
         "environment": environment(),
     }
@@ -78,32 +88,51 @@ def verdict_line(report: dict[str, Any]) -> str:
     onnx_art = report["artifacts"][0]
     ratio = onnx_art["size"] / report["baseline"]["bytes"] if report["baseline"]["bytes"] else 0
     word = "PASS" if g["passed"] else "FAIL (" + ", ".join(g.get("failed", [])) + ")"
-    return (f"{word}: {g['metric']} {g['baseline']:.2f}% -> {g['final']:.2f}% (drop {g['drop']:.2f} points, "
-            f"max {g['max_drop']:.2f}); model.onnx {human_bytes(onnx_art['size'])} = {ratio:.2f}x the fp32 weights")
+    unit = UNITS.get(g["metric"], "")
+    change = "drop" if g.get("higher_is_better", True) else "rise"
+    fmt = ".2f" if unit else ".4g"
+    return (f"{word}: {g['metric']} {g['baseline']:{fmt}}{unit} -> {g['final']:{fmt}}{unit} ({change} "
+            f"{g['drop']:{fmt}}{' points' if unit else ''}, max {g['max_drop']:.2f}); model.onnx "
+            f"{human_bytes(onnx_art['size'])} = {ratio:.2f}x the fp32 weights")
+
+
+def metric_text(name: str, value: float | None) -> str:
+    """A metric value as the tables print it: two decimals for percent/points, four significant digits else."""
+    return "-" if value is None else (f"{value:.2f}" if name in UNITS else f"{value:.4g}")
 
 
 def _stage_rows(report: dict[str, Any]) -> list[list[str]]:
     b = report["baseline"]
-    rows = [["baseline", f"{b['value']:.2f}", f"{b['params']:,}", f"{b['params']:,}", f"{b['params']:,}", "-"]]
+    m = b["metric"]
+    rows = [["baseline", metric_text(m, b['value']), f"{b['params']:,}", f"{b['params']:,}", f"{b['params']:,}", "-"]]
     for r in report["stages"]:
-        rows.append([r["name"], f"{r['metric_value']:.2f}", f"{r['params']:,}", f"{r['nonzeros']:,}",
+        rows.append([r["name"], metric_text(m, r['metric_value']), f"{r['params']:,}", f"{r['nonzeros']:,}",
                      f"{r['dof']:,}", f"{r['seconds']:.1f}"])
     return rows
 
 
 def _artifact_rows(report: dict[str, Any]) -> list[list[str]]:
-    b = report["baseline"]
+    b, m = report["baseline"], report["baseline"]["metric"]
     rows = [] if b.get("latency_ms") is None else [
-        ["fp32 original (weights; ONNX timed)", human_bytes(b["bytes"]), "-", f"{b['value']:.2f}",
+        ["fp32 original (weights; ONNX timed)", human_bytes(b["bytes"]), "-", metric_text(m, b["value"]),
          f"{b['latency_ms']:.2f}"]]
     for a in report["artifacts"]:
         lat = "-" if a.get("latency_ms") is None else f"{a['latency_ms']:.2f}"
-        rows.append([a["path"], human_bytes(a["bytes"]), human_bytes(a["gzip_bytes"]), f"{a['metric_value']:.2f}", lat])
+        rows.append([a["path"], human_bytes(a["bytes"]), human_bytes(a["gzip_bytes"]), metric_text(m, a["metric_value"]),
+                     lat])
     return rows
 
 
-STAGE_HEADER = ["stage", "metric %", "params", "nonzeros", "DoF", "seconds"]
-ARTIFACT_HEADER = ["artifact", "bytes", "gzip", "metric %", "ORT ms (batch 64)"]
+STAGE_HEADER = ["stage", "metric", "params", "nonzeros", "DoF", "seconds"]
+ARTIFACT_HEADER = ["artifact", "bytes", "gzip", "metric", "ORT ms (batch 64)"]
+
+
+def _headers(report: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The table headers, naming the run's metric and unit (e.g. "cosine pts", "accuracy %", "mse")."""
+    m = report.get("metric", {}).get("name") or report["baseline"]["metric"]
+    label = f"{m} {UNITS.get(m, '').strip()}".strip()
+    return ([h if h != "metric" else label for h in STAGE_HEADER],
+            [h if h != "metric" else label for h in ARTIFACT_HEADER])
 
 
 GATE_LABELS = {"max_drop": "max_drop (points below baseline)", "min_recovery": "min_recovery (final / baseline)",
@@ -121,7 +150,8 @@ def markdown(report: dict[str, Any]) -> str:
                  f"`{','.join(report['pipeline']) or '(none)'}`, seed {report['seed']}, "
                  f"held-out `{report['data']['heldout']}`.")
     lines.append("")
-    for header, rows in ((STAGE_HEADER, _stage_rows(report)), (ARTIFACT_HEADER, _artifact_rows(report))):
+    stage_header, artifact_header = _headers(report)
+    for header, rows in ((stage_header, _stage_rows(report)), (artifact_header, _artifact_rows(report))):
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -152,8 +182,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
-    for title, header, rows in (("Stages (held-out)", STAGE_HEADER, _stage_rows(report)),
-                                ("Artifacts", ARTIFACT_HEADER, _artifact_rows(report))):
+    stage_header, artifact_header = _headers(report)
+    for title, header, rows in (("Stages (held-out)", stage_header, _stage_rows(report)),
+                                ("Artifacts", artifact_header, _artifact_rows(report))):
         table = Table(title=title, title_justify="left")
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i == 0 else "right")

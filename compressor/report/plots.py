@@ -51,8 +51,10 @@ def accuracy_vs_size(report: dict[str, Any], path: Path) -> bool:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes (smallest of raw / gzip)")
-    ax.set_ylabel(f"held-out {b['metric']} %")
-    ax.set_title("accuracy vs size")
+    unit = {"accuracy": " %", "agreement": " %", "cosine": " (100 x mean cosine)"}.get(b["metric"], "")
+    better = "" if report.get("metric", {}).get("higher_is_better", True) else " (lower is better)"
+    ax.set_ylabel(f"held-out {b['metric']}{unit}{better}")
+    ax.set_title(f"{b['metric']} vs size")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})

@@ -28,8 +28,10 @@ from compressor.run.progress import Reporter
 from compressor.run.ranges import check_ranges
 from compressor.stage import Stage, build_config, parse_overrides
 from compressor.verify.artifacts import file_sizes
-from compressor.verify.budget import DEFAULT_CONFIDENCE, BudgetDecision, sample_scores, within_budget
+from compressor.verify.budget import (DEFAULT_CONFIDENCE, BudgetDecision, drop, sample_scores, value_within,
+                                      within_budget)
 from compressor.verify.gates import KNOWN_METRICS
+from compressor.verify.kind import BUILTIN, MetricChoice, choose
 from compressor.verify.metrics import Metrics, check_labels, evaluate, score
 
 VAL_FRACTION = 0.1
@@ -59,6 +61,7 @@ class RunOptions:
     resume: bool = False
     keep_checkpoints: bool = False
     threads: int = 1
+    metric: str | None = None  # --metric: accuracy | agreement | cosine | mse | a plugin's name (None: detected)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class RunContext:
     stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
     max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (verify/budget.py)
     confidence: float = DEFAULT_CONFIDENCE
+    metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
 
     @property
     def stage_seed(self) -> int:
@@ -105,18 +109,25 @@ class RunContext:
         """The validation metric (for a stage's decisions)."""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
-        return evaluate(model or self.model, self.val, self.val_reference, self.device)
+        return evaluate(model or self.model, self.val, self.val_reference, self.device, self.metric)
 
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None) -> BudgetDecision:
-        """Is the model within budget on validation? The budget is the run's gate, or a stage's own stricter
-        one; the rule is the paired upper confidence bound of `verify/budget.py`, the same for every decision."""
+        """Is the model within budget on validation, in the run's metric? The budget is the run's gate, or a
+        stage's own stricter one; the rule is the paired upper confidence bound of `verify/budget.py`, the same
+        for every decision (a plugin metric without per-sample scores: its observed value against the budget)."""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
         budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
         out = predict(model or self.model, self.val, self.device)
-        base = sample_scores(self.val_reference, self.val.labels, self.val_reference)
-        return within_budget(base, sample_scores(out, self.val.labels, self.val_reference), budget,
-                             self.confidence)
+        name, labels = self.metric.name, self.val.labels
+        base = sample_scores(self.val_reference, labels, self.val_reference, name)
+        if base is None:
+            value = score(out, self.val, self.val_reference, self.metric).value
+            d = drop(self.baseline_val.value, value, self.metric.higher_is_better)
+            return BudgetDecision(accepted=value_within(self.baseline_val.value, value, budget,
+                                                        self.metric.higher_is_better),
+                                  drop=d, bound=d, budget=budget, confidence=self.confidence, n=len(self.val))
+        return within_budget(base, sample_scores(out, labels, self.val_reference, name), budget, self.confidence)
 
 
 def plan_stages(options: RunOptions) -> list[Stage]:
@@ -126,6 +137,8 @@ def plan_stages(options: RunOptions) -> list[Stage]:
         if name not in known:
             raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(known)}")
     check_ranges(options)
+    if options.metric not in (None, "auto", *BUILTIN, *plugin_metrics()):
+        raise UsageError(f"--metric {options.metric}: unknown; available: {', '.join((*BUILTIN, *plugin_metrics()))}")
     names = [n.strip() for n in options.pipeline if n.strip()]
     validate_order(names)
     overrides = parse_overrides(options.overrides)
@@ -192,17 +205,22 @@ def prepare(options: RunOptions, reporter: Reporter):
             p.requires_grad_(False)
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
     reference = predict(original, heldout, device)
-    baseline = evaluate(original, heldout, None, device) if heldout.labels is not None else None
-    if baseline is None:
-        baseline = score(reference, heldout, reference)
-    else:
-        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
-    for split in (train, val, calib) if reference.ndim == 2 else ():  # name the file, not torch's IndexError
-        if split is not None:
-            check_labels(split, reference.shape[1])
     val_reference = predict(original, val, device) if val is not None else None
-    baseline_val = evaluate(original, val, val_reference, device) if val is not None else None
-    if options.val_data is None and baseline_val is not None and baseline_val.value - baseline.value > 0.5:
+    # the output kind is decided on validation data when there is some (decisions never look at held-out)
+    probe, probe_out = (val, val_reference) if val is not None else (heldout, reference)
+    choice = choose(probe_out, probe.labels, options.metric)
+    if choice.name == "accuracy" and heldout.labels is None:
+        raise DataError(f"{heldout.source}: no labels `y`, but the run's metric is accuracy ({choice.reason})")
+    if choice.name == "accuracy":
+        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
+        for split in (train, val, calib):  # name the file, not torch's IndexError
+            if split is not None:
+                check_labels(split, reference.shape[1])
+    reporter.log(f"metric: {choice.name} ({choice.reason})")
+    baseline = score(reference, heldout, reference, choice)
+    baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
+    if (options.val_data is None and baseline_val is not None and choice.name == "accuracy"
+            and baseline_val.value - baseline.value > 0.5):
         # a note only (no decision uses the held-out figure): the split was likely part of the model's training
         notes.append(f"WARNING: the original model scores {baseline_val.value:.2f} on the validation split of the "
                      f"training data vs {baseline.value:.2f} held out: it has likely seen those samples, so stage "
@@ -213,7 +231,7 @@ def prepare(options: RunOptions, reporter: Reporter):
     ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
-                     reporter=reporter, weights=weights, max_drop=options.max_drop)
+                     reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice)
     return ctx, heldout, baseline, reference, notes
 
 
@@ -236,7 +254,7 @@ def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: 
     seconds = time.perf_counter() - start
     ctx.model = result.model
     ctx.masks.apply(ctx.model)
-    metric = evaluate(ctx.model, heldout, reference, ctx.device)
+    metric = evaluate(ctx.model, heldout, reference, ctx.device, ctx.metric)
     params, nonzeros = count_params(ctx.model)
     result.metrics.setdefault("bytes", measured_bytes(ctx.model))
     return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,

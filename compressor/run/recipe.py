@@ -27,7 +27,7 @@ from compressor.registry import get_stage
 from compressor.stage import build_config, config_as_dict
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("seed", "device", "threads", "data", "gates", "stages")
+TOP_KEYS = ("seed", "device", "threads", "metric", "data", "gates", "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
 GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
 
@@ -137,7 +137,9 @@ def load_recipe(path: Path) -> Recipe:
     if "threads" in data and (isinstance(data["threads"], bool) or not isinstance(data["threads"], int)
                               or data["threads"] < 1):
         raise UsageError(f"{recipe.where('threads')}: threads must be an integer >= 1")
-    for key in ("seed", "device", "threads"):
+    if "metric" in data and not isinstance(data["metric"], str):
+        raise UsageError(f"{recipe.where('metric')}: metric must be a name (accuracy, agreement, cosine, mse, plugin)")
+    for key in ("seed", "device", "threads", "metric"):
         if key in data:
             recipe.settings[key] = data[key]
     if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
@@ -154,6 +156,7 @@ def resolved_recipe(options, stages) -> str:
         "seed": options.seed,
         "device": options.device,
         "threads": options.threads,
+        **({"metric": options.metric} if options.metric else {}),
         "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
                  "calib": s(options.calib_data)},
         "gates": {"max_drop": options.max_drop, "min_recovery": options.min_recovery,

@@ -100,7 +100,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                 result = export_stage.apply_onnx(ctx, mid, onnx_path, compact=True)
             session = ort_session(onnx_path)
             q_out = onnx_predict(session, heldout)
-            metric = score(q_out, heldout, reference)
+            metric = score(q_out, heldout, reference, ctx.metric)
             records.append({"name": export_stage.name, "metric_value": metric.value, "metric_extra": metric.extra,
                             "params": records[-1]["params"] if records else params,
                             "nonzeros": records[-1]["nonzeros"] if records else nonzeros,
@@ -125,8 +125,8 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                              trust_code=ctx.loaded.format == "state_dict")
     st_out = predict(reloaded, heldout, "cpu")
     ctx.model.to("cpu")
-    onnx_metric = score(onnx_out, heldout, reference)
-    st_metric = score(st_out, heldout, reference)
+    onnx_metric = score(onnx_out, heldout, reference, ctx.metric)
+    st_metric = score(st_out, heldout, reference, ctx.metric)
     artifacts = [
         {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
          "metric_extra": onnx_metric.extra,

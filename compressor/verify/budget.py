@@ -13,6 +13,12 @@ accuracy and agreement, cosine similarity for embeddings), and
 A candidate is accepted only if bound <= budget. When baseline and candidate agree on every sample the bound is
 the observed drop; every disagreement widens it, so a small validation set makes the rule stricter, never
 looser (the old rule widened max_drop to two validation samples; that is gone).
+
+Direction: accuracy, agreement and cosine (points of 100 x mean cosine) are higher-is-better; MSE to the original's
+outputs is lower-is-better. `sample_scores` turns every built-in metric into per-sample scores where higher is
+better and 100 x the mean difference is the drop in the metric's own units (MSE: score = -mse_i / 100), so one
+rule serves them all; `drop`, `value_within` and `is_better` compare whole-set values (gates, selections, plugin
+metrics, which have no per-sample form).
 """
 from __future__ import annotations
 
@@ -63,17 +69,44 @@ def within_budget(baseline_scores: torch.Tensor, candidate_scores: torch.Tensor,
                           confidence=confidence, n=int(torch.as_tensor(baseline_scores).numel()))
 
 
-def sample_scores(outputs: torch.Tensor, labels: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample scores of the primary metric, in [0, 1], higher is better (the shape `within_budget` takes):
-    correctness against labels; else agreement of the predicted class with the reference (original) outputs;
-    for single-output or embedding models the cosine similarity to the reference, clamped at 0."""
+def sample_scores(outputs: torch.Tensor, labels: torch.Tensor | None, reference: torch.Tensor | None,
+                  metric: str | None = None) -> torch.Tensor | None:
+    """Per-sample scores of the primary metric, higher is better (the shape `within_budget` takes): correctness
+    against labels (accuracy); agreement of the predicted class with the reference (original) outputs, averaged
+    over positions for per-token outputs (agreement); cosine similarity to the reference, clamped at 0 (cosine);
+    minus the per-sample squared error / 100 (mse). `metric=None` picks as the metric detection does for the
+    common cases. None for a plugin metric (no per-sample form: compare values with `value_within`)."""
     flat = outputs.reshape(outputs.shape[0], -1)
-    if labels is not None and outputs.ndim == 2:
+    if metric is None:
+        metric = "accuracy" if labels is not None and outputs.ndim == 2 else (
+            "agreement" if outputs.ndim == 2 and flat.shape[1] > 1 else "cosine")
+    if metric == "accuracy":
         return (flat.argmax(1) == labels.reshape(-1)).double()
+    if metric not in ("agreement", "cosine", "mse"):
+        return None
     if reference is None:
         return torch.ones(flat.shape[0], dtype=torch.float64)
     ref = reference.reshape(reference.shape[0], -1)
-    if outputs.ndim == 2 and flat.shape[1] > 1:
-        return (flat.argmax(1) == ref.argmax(1)).double()
+    if metric == "agreement":
+        same = (outputs.argmax(-1) == reference.argmax(-1)).double()
+        return same.reshape(same.shape[0], -1).mean(1)
+    if metric == "mse":
+        return -((flat.double() - ref.double()) ** 2).mean(1) / 100.0
     cos = torch.nn.functional.cosine_similarity(flat.double(), ref.double(), dim=1, eps=1e-12)
     return cos.clamp(min=0.0)
+
+
+def drop(baseline: float, candidate: float, higher_is_better: bool = True) -> float:
+    """How much worse `candidate` is than `baseline`, in the metric's own units (positive = worse)."""
+    return baseline - candidate if higher_is_better else candidate - baseline
+
+
+def value_within(baseline: float, candidate: float, max_drop: float, higher_is_better: bool = True) -> bool:
+    """Whether the whole-set value `candidate` is at most `max_drop` worse than `baseline` (the CI gate's rule)."""
+    return drop(baseline, candidate, higher_is_better) <= max_drop + 1e-9
+
+
+def is_better(candidate: float, best: float, higher_is_better: bool = True, ties: bool = False) -> bool:
+    """Whether `candidate` beats `best` (`ties=True`: an equal value counts as better)."""
+    d = drop(best, candidate, higher_is_better)
+    return d <= 0 if ties else d < 0

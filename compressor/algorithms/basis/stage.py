@@ -27,6 +27,7 @@ from compressor.core.params import unique_param_count
 from compressor.errors import StageError
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
+from compressor.verify.budget import drop as metric_drop
 
 BasisKind = Literal["piecewise_constant", "piecewise_linear", "discontinuous_linear", "legendre"]
 LARGE_DROP = 1.0  # points of validation metric above which the notes suggest the fine-tune
@@ -188,10 +189,10 @@ class BasisStage(Stage):
         after = ctx.validate(work) if ctx.val is not None else None
         finetune_now = cfg.finetune is True
         if before is not None and after is not None:
-            drop = before.value - after.value
+            drop = metric_drop(before.value, after.value, before.higher_is_better)
             metrics.update(val_before=before.value, val_after_projection=after.value)
-            notes.append(f"validation {before.name} {before.value:.2f}% before, {after.value:.2f}% after projection "
-                         f"(no data used; drop {drop:.2f} points)")
+            notes.append(f"validation {before.name} {before.value:.4g} before, {after.value:.4g} after projection "
+                         f"(no data used; drop {drop:.4g})")
             smooth = drop <= cfg.max_drop
             if cfg.finetune == "auto" and not smooth and ctx.train is not None:
                 finetune_now = True
@@ -216,7 +217,7 @@ class BasisStage(Stage):
             if res.best is not None:
                 metrics["val_after_finetune"] = res.best.value
                 notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs: validation "
-                             f"{res.best.value:.2f}% (best epoch {res.best_epoch})")
+                             f"{res.best.name} {res.best.value:.4g} (best epoch {res.best_epoch})")
             notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while fine-tuning"
                          + ("; a .pt2 model: all batch-norm statistics stayed frozen" if ctx.loaded.exported else ""))
         # DoF: every parameter, less the running-statistics columns that share the coefficient matrix

@@ -36,7 +36,8 @@ class PruneConfig:
     rate: float = option(0.1, "fraction of the remaining weights pruned per step")
     schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate")
     target: float = option(0.9, "stop once this sparsity (over the prunable weights) is reached")
-    max_drop: float = option(1.0, "stop when validation falls more than this many points below the baseline")
+    max_drop: float = option(1.0, "stop when validation is more than this much worse than the baseline (points of "
+                                  "the run's metric; mse: its rise)")
     patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping")
     epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
     max_steps: int = option(40, "upper bound on pruning steps")
@@ -171,7 +172,7 @@ class PruneStage(Stage):
                 val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
                                 "drop_bound": round(decision.bound, 4)})
-                task.advance(status=f"sparsity {sparsity:.1%} val {val:.2f}")
+                task.advance(status=f"sparsity {sparsity:.1%} val {ctx.metric.name} {val:.4g}")
                 ended = sparsity >= cfg.target - 1e-9 or (cfg.policy == "lobster"
                                                           and sparsity <= history[-2]["sparsity"])
                 if not decision.accepted:

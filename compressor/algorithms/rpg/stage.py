@@ -210,7 +210,7 @@ class RpgStage(Stage):
                    "dof_fraction": round(dof / total_params, 5), "generated_layers": names}
         if ctx.val is not None:
             metrics["projection_val_metric"] = ctx.validate(model).value
-            notes.append(f"projection only: validation {metrics['projection_val_metric']:.2f}")
+            notes.append(f"projection only: validation {metrics['projection_val_metric']:.4g}")
         if cfg.epochs > 0:
             settings = FinetuneSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                                         max_steps_per_epoch=cfg.max_steps_per_epoch)
@@ -220,7 +220,7 @@ class RpgStage(Stage):
             metrics["val_metric"] = result.best.value if best else result.history[-1]["val"]
             metrics["best_epoch"] = result.best_epoch if best else cfg.epochs
             notes.append(f"fine-tuned ring and ordinary parameters {cfg.epochs} epochs: validation "
-                         f"{metrics['val_metric']:.2f} ({'best' if best else 'last'} epoch {metrics['best_epoch']})")
+                         f"{metrics['val_metric']:.4g} ({'best' if best else 'last'} epoch {metrics['best_epoch']})")
         if ctx.loaded.exported:
             notes.append("a .pt2 model: batch-norm statistics stayed frozen while fine-tuning")
         entry = {"kind": "rpg", **layout.as_dict(), "masked": keep is not None, "checksum": model.checksum()}

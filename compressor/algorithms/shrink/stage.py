@@ -58,7 +58,7 @@ class ShrinkStage(Stage):
             ctx.model.load_state_dict(start)
         after = small_fraction(ctx.model, names)
         relevant = [h.get("relevant", 0.0) for h in result.history[1:]]
-        notes = [f"{cfg.rule} rule on {len(names)} tensors; best validation {result.best.value:.2f} at epoch "
+        notes = [f"{cfg.rule} rule on {len(names)} tensors; best validation {result.best.name} {result.best.value:.4g} at epoch "
                  f"{result.best_epoch}; |w| < 1e-3: {before:.1%} -> {after:.1%}",
                  "per epoch (loss / validation % / fraction relevant): " + "; ".join(
                      f"{h['loss']:.4f} / {h['val']:.2f} / {h.get('relevant', 0.0):.3f}" for h in result.history[1:]),
