@@ -15,7 +15,7 @@ from compressor.io.calls import predict
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.run.progress import Reporter
-from compressor.verify.budget import drop, is_better, within_budget
+from compressor.verify.budget import drop, is_better, sample_scores, value_within, within_budget
 from compressor.verify.gates import evaluate_gates
 from compressor.verify.kind import choose, detect
 from tests.conftest import HELDOUT, SAMPLES
@@ -70,11 +70,21 @@ def test_metric_override_is_checked():
 
 def test_budget_direction():
     assert drop(99.0, 98.0) == 1.0 and drop(0.01, 0.03, higher_is_better=False) == pytest.approx(0.02)
-    assert within_budget(0.0, 0.5, 1.0, None, higher_is_better=False)
-    assert not within_budget(0.0, 1.5, 1.0, None, higher_is_better=False)
-    assert within_budget(0.0, -5.0, 1.0, None, higher_is_better=False)  # lower mse is never a drop
-    assert within_budget(90.0, 89.0, 0.5, n_val=100)  # two samples of 100 = 2 points
-    assert not within_budget(90.0, 89.0, 0.5, n_val=None)
+    assert value_within(0.0, 0.5, 1.0, higher_is_better=False)
+    assert not value_within(0.0, 1.5, 1.0, higher_is_better=False)
+    assert value_within(0.0, -5.0, 1.0, higher_is_better=False)  # lower mse is never a drop
+    assert not value_within(90.0, 89.0, 0.5)  # no silent widening to two samples
+
+
+def test_paired_rule_follows_the_metric_direction():
+    # mse: per-sample scores are -err/100, so the paired drop is the mse increase in mse units
+    ref = torch.zeros(400, 4)
+    worse, better = ref + 1.0, ref + 0.1
+    base = sample_scores(ref, None, ref, "mse")
+    assert not within_budget(base, sample_scores(worse, None, ref, "mse"), 0.5).accepted
+    decision = within_budget(base, sample_scores(better, None, ref, "mse"), 0.5)
+    assert decision.accepted and decision.drop == pytest.approx(0.01)
+    assert sample_scores(torch.randn(3, 2), None, None, "my_plugin") is None
     assert is_better(0.1, 0.2, higher_is_better=False) and not is_better(0.1, 0.2)
 
 
