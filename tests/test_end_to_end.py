@@ -108,7 +108,7 @@ def test_console_script_version():
 def test_stages_and_inspect_commands():
     res = run_cli("stages")
     assert res.code == 0, res
-    assert "quantize.mode = static" in res.stdout and "quantize.exclude" in res.stdout
+    assert "quantize.mode = auto" in res.stdout and "quantize.exclude" in res.stdout
     res = run_cli("inspect", SAMPLES / "digits_cnn.pt2")
     assert res.code == 0, res
     assert "conv2.weight" in res.stdout and "conv" in res.stdout and "fc1.weight" in res.stdout
