@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from compressor.errors import ArtifactError
 from compressor.io.encodings import decode_state, encode_state
+from compressor.io.int8_encoding import Int8Weight, encode_int8
 
 META_KEY = "compressor"
 FORMAT_VERSION = 1
@@ -38,10 +39,15 @@ def dedupe_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, meta: dict[str, Any],
-                 encode: bool = True) -> dict[str, dict]:
-    """Encode and write atomically; returns the encoding record of each tensor."""
+                 encode: bool = True, int8: dict[str, Int8Weight] | None = None) -> dict[str, dict]:
+    """Encode and write atomically; returns the encoding record of each tensor. `int8`: weights stored as the
+    quantized graph holds them (encoding "int8") instead of their float values."""
     unique, aliases = dedupe_tied({k: v.detach().cpu() for k, v in state.items()})
-    tensors, records = encode_state(unique, enabled=encode)
+    int8 = {k: w for k, w in (int8 or {}).items() if k in unique}
+    tensors, records = encode_state({k: v for k, v in unique.items() if k not in int8}, enabled=encode)
+    for name, weight in int8.items():
+        parts, records[name] = encode_int8(name, weight, unique[name].dtype)
+        tensors.update(parts)
     header = {"format_version": FORMAT_VERSION, **meta, "encodings": records, "aliases": aliases}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),

@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 from compressor.core.params import count_params
+from compressor.export.int8_weights import match_int8
 from compressor.export.onnx import compact_int8, export_model
 from compressor.export.rebuild import load as load_artifact, source_record
 from compressor.io.calls import onnx_predict, predict
@@ -111,7 +112,9 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     meta = {"source": source_record(ctx.loaded), "compressor_version": __version__, "seed": options.seed,
             "stages": [{"name": s.name, "config": config_as_dict(s.config)} for s in stages],
             "structures": ctx.structures}
-    encodings = save_weights(ctx.model.state_dict(), st_path, meta)
+    state = ctx.model.state_dict()
+    int8 = match_int8(onnx.load(str(onnx_path)), state) if export_stage is not None else None
+    encodings = save_weights(state, st_path, meta, int8=int8)
     reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle)
     st_out = predict(reloaded, heldout, "cpu")
     ctx.model.to("cpu")
