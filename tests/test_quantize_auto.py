@@ -69,15 +69,18 @@ def test_auto_on_digits_cnn_keeps_static_qdq(tmp_path):
     assert_reload_equals_graph(out, ["fc1.weight", "fc2.weight", "fc3.weight"])
 
 
-@pytest.mark.parametrize("axis", [None, 0, 1])
-def test_int8_encoding_round_trip(axis):
+@pytest.mark.parametrize("axis,sparse", [(None, False), (0, False), (1, False), (1, True)])
+def test_int8_encoding_round_trip(axis, sparse):
     g = torch.Generator().manual_seed(0)
     q = torch.randint(-127, 128, (5, 7), generator=g, dtype=torch.int8)
+    if sparse:
+        q[torch.rand(q.shape, generator=g) < 0.8] = 0
     n = 1 if axis is None else q.shape[axis]
     scale = torch.rand(n, generator=g).reshape(() if axis is None else (n,)) + 0.01
     weight = Int8Weight(q, scale, torch.zeros_like(scale, dtype=torch.int8), axis)
     tensors, rec = encode_int8("w", weight, torch.float32)
     assert "w::zero_point" not in tensors and tensors["w::q"].dtype == torch.int8
+    assert rec["sparse"] == sparse and ("w::bitmask" in tensors) == sparse
     view = (1, 1) if axis is None else tuple(-1 if d == axis else 1 for d in range(2))
     expected = q.to(torch.float32) * scale.reshape(view)
     assert torch.equal(decode_int8("w", rec, tensors, torch.float32), expected)

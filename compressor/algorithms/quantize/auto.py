@@ -29,6 +29,7 @@ from compressor.io.data import Dataset
 from compressor.io.onnx_export import ort_session
 
 WEIGHTED = ("MatMul", "Gemm", "Conv")
+LISTED = 12  # node names spelled out in a note (worst first)
 
 
 def output_cosine(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -156,10 +157,14 @@ def _describe(level: str, worst: list[str], errors: dict[str, float], static: li
         e = errors[name]
         return f"{name} (activation int8 round-trip error {e:.3f})" if np.isfinite(e) else f"{name} (not calibrated)"
 
+    def listing(names: list[str]) -> str:
+        more = f", and {len(names) - LISTED} more" if len(names) > LISTED else ""
+        return ", ".join(why(n) for n in names[:LISTED]) + more
+
     notes = [f"auto: {len(static)} weighted nodes static int8, {len(dynamic)} dynamic int8 (float activations "
              f"quantized at run time), {len(tables)} embedding tables int8 weight-only: {how} {where}"]
     if level == "dynamic" and worst:
-        notes.append("auto: moved to dynamic, the static range failed: " + ", ".join(why(n) for n in worst))
+        notes.append("auto: moved to dynamic, the static range failed: " + listing(worst))
     if level == "float":
-        notes.append("auto: left in float (dynamic int8 still failed the check): " + ", ".join(why(n) for n in worst))
+        notes.append("auto: left in float (dynamic int8 still failed the check): " + listing(worst))
     return notes
