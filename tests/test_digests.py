@@ -22,12 +22,12 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "0eae88ed9144efd1adc6d8da9d63b51ca159555cfeafe512e0555b91e80ffb1d",
-        "a8ce20503d9e3e4a572388e91d9ab4bcae73f7e505737920668aca817297d629"),
+        "bc261aedb756d445ad5f784a8b28ea20fa48181ff65f8a63587e8620f0f8c9c6"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
         "a8b365b4054f4428c20015f393193fa0cf54ddf5798a14e10d1649f229f634d7",
-        "26239f4087da1ed7242e85eab180311f51e5c6291f7b2a76d70b80bd0a81499e"),
+        "3b440a168c5f1255c84a8eae7847a22dbb9c5f82520b19eafb04408457cc405c"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",

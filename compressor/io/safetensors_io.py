@@ -43,11 +43,18 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, meta: dict[str, Any
     """Encode and write atomically; returns the encoding record of each tensor. `int8`: weights stored as the
     quantized graph holds them (encoding "int8") instead of their float values."""
     unique, aliases = dedupe_tied({k: v.detach().cpu() for k, v in state.items()})
-    int8 = {k: w for k, w in (int8 or {}).items() if k in unique}
-    tensors, records = encode_state({k: v for k, v in unique.items() if k not in int8}, enabled=encode)
-    for name, weight in int8.items():
-        parts, records[name] = encode_int8(name, weight, unique[name].dtype)
-        tensors.update(parts)
+    tensors, records = encode_state(unique, enabled=encode)
+    for name, weight in (int8 or {}).items():  # int8 unless the exact encoding is smaller (a 4-bit codebook)
+        if name not in unique:
+            continue
+        parts, record = encode_int8(name, weight, unique[name].dtype)
+        exact = {k: v for k, v in tensors.items() if k == name or k.startswith(f"{name}::")}
+        if sum(t.numel() * t.element_size() for t in parts.values()) < sum(
+                t.numel() * t.element_size() for t in exact.values()):
+            for k in exact:
+                del tensors[k]
+            tensors.update(parts)
+            records[name] = record
     header = {"format_version": FORMAT_VERSION, **meta, "encodings": records, "aliases": aliases}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),

@@ -33,8 +33,8 @@ class QuantizeConfig:
         "auto", "auto: static where the check set's output stays within the cosine bounds, else per op dynamic "
         "or float (auto.py); static: int8 weights and activations (calibrated); dynamic: int8 weights, "
         "activations quantized at run time")
-    auto_min_cosine: float = option(0.995, "auto: least per-sample cosine to the float graph on the check set")
-    auto_mean_cosine: float = option(0.998, "auto: least mean cosine to the float graph on the check set")
+    auto_min_cosine: float = option(0.985, "auto: least per-sample cosine to the float graph on the check set")
+    auto_mean_cosine: float = option(0.995, "auto: least mean cosine to the float graph on the check set")
     format: Literal["QDQ", "QOperator"] = option("QDQ", "graph format of static quantization")
     per_channel: bool = option(True, "one scale per output channel of each weight (else per tensor)")
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
