@@ -22,7 +22,7 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "0eae88ed9144efd1adc6d8da9d63b51ca159555cfeafe512e0555b91e80ffb1d",
-        "bc261aedb756d445ad5f784a8b28ea20fa48181ff65f8a63587e8620f0f8c9c6"),
+        "b680000baaff00b6539b8e5543189362b3a1816da7989990642b0999d235ffef"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],

@@ -93,7 +93,9 @@ def test_mlp_state_dict_with_arch_module_and_file_forms(tmp_path):
     reloaded = compressor.load(out)
     data = load_dataset(HELDOUT, ["x"])
     sd = torch.load(SAMPLES / "digits_mlp.pt", weights_only=True)
-    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in sd.items())
+    # quantize stores int8 weights: the reload holds them dequantized, within one quantization step of the original
+    assert all(torch.allclose(reloaded.state_dict()[k], v, atol=(v.abs().max() / 127).item()) for k, v in sd.items())
+    assert report["artifacts"][1]["reload_max_abs_diff_vs_torch"] == 0.0
     # the file form of --arch, dynamic mode
     out2 = tmp_path / "mlp2"
     res = run_cli(SAMPLES / "digits_mlp.pt", "--arch", f"{SAMPLES / 'digits_models.py'}:mlp",
