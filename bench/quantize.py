@@ -21,10 +21,11 @@ from compressor.verify.metrics import evaluate_onnx
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 MODES = {
-    "ours static QDQ per-channel (default)": QuantizeConfig(),
-    "ours static QDQ per-tensor": QuantizeConfig(per_channel=False),
-    "ours static QOperator per-channel": QuantizeConfig(format="QOperator"),
-    "ours static QDQ Entropy": QuantizeConfig(calibration="Entropy"),
+    "ours auto (default)": QuantizeConfig(),
+    "ours static QDQ per-channel": QuantizeConfig(mode="static"),
+    "ours static QDQ per-tensor": QuantizeConfig(mode="static", per_channel=False),
+    "ours static QOperator per-channel": QuantizeConfig(mode="static", format="QOperator"),
+    "ours static QDQ Entropy": QuantizeConfig(mode="static", calibration="Entropy"),
     "ours dynamic per-channel": QuantizeConfig(mode="dynamic"),
 }
 

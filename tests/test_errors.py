@@ -107,7 +107,7 @@ def test_corrupt_and_missing_data(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (("--pipeline", "quantize,shrinkk"), "unknown stage 'shrinkk'"),
     (("--set", "quantize.modee=static"), "unknown option quantize.modee"),
-    (("--set", "quantize.mode=int4"), "not one of static, dynamic"),
+    (("--set", "quantize.mode=int4"), "not one of auto, static, dynamic"),
     (("--set", "quantize.calib_samples=many"), "not an integer"),
     (("--set", "quantize"), "expected stage.key=value"),
     (("--pipeline", "quantize,quantize"), "appears twice"),
@@ -143,7 +143,7 @@ def test_unwritable_out(tmp_path):
 
 
 def test_static_quantize_without_calibration_data(tmp_path):
-    res = compress(PT2, "--data", HELDOUT, out=tmp_path / "o", dynamic=False)
+    res = compress(PT2, "--data", HELDOUT, "--set", "quantize.mode=static", out=tmp_path / "o")
     assert_clean_error(res, 2, "calibration", "--train-data", "mode=dynamic")
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
 

@@ -82,7 +82,10 @@ def test_pt_dict_data_and_multi_input_transformer_without_labels(tmp_path):
     assert kinds["embed.weight"] == "embedding" and kinds["head.weight"] == "linear"
     assert kinds["encoder.layers.0.linear1.weight"] == "linear"
     data = load_dataset(tmp_path / "held.pt", ["input_ids", "attention_mask"])
-    assert torch.allclose(predict(compressor.load(out, model=encoder()), data), predict(encoder(), data))
+    # the reload runs the int8 weights (dequantized): close to the original, exactly the saved model
+    reloaded = predict(compressor.load(out, model=encoder()), data)
+    assert torch.nn.functional.cosine_similarity(reloaded, predict(encoder(), data)).min() > 0.99
+    assert report["artifacts"][1]["reload_max_abs_diff_vs_torch"] == 0.0
 
 
 def test_pt2_and_eager_find_the_same_weights():

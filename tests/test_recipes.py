@@ -18,7 +18,7 @@ def write(tmp_path, text, name="r.yaml"):
 @pytest.mark.parametrize("body,needles", [
     ("stages:\n  - quantise\n", ["line 2", "unknown stage 'quantise'", "valid stages"]),
     ("stages:\n  - quantize:\n      modee: dynamic\n", ["line 3", "unknown option quantize.modee", "valid options"]),
-    ("stages:\n  - quantize: {mode: int4}\n", ["line 2", "not one of static, dynamic"]),
+    ("stages:\n  - quantize: {mode: int4}\n", ["line 2", "not one of auto, static, dynamic"]),
     ("stages:\n  - prune: {target: lots}\n  - quantize\n", ["line 2", "prune.target", "not a number"]),
     ("seed: 0\nstagez: []\n", ["line 2", "unknown key 'stagez'", "valid keys"]),
     ("data: {held: x.npz}\nstages: [quantize]\n", ["line 1", "unknown key 'held'", "heldout"]),

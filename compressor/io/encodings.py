@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from compressor.errors import ArtifactError
+from compressor.io.int8_encoding import decode_int8
 
 HEADER_COST = 96  # approximate bytes of safetensors header per stored tensor
 CODEBOOK_BITS = (1, 2, 4, 8)
@@ -93,6 +94,8 @@ def decode_tensor(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tenso
     if enc == "bitpack":
         return unpack_bits(tensors[f"{name}::bits"], math.prod(rec["shape"])).reshape(rec["shape"])
     shape, dtype = rec["shape"], DTYPES[rec["dtype"]]
+    if enc == "int8":
+        return decode_int8(name, rec, tensors, dtype)
     n = math.prod(shape)
     mask = unpack_bits(tensors[f"{name}::bitmask"], n)
     if enc == "bitmask":

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from compressor.errors import ArtifactError
 from compressor.io.encodings import decode_state, encode_state
+from compressor.io.int8_encoding import Int8Weight, encode_int8
 
 META_KEY = "compressor"
 FORMAT_VERSION = 2
@@ -58,10 +59,23 @@ def header_sha256(header: dict[str, Any]) -> str:
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, meta: dict[str, Any],
-                 encode: bool = True, onnx_sha256: str | None = None) -> dict[str, dict]:
-    """Encode and write atomically, with checksums; returns the encoding record of each tensor."""
+                 encode: bool = True, onnx_sha256: str | None = None,
+                 int8: dict[str, Int8Weight] | None = None) -> dict[str, dict]:
+    """Encode and write atomically, with checksums; returns the encoding record of each tensor. `int8`: weights
+    stored as the quantized graph holds them (encoding "int8") instead of their float values."""
     unique, aliases = dedupe_tied({k: v.detach().cpu() for k, v in state.items()})
     tensors, records = encode_state(unique, enabled=encode)
+    for name, weight in (int8 or {}).items():  # int8 unless the exact encoding is smaller (a 4-bit codebook)
+        if name not in unique:
+            continue
+        parts, record = encode_int8(name, weight, unique[name].dtype)
+        exact = {k: v for k, v in tensors.items() if k == name or k.startswith(f"{name}::")}
+        if sum(t.numel() * t.element_size() for t in parts.values()) < sum(
+                t.numel() * t.element_size() for t in exact.values()):
+            for k in exact:
+                del tensors[k]
+            tensors.update(parts)
+            records[name] = record
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     header = json.loads(json.dumps({"format_version": FORMAT_VERSION, **meta, "encodings": records,
                                     "aliases": aliases}, default=str))

@@ -10,6 +10,7 @@ import onnx
 import torch
 
 from compressor.core.params import count_params
+from compressor.export.int8_weights import match_int8
 from compressor.export.onnx import compact_int8, export_model
 from compressor.export.rebuild import load as load_artifact, source_record
 from compressor.io.calls import onnx_predict, predict
@@ -119,7 +120,17 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
             "stages": [{"name": s.name, "config": config_as_dict(s.config)} for s in stages],
             "structures": ctx.structures}
     onnx_sha256 = file_sha256(onnx_path)
-    encodings = save_weights(ctx.model.state_dict(), st_path, meta, onnx_sha256=onnx_sha256)
+    state = ctx.model.state_dict()
+    int8 = match_int8(onnx.load(str(onnx_path)), state) if export_stage is not None else None
+    encodings = save_weights(state, st_path, meta, onnx_sha256=onnx_sha256, int8=int8)
+    if int8:  # the torch model takes the stored int8 weights, so the reload check below stays exact
+        with torch.no_grad():
+            for name, weight in int8.items():
+                if encodings.get(name, {}).get("encoding") == "int8":  # a tied alias keeps its stored twin's values
+                    state[name].copy_(weight.dequantize())
+        final_torch = predict(ctx.model, heldout, ctx.device)
+        ctx.notes.append(f"model.safetensors: {len(int8)} weights stored int8 as model.onnx holds them (dequantized "
+                         "on load); a weight the graph folds (conv + batch norm) has no int8 form and stays float")
     # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
     reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle,
                              trust_code=ctx.loaded.format == "state_dict")

@@ -20,6 +20,7 @@ from typing import Literal
 
 import onnx
 
+from compressor.algorithms.quantize.auto import choose
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
 from compressor.registry import register_stage
@@ -28,8 +29,12 @@ from compressor.stage import Stage, StageResult, option
 
 @dataclass
 class QuantizeConfig:
-    mode: Literal["static", "dynamic"] = option("static", "static: int8 weights and activations (calibrated); "
-                                                "dynamic: int8 weights, activations quantized at run time")
+    mode: Literal["auto", "static", "dynamic"] = option(
+        "auto", "auto: static where the check set's output stays within the cosine bounds, else per op dynamic "
+        "or float (auto.py); static: int8 weights and activations (calibrated); dynamic: int8 weights, "
+        "activations quantized at run time")
+    auto_min_cosine: float = option(0.985, "auto: least per-sample cosine to the float graph on the check set")
+    auto_mean_cosine: float = option(0.995, "auto: least mean cosine to the float graph on the check set")
     format: Literal["QDQ", "QOperator"] = option("QDQ", "graph format of static quantization")
     per_channel: bool = option(True, "one scale per output channel of each weight (else per tensor)")
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
@@ -44,6 +49,8 @@ class QuantizeConfig:
             return "calib_samples must be at least 1"
         if self.calib_batch < 1:
             return "calib_batch must be at least 1"
+        if not (-1 <= self.auto_min_cosine <= 1 and -1 <= self.auto_mean_cosine <= 1):
+            return "auto_min_cosine and auto_mean_cosine must be in [-1, 1]"
         if not 0 < self.percentile <= 100:
             return "percentile must be in (0, 100]"
         return None
@@ -103,10 +110,53 @@ def _quiet():
         logger.setLevel(level)
 
 
-def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int) -> list[str]:
-    """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_dynamic, quantize_static)
+def _ort_calls(work: Path, config: QuantizeConfig, calib: Dataset | None, seed: int, exclude: list[str]):
+    """(static(dst, nodes), dynamic(src, dst, nodes), calibration note) bound to this config: `nodes` None means
+    every node ORT quantizes (less `exclude`), a list means exactly those."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    extra = {"WeightSymmetric": True}
+    if config.calibration == "Percentile":
+        extra["CalibPercentile"] = config.percentile
+    sample = calibration_subset(calib, config.calib_samples, seed) if calib is not None else None
+    names = [i.name for i in onnx.load(str(work)).graph.input]
+
+    def static(dst: Path, nodes: list[str] | None = None) -> None:
+        quantize_static(str(work), str(dst), _Reader(sample, names, config.calib_batch),
+                        quant_format=QuantFormat.QDQ if config.format == "QDQ" else QuantFormat.QOperator,
+                        per_channel=config.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, config.calibration),
+                        nodes_to_quantize=nodes, nodes_to_exclude=exclude, extra_options=dict(extra))
+
+    def dynamic(src: Path, dst: Path, nodes: list[str] | None = None) -> None:
+        quantize_dynamic(str(src), str(dst), per_channel=config.per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_quantize=nodes, nodes_to_exclude=exclude,
+                         extra_options={"MatMulConstBOnly": True, **extra})
+
+    note = sample and (f"{config.calibration} calibration on {len(sample)} samples from {sample.source}, "
+                       f"{'per-channel' if config.per_channel else 'per-tensor'} weights")
+    return static, dynamic, note
+
+
+def _mixed(work: Path, static, dynamic, tmp: Path):
+    """auto's per-op quantizer: static QDQ on some weighted nodes, then dynamic int8 on others."""
+    def run(dst: Path, static_nodes: list[str], dynamic_nodes: list[str], tables: list[str]) -> None:
+        mid = work
+        if static_nodes:
+            mid = tmp / "static.onnx"
+            static(mid, static_nodes)
+        if dynamic_nodes or tables:
+            dynamic(mid, dst, dynamic_nodes + tables)
+        else:
+            dst.write_bytes(mid.read_bytes())
+    return run
+
+
+def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
+                  check: Dataset | None = None) -> list[str]:
+    """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
+    held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None."""
+    from onnxruntime.quantization import quant_pre_process
 
     notes = []
     with tempfile.TemporaryDirectory(prefix="compressor-q-") as tmp:
@@ -123,28 +173,25 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     raise StageError(f"quantize: exclude patterns {list(config.exclude)} match no node or weight")
                 if exclude:
                     notes.append(f"left in float: {', '.join(exclude)}")
-                extra = {"WeightSymmetric": True}
-                if config.mode == "dynamic":
-                    quantize_dynamic(str(work), str(dst), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                                     nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": True, **extra})
+                mode = config.mode
+                if mode == "auto" and calib is None:
+                    notes.append("auto: no calibration data (--train-data or --calib-data), so dynamic int8")
+                    mode = "dynamic"
+                if mode == "static" and calib is None:
+                    raise DataError("quantize: static mode needs calibration samples: pass --train-data or "
+                                    "--calib-data, or use --set quantize.mode=dynamic")
+                static, dynamic, calib_note = _ort_calls(work, config, calib, seed, exclude)
+                if mode == "dynamic":
+                    dynamic(work, dst)
                     notes.append(f"dynamic int8, {'per-channel' if config.per_channel else 'per-tensor'} weights")
+                elif mode == "static":
+                    static(dst)
+                    notes.append(f"static int8 {config.format}, {calib_note}")
                 else:
-                    if calib is None:
-                        raise DataError("quantize: static mode needs calibration samples: pass --train-data or "
-                                        "--calib-data, or use --set quantize.mode=dynamic")
-                    sample = calibration_subset(calib, config.calib_samples, seed)
-                    names = [i.name for i in model.graph.input]
-                    method = getattr(CalibrationMethod, config.calibration)
-                    if config.calibration == "Percentile":
-                        extra["CalibPercentile"] = config.percentile
-                    quantize_static(str(work), str(dst), _Reader(sample, names, config.calib_batch),
-                                    quant_format=QuantFormat.QDQ if config.format == "QDQ" else QuantFormat.QOperator,
-                                    per_channel=config.per_channel, activation_type=QuantType.QUInt8,
-                                    weight_type=QuantType.QInt8, calibrate_method=method,
-                                    nodes_to_exclude=exclude, extra_options=extra)
-                    notes.append(f"static int8 {config.format}, {config.calibration} calibration on {len(sample)} "
-                                 f"samples from {sample.source}, "
-                                 f"{'per-channel' if config.per_channel else 'per-tensor'} weights")
+                    notes += choose(work, dst, check if check is not None else calib,
+                                    (config.auto_min_cosine, config.auto_mean_cosine), static,
+                                    _mixed(work, static, dynamic, Path(tmp)))
+                    notes.append(f"auto: static parts {config.format}, {calib_note}")
         except (StageError, DataError):
             raise
         except Exception as exc:
@@ -156,7 +203,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
 @register_stage
 class QuantizeStage(Stage):
     name = "quantize"
-    summary = "int8 quantization of the exported graph with ONNX Runtime (static calibrated or dynamic)"
+    summary = "int8 quantization of the exported graph with ONNX Runtime (auto: static where verified, else per op)"
     Config = QuantizeConfig
     follows = frozenset({"shrink", "prune", "rpg", "basis"})
     export_time = True
@@ -172,14 +219,14 @@ class QuantizeStage(Stage):
         graph; ORT's quantizer then handles only the ordinary layers, without the pre-processing that would fold
         generated weights back to dense (docs/ALGORITHMS.md §5)."""
         if not compact:
-            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed)
+            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val)
             return StageResult(model=ctx.model, notes=notes)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             computed = computed_weight_nodes(onnx.load(str(src)))  # weights generated in-graph stay out of ORT's
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
-            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed)
+            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val)
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")

@@ -1,0 +1,170 @@
+"""quantize mode=auto: static calibrated QDQ where it is safe, per-op fallback where calibration fails.
+
+Why: static int8 of activations needs a fixed range per tensor, and transformer activations break that — softmax
+scores, LayerNorm outputs and residual sums carry outliers, and BERT's attention mask adds the most negative float
+to padded keys, so a MinMax range spans 1e38 and every real value rounds to zero (docs/ALGORITHMS.md §5; Dettmers
+et al., "LLM.int8()", 2022; Bondarenko et al., "Understanding and Overcoming the Challenges of Efficient
+Transformer Quantization", EMNLP 2021). Weights quantize well everywhere. So, measured rather than guessed:
+
+1. static QDQ on every op ONNX Runtime quantizes (today's `mode=static`); kept if the output on the check set (the
+   validation split, else the calibration set — never held-out) stays within the cosine bounds of the float graph;
+2. otherwise only the weighted nodes (MatMul/Gemm/Conv with a constant weight) are quantized statically, the other
+   ops (Softmax, LayerNormalization, Add, Where, ...) keep float activations; each weighted node's input is scored by
+   the relative error of its calibrated int8 round trip on the check set, ||x - dq(q(x))|| / ||x||;
+3. the worst nodes move to dynamic int8 (int8 weights, activation range taken at run time: nothing calibrated), then
+   to float, in growing groups (1, 2, 4, ... nodes), until the check-set output is within bounds.
+Embedding lookups (Gather of a constant table) are stored int8 weight-only in steps 2-3. Every choice is in the notes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from compressor.io.calls import onnx_predict
+from compressor.io.data import Dataset
+from compressor.io.onnx_export import ort_session
+
+WEIGHTED = ("MatMul", "Gemm", "Conv")
+LISTED = 12  # node names spelled out in a note (worst first)
+
+
+def output_cosine(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(min, mean) per-sample cosine of the outputs to the float graph's; a 1-wide output is compared as one column."""
+    out, ref = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
+    if out.shape[1] == 1:
+        out, ref = out.T, ref.T
+    cos = torch.nn.functional.cosine_similarity(out.double(), ref.double(), dim=1, eps=1e-12)
+    return float(cos.min()), float(cos.mean())
+
+
+def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """MatMul/Gemm/Conv nodes whose second input (the weight) is an initializer: the ones worth int8 weights."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1 and n.input[1] in inits]
+
+
+def gather_tables(model: onnx.ModelProto) -> list[str]:
+    """Gather nodes reading a constant table (embeddings): int8 weight-only, no activation range involved."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
+
+
+def input_qparams(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The calibrated (scale, zero point) that the static graph gives activation `tensor`, if it quantized it."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+    for node in qmodel.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] == tensor and node.input[1] in inits:
+            zp = inits.get(node.input[2], np.zeros((), np.uint8)) if len(node.input) > 2 else np.zeros((), np.uint8)
+            return inits[node.input[1]], zp
+    return None
+
+
+def roundtrip_error(x: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> float:
+    """||x - dq(q(x))|| / ||x|| for ONNX's QuantizeLinear (round half to even, saturate to the zero point's type)."""
+    info = np.iinfo(zp.dtype)
+    q = np.clip(np.rint(x / scale) + zp.astype(np.float64), info.min, info.max)
+    err = np.linalg.norm((q - zp.astype(np.float64)) * scale - x)
+    return float(err / max(np.linalg.norm(x), 1e-30))
+
+
+def node_errors(float_path: Path, qmodel: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                check: Dataset) -> dict[str, float]:
+    """Each weighted node's activation round-trip error, with the ranges the full static pass calibrated; a node
+    whose input the static pass left unquantized scores infinity (it cannot be checked, so it goes first)."""
+    model = onnx.load(str(float_path))
+    tensors = sorted({n.input[0] for n in nodes})
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
+    names = [o.name for o in model.graph.output]
+    session = ort_session(model.SerializeToString(), threads=1)
+    feeds_names = [i.name for i in session.get_inputs()]
+    values: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for batch in check.batches(64):
+        feed = dict(zip(feeds_names, (v.numpy() for v in batch.inputs.values())))
+        for name, value in zip(names, session.run(names, feed)):
+            if name in values:
+                values[name].append(np.asarray(value, np.float64).reshape(-1))
+    errors = {}
+    for node in nodes:
+        qp = input_qparams(qmodel, node.input[0])
+        x = np.concatenate(values[node.input[0]])
+        errors[node.name] = float("inf") if qp is None else roundtrip_error(x, *qp)
+    return errors
+
+
+def growing(n: int) -> list[int]:
+    """0, 1, 2, 4, ... n: the group sizes tried, so a model with hundreds of layers needs O(log n) quantizations."""
+    sizes, k = [0], 1
+    while k < n:
+        sizes.append(k)
+        k *= 2
+    return sizes + [n] if n else sizes
+
+
+Quantizer = Callable[[Path, list[str], list[str], list[str]], None]
+
+
+def choose(work: Path, dst: Path, check: Dataset, bounds: tuple[float, float], static_all: Callable[[Path], None],
+           mixed: Quantizer) -> list[str]:
+    """Run the auto procedure (module docstring) on the pre-processed float graph `work`, writing `dst`.
+
+    `static_all(out)` quantizes every op statically; `mixed(out, static_nodes, dynamic_nodes, weight_only)` does
+    static QDQ on `static_nodes` then dynamic int8 on `dynamic_nodes` and weight-only int8 on the `weight_only`
+    Gather tables. Returns the report notes."""
+    ref = onnx_predict(ort_session(work), check)
+    lo_min, lo_mean = bounds
+
+    def passes(path: Path) -> tuple[bool, str]:
+        cmin, cmean = output_cosine(onnx_predict(ort_session(path), check), ref)
+        return cmin >= lo_min and cmean >= lo_mean, f"cosine to float min {cmin:.4f} / mean {cmean:.4f}"
+
+    static_all(dst)
+    ok, how = passes(dst)
+    where = f"on {len(check)} samples of {check.source}"
+    if ok:
+        return [f"auto: static QDQ on every op kept: {how} {where} (bounds {lo_min} / {lo_mean})"]
+    notes = [f"auto: static QDQ on every op failed the check ({how} {where}; bounds {lo_min} / {lo_mean}): "
+             "Softmax, LayerNormalization, Add and other non-weighted ops keep float activations"]
+    model = onnx.load(str(work))
+    nodes = weighted_nodes(model)
+    tables = gather_tables(model)
+    errors = node_errors(work, onnx.load(str(dst)), nodes, check)
+    order = sorted(nodes, key=lambda n: (-errors[n.name], n.name))
+    names = [n.name for n in order]
+    for level in ("dynamic", "float"):
+        for k in growing(len(names)):
+            worst = names[:k]
+            if level == "dynamic":
+                static, dynamic = names[k:], worst
+            else:
+                static, dynamic = [], names[k:]
+            mixed(dst, static, dynamic, tables)
+            ok, how = passes(dst)
+            if ok:
+                return notes + _describe(level, worst, errors, static, dynamic, tables, how, where)
+            if level == "dynamic" and k == 0:
+                notes.append(f"auto: static on the weighted nodes only: {how}")
+    raise AssertionError("unreachable: every node in float reproduces the float graph")
+
+
+def _describe(level: str, worst: list[str], errors: dict[str, float], static: list[str], dynamic: list[str],
+              tables: list[str], how: str, where: str) -> list[str]:
+    def why(name: str) -> str:
+        e = errors[name]
+        return f"{name} (activation int8 round-trip error {e:.3f})" if np.isfinite(e) else f"{name} (not calibrated)"
+
+    def listing(names: list[str]) -> str:
+        more = f", and {len(names) - LISTED} more" if len(names) > LISTED else ""
+        return ", ".join(why(n) for n in names[:LISTED]) + more
+
+    notes = [f"auto: {len(static)} weighted nodes static int8, {len(dynamic)} dynamic int8 (float activations "
+             f"quantized at run time), {len(tables)} embedding tables int8 weight-only: {how} {where}"]
+    if level == "dynamic" and worst:
+        notes.append("auto: moved to dynamic, the static range failed: " + listing(worst))
+    if level == "float":
+        notes.append("auto: left in float (dynamic int8 still failed the check): " + listing(worst))
+    return notes

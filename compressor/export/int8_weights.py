@@ -1,0 +1,88 @@
+"""The int8 weights of a quantized ONNX graph, matched back to the module's parameters for `model.safetensors`.
+
+ONNX Runtime's quantizer stores weight ``W`` as ``W_quantized`` (int8, or uint8 for an asymmetric Gather table)
+with ``W_scale`` and ``W_zero_point``; per-channel along the ``axis`` of the DequantizeLinear that reads it (QDQ)
+or the output columns of a MatMulInteger (dynamic), along the output channels of a ConvInteger. The exporter
+names a Linear's transposed weight after nothing in the module (``val_12``), so each int8 tensor is matched by
+value: the parameter (same shape, or the transpose of a matrix) within its quantization step everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from compressor.io.int8_encoding import Int8Weight
+
+SUFFIX = "_quantized"
+
+
+def _axis(q: np.ndarray, scale: np.ndarray, consumers: list[onnx.NodeProto]) -> int | None:
+    if scale.size <= 1:
+        return None
+    for node in consumers:
+        if node.op_type == "DequantizeLinear":
+            return next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+    if any(n.op_type == "MatMulInteger" for n in consumers):
+        return q.ndim - 1
+    return 0
+
+
+def graph_int8(model: onnx.ModelProto) -> list[Int8Weight]:
+    """Every int8/uint8 weight with its scale and zero point, in the graph's layout."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    out = []
+    for name, init in inits.items():
+        base = name[: -len(SUFFIX)]
+        if not name.endswith(SUFFIX) or f"{base}_scale" not in inits:
+            continue
+        q = numpy_helper.to_array(init)
+        if q.dtype not in (np.int8, np.uint8):
+            continue
+        scale = numpy_helper.to_array(inits[f"{base}_scale"]).astype(np.float32)
+        zp_init = inits.get(f"{base}_zero_point")
+        zp = numpy_helper.to_array(zp_init) if zp_init is not None else np.zeros(scale.shape, q.dtype)
+        shape = (-1,) if scale.size > 1 else ()
+        out.append(Int8Weight(torch.from_numpy(q.copy()), torch.from_numpy(scale.reshape(shape)),
+                              torch.from_numpy(zp.astype(q.dtype).reshape(shape)),
+                              _axis(q, scale, consumers.get(name, []))))
+    return out
+
+
+def _transposed(w: Int8Weight) -> Int8Weight:
+    return Int8Weight(w.q.T.contiguous(), w.scale, w.zero_point, None if w.axis is None else 1 - w.axis)
+
+
+def _step(w: Int8Weight) -> torch.Tensor:
+    if w.axis is None or w.scale.numel() <= 1:
+        return w.scale.to(torch.float32)
+    view = [1] * w.q.ndim
+    view[w.axis] = -1
+    return w.scale.to(torch.float32).reshape(view)
+
+
+def match_int8(model: onnx.ModelProto, state: dict[str, torch.Tensor]) -> dict[str, Int8Weight]:
+    """Parameter name -> its int8 form in `model`, for each int8 weight whose parameter is found (an int8 tensor
+    that is no parameter, e.g. a constant-folded slice, stays out)."""
+    found: dict[str, Int8Weight] = {}
+    by_numel: dict[int, list[str]] = {}
+    for name, t in state.items():
+        if t.is_floating_point():
+            by_numel.setdefault(t.numel(), []).append(name)
+    for weight in graph_int8(model):
+        candidates = [weight] + ([_transposed(weight)] if weight.q.ndim == 2 else [])
+        for name in by_numel.get(weight.q.numel(), []):
+            if name in found:
+                continue
+            param = state[name].detach().to(torch.float32)
+            match = next((c for c in candidates if tuple(c.q.shape) == tuple(param.shape)
+                          and bool(((c.dequantize() - param).abs() <= 1.01 * _step(c) + 1e-12).all())), None)
+            if match is not None:
+                found[name] = match
+                break
+    return found

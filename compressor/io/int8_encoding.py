@@ -1,0 +1,72 @@
+"""The `int8` encoding of `model.safetensors`: a weight stored as ONNX Runtime quantized it (README, "Weight
+encodings").
+
+Stored tensors: ``NAME::q`` (int8, or uint8 for an asymmetric table, in the module's own layout),
+``NAME::scale`` (float32, one per channel along ``axis`` or a scalar for per-tensor) and ``NAME::zero_point``
+(same dtype as ``q``; only when some zero point is not 0). A sparse weight (after prune; symmetric int8 keeps zeros
+exactly 0) stores ``NAME::bitmask`` (uint8, the non-zero mask packed 8 per byte, least significant bit first, as
+for `bitmask`) and only the non-zero ``NAME::q`` values, when that is smaller (``sparse: true``). Decoding is ONNX's DequantizeLinear,
+``w = (q - zero_point) * scale`` in float32, so `compressor.load` rebuilds exactly the weights the int8 ONNX graph
+computes with (dequantize-on-load).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+QDTYPES = {"int8": torch.int8, "uint8": torch.uint8}
+
+
+@dataclass
+class Int8Weight:
+    """One weight as the int8 graph holds it, already in the module's layout (transposed back if need be)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    axis: int | None
+
+    def dequantize(self) -> torch.Tensor:
+        scale, zp = self.scale.to(torch.float32), self.zero_point.to(torch.float32)
+        if self.axis is not None and scale.numel() > 1:
+            view = [1] * self.q.ndim
+            view[self.axis] = -1
+            scale, zp = scale.reshape(view), zp.reshape(view)
+        return (self.q.to(torch.float32) - zp) * scale
+
+
+def encode_int8(name: str, weight: Int8Weight, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {f"{name}::q": weight.q.contiguous(), f"{name}::scale": weight.scale.to(torch.float32).contiguous()}
+    record = {"encoding": "int8", "shape": list(weight.q.shape), "dtype": str(dtype).replace("torch.", ""),
+              "qdtype": str(weight.q.dtype).replace("torch.", ""), "axis": weight.axis, "sparse": False}
+    if bool((weight.zero_point != 0).any()):
+        tensors[f"{name}::zero_point"] = weight.zero_point.to(weight.q.dtype).contiguous()
+    else:
+        flat = weight.q.reshape(-1)
+        mask = flat != 0
+        if -(-flat.numel() // 8) + int(mask.sum()) < flat.numel():
+            bits = np.packbits(mask.numpy().astype(np.uint8), bitorder="little")
+            tensors.update({f"{name}::bitmask": torch.from_numpy(bits), f"{name}::q": flat[mask].clone()})
+            record["sparse"] = True
+    return tensors, record
+
+
+def decode_int8(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    q = tensors[f"{name}::q"]
+    if rec.get("sparse"):
+        n = int(np.prod(rec["shape"]))
+        mask = np.unpackbits(tensors[f"{name}::bitmask"].numpy(), count=n, bitorder="little").astype(bool)
+        dense = torch.zeros(n, dtype=q.dtype)
+        dense[torch.from_numpy(mask)] = q
+        q = dense.reshape(rec["shape"])
+    if q.dtype != QDTYPES[rec["qdtype"]] or list(q.shape) != list(rec["shape"]):
+        raise ValueError(f"{name}::q is {q.dtype} {list(q.shape)}, the metadata says {rec['qdtype']} {rec['shape']}")
+    scale = tensors[f"{name}::scale"]
+    zp = tensors.get(f"{name}::zero_point", torch.zeros_like(scale, dtype=q.dtype))
+    axis = rec.get("axis")
+    if axis is not None and not -q.ndim <= int(axis) < q.ndim:
+        raise ValueError(f"{name}: axis {axis} out of range for shape {list(q.shape)}")
+    return Int8Weight(q, scale, zp, None if axis is None else int(axis)).dequantize().to(dtype)
