@@ -23,16 +23,16 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "119358418d05467cf226b2efade2446771f2074c7782ad46db33e8c0a9ba8aaf",
-        "4973c8bc42f162f56d5a0c576ab95cc2420c14339c841cc3edc67263c2f129b3"),
+        "e4bb803621f549d044690a971732675d49cb5b694e03e9ed24428dfa549d4ce9"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
         "05e57408837f4b5da50c99287daf3046c5d91cd433b6934133a7a1c654a345c8",
-        "207f84879169c92f5a008d3cfd7989e7136ee778da38353a3cd0499024914422"),
+        "e4c4674f9f3c5fad5e798b24449824aa5664eeefb518637811a88834bf9a89c3"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
-        "aa6008fd6e8bf665cb967445314e1f441b795d8920b98c12685936c6b47325c9"),
+        "113d9e319212f1688e227aa172bdc575f6a34a3ca7a70a94dde9624f83cc1103"),
 }
 
 ONE_THREAD = ("import sys, torch; torch.set_num_threads(1); torch.set_num_interop_threads(1); "

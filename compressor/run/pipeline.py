@@ -208,7 +208,10 @@ def prepare(options: RunOptions, reporter: Reporter):
     val_reference = predict(original, val, device) if val is not None else None
     # the output kind is decided on validation data when there is some (decisions never look at held-out)
     probe, probe_out = (val, val_reference) if val is not None else (heldout, reference)
-    choice = choose(probe_out, probe.labels, options.metric)
+    try:
+        choice = choose(probe_out, probe.labels, options.metric)
+    except DataError as exc:  # name the file whose labels or outputs decided it
+        raise DataError(f"{probe.source}: {exc}") from None
     if choice.name == "accuracy" and heldout.labels is None:
         raise DataError(f"{heldout.source}: no labels `y`, but the run's metric is accuracy ({choice.reason})")
     if choice.name == "accuracy":
