@@ -58,7 +58,7 @@ def run_one(model: str, pipeline: str, seed: int, val: str) -> dict:
     smallest = min(a["size"] for a in report["artifacts"])
     row.update(drop=report["gate"]["drop"], bytes=smallest, ratio=report["baseline"]["bytes"] / smallest,
                sparsity=stages.get("prune", {}).get("sparsity"),
-               dof=(stages["rpg"]["dof"] / stages["rpg"]["params"]) if "rpg" in stages else None)
+               dof=(stages["rpg"]["dof"] / report["baseline"]["params"]) if "rpg" in stages else None)
     return row
 
 
