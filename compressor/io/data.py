@@ -58,8 +58,13 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
+            # our own handle: np.load leaks the one it opens when the zip is corrupt (a ResourceWarning)
+            with open(path, "rb") as fh:
+                if fh.read(2) != b"PK":
+                    raise DataError(f"cannot read data file {path}: not an .npz archive (no zip header)")
+                fh.seek(0)
+                with np.load(fh, allow_pickle=False) as npz:
+                    return {k: npz[k] for k in npz.files}
         if suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -129,8 +129,11 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                 if encodings.get(name, {}).get("encoding") == "int8":  # a tied alias keeps its stored twin's values
                     state[name].copy_(weight.dequantize())
         final_torch = predict(ctx.model, heldout, ctx.device)
+        floats = [w.name for w in ctx.weights if w.name in state and w.name not in int8]
         ctx.notes.append(f"model.safetensors: {len(int8)} weights stored int8 as model.onnx holds them (dequantized "
-                         "on load); a weight the graph folds (conv + batch norm) has no int8 form and stays float")
+                         "on load)" + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded "
+                                       "into another op, e.g. conv + batch norm, or kept float by quantize)"
+                                       if floats else ""))
     # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
     reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle,
                              trust_code=ctx.loaded.format == "state_dict")
