@@ -350,3 +350,23 @@ def test_ring_too_small_is_a_one_line_error(tmp_path):
     res = run_cli(SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg", "--data", HELDOUT, "--train-data", TRAIN,
                   "--out", tmp_path / "x", "--set", "rpg.dof_fraction=0.01")
     assert res.code == 1 and "dof_fraction" in res.stderr and "Traceback" not in res.stderr, res
+
+
+def test_rpg_on_a_positional_pt2_sequential_exports_and_reloads(tmp_path):
+    """An nn.Sequential exported as .pt2 takes its input positionally (`input`): the ring wrapper must not hand it
+    keywords when torch.export binds the wrapper's signature (an unseen tabular model failed ONNX export so)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    x = torch.randn(64, 8)
+    torch.export.save(torch.export.export(model, (x[:4],), dynamic_shapes=({0: torch.export.Dim("b")},)),
+                      tmp_path / "seq.pt2")
+    y = model(x).argmax(1)
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    out = tmp_path / "out"
+    res = run_cli(tmp_path / "seq.pt2", "--pipeline", "rpg", "--set", "rpg.epochs=1", "--data", tmp_path / "d.npz",
+                  "--train-data", tmp_path / "d.npz", "--out", out, "--max-drop", "100")
+    assert res.code == 0, res
+    data = load_dataset(tmp_path / "d.npz", ["input"])
+    session = ort_session(out / "model.onnx")
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert torch.allclose(predict(compressor.load(out), data), onnx_out, atol=1e-4)

@@ -31,6 +31,7 @@ from torch import nn
 
 from compressor.algorithms.rpg.sign_hash import SIGN_HASH, hashed_signs
 from compressor.errors import ArtifactError
+from compressor.io.calls import takes_keywords
 
 RING_NAME = "rpg_ring"
 SLOTS_NAME = "rpg_slots"
@@ -271,6 +272,10 @@ class RingModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         tensors = {name: getattr(self, name) for name in self._direct}
         tensors.update(self.generate())
+        if kwargs and not takes_keywords(self._base, list(kwargs)):
+            # torch.export binds inputs to this wrapper's signature by name; a program exported positionally
+            # (e.g. nn.Sequential's `input`) refuses keywords, so pass them on in signature order
+            args, kwargs = (*args, *kwargs.values()), {}
         return torch.func.functional_call(self._base, tensors, args, kwargs, strict=False)
 
     def train(self, mode: bool = True) -> "RingModel":
