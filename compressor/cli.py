@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -85,6 +86,8 @@ def _on_sigterm(signum, frame) -> None:
 
 def _fail(exc: BaseException) -> None:
     code = getattr(exc, "exit_code", 1)
+    if os.environ.get("COMPRESSOR_DEBUG"):  # --debug: the cause behind the one line (e.g. the exporter's error)
+        traceback.print_exception(exc, file=sys.stderr)
     err.print(f"error: {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
