@@ -23,12 +23,12 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "119358418d05467cf226b2efade2446771f2074c7782ad46db33e8c0a9ba8aaf",
-        "e4bb803621f549d044690a971732675d49cb5b694e03e9ed24428dfa549d4ce9"),
+        "01e9c5e19ca1c3e2673c1db77344d42d949d0c17b0e118c38abf2f73ada877f9"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
         "05e57408837f4b5da50c99287daf3046c5d91cd433b6934133a7a1c654a345c8",
-        "e4c4674f9f3c5fad5e798b24449824aa5664eeefb518637811a88834bf9a89c3"),
+        "a4179d58aa5e6c7166d2213fef458ca954679f7f794d0c197df7877bdf4c186f"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",

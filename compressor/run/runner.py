@@ -130,8 +130,10 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                     state[name].copy_(weight.dequantize())
         final_torch = predict(ctx.model, heldout, ctx.device)
         floats = [w.name for w in ctx.weights if w.name in state and w.name not in int8]
-        ctx.notes.append(f"model.safetensors: {len(int8)} weights stored int8 as model.onnx holds them (dequantized "
-                         "on load)" + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded "
+        four = sum(1 for w in int8.values() if w.block is not None)
+        ctx.notes.append(f"model.safetensors: {len(int8)} weights stored as model.onnx holds them ("
+                         + (f"{four} 4-bit block-wise, {len(int8) - four} int8; " if four else "int8; ")
+                         + "dequantized on load)" + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded "
                                        "into another op, e.g. conv + batch norm, or kept float by quantize)"
                                        if floats else ""))
     # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust

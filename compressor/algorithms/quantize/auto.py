@@ -106,49 +106,60 @@ def growing(n: int) -> list[int]:
 
 
 Quantizer = Callable[[Path, list[str], list[str], list[str]], None]
+Check = Callable[[Path], tuple[bool, str]]
 
 
-def choose(work: Path, dst: Path, check: Dataset, bounds: tuple[float, float], static_all: Callable[[Path], None],
-           mixed: Quantizer) -> list[str]:
-    """Run the auto procedure (module docstring) on the pre-processed float graph `work`, writing `dst`.
-
-    `static_all(out)` quantizes every op statically; `mixed(out, static_nodes, dynamic_nodes, weight_only)` does
-    static QDQ on `static_nodes` then dynamic int8 on `dynamic_nodes` and weight-only int8 on the `weight_only`
-    Gather tables. Returns the report notes."""
+def checker(work: Path, check: Dataset, bounds: tuple[float, float]) -> Check:
+    """`passes(path)`: does the graph at `path` keep the check set's output within the cosine bounds of the float
+    graph `work`? With the measured cosines, for the notes."""
     ref = onnx_predict(ort_session(work), check)
     lo_min, lo_mean = bounds
 
     def passes(path: Path) -> tuple[bool, str]:
         cmin, cmean = output_cosine(onnx_predict(ort_session(path), check), ref)
         return cmin >= lo_min and cmean >= lo_mean, f"cosine to float min {cmin:.4f} / mean {cmean:.4f}"
+    return passes
 
-    static_all(dst)
-    ok, how = passes(dst)
+
+def choose(work: Path, dst: Path, check: Dataset, bounds: tuple[float, float], passes: Check,
+           static_all: Callable[[Path], None], mixed: Quantizer, everything_first: bool = True) -> list[str]:
+    """Run the auto procedure (module docstring) on the pre-processed graph `work`, writing `dst`.
+
+    `static_all(out)` quantizes every op statically; `mixed(out, static_nodes, dynamic_nodes, weight_only)` does
+    static QDQ on `static_nodes` then dynamic int8 on `dynamic_nodes` and weight-only int8 on the `weight_only`
+    Gather tables. `everything_first=False` starts at step 2 (after the 4-bit step, whose MatMulNBits nodes keep
+    float activations: QDQ around the other ops would add bytes and error and save none). Returns the notes."""
+    lo_min, lo_mean = bounds
     where = f"on {len(check)} samples of {check.source}"
-    if ok:
-        return [f"auto: static QDQ on every op kept: {how} {where} (bounds {lo_min} / {lo_mean})"]
-    notes = [f"auto: static QDQ on every op failed the check ({how} {where}; bounds {lo_min} / {lo_mean}): "
-             "Softmax, LayerNormalization, Add and other non-weighted ops keep float activations"]
+    notes = []
+    if everything_first:
+        static_all(dst)
+        ok, how = passes(dst)
+        if ok:
+            return [f"auto: static QDQ on every op kept: {how} {where} (bounds {lo_min} / {lo_mean})"]
+        notes.append(f"auto: static QDQ on every op failed the check ({how} {where}; bounds {lo_min} / {lo_mean}): "
+                     "Softmax, LayerNormalization, Add and other non-weighted ops keep float activations")
     model = onnx.load(str(work))
     nodes = weighted_nodes(model)
     tables = gather_tables(model)
+    names = [n.name for n in nodes]
+    mixed(dst, names, [], tables)
+    ok, how = passes(dst)
+    if ok:
+        return notes + _describe("dynamic", [], {}, names, [], tables, how, where)
+    notes.append(f"auto: static on the weighted nodes only: {how}")
     errors = node_errors(work, onnx.load(str(dst)), nodes, check)
-    order = sorted(nodes, key=lambda n: (-errors[n.name], n.name))
-    names = [n.name for n in order]
+    names = [n.name for n in sorted(nodes, key=lambda n: (-errors[n.name], n.name))]
     for level in ("dynamic", "float"):
-        for k in growing(len(names)):
+        for k in growing(len(names))[1 if level == "dynamic" else 0:]:
             worst = names[:k]
-            if level == "dynamic":
-                static, dynamic = names[k:], worst
-            else:
-                static, dynamic = [], names[k:]
+            static, dynamic = (names[k:], worst) if level == "dynamic" else ([], names[k:])
             mixed(dst, static, dynamic, tables)
             ok, how = passes(dst)
             if ok:
                 return notes + _describe(level, worst, errors, static, dynamic, tables, how, where)
-            if level == "dynamic" and k == 0:
-                notes.append(f"auto: static on the weighted nodes only: {how}")
-    raise AssertionError("unreachable: every node in float reproduces the float graph")
+    mixed(dst, [], [], [])  # the embedding tables' int8 was the one error left
+    return notes + [f"auto: every weighted node and embedding table left in float: {passes(dst)[1]} {where}"]
 
 
 def _describe(level: str, worst: list[str], errors: dict[str, float], static: list[str], dynamic: list[str],

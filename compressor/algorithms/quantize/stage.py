@@ -20,7 +20,8 @@ from typing import Literal
 
 import onnx
 
-from compressor.algorithms.quantize.auto import choose
+from compressor.algorithms.quantize.auto import checker, choose
+from compressor.algorithms.quantize.int4 import choose_int4
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
 from compressor.registry import register_stage
@@ -41,6 +42,11 @@ class QuantizeConfig:
     percentile: float = option(99.999, "percentile kept by the Percentile calibrator")
     calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
     calib_batch: int = option(32, "batch size fed to the calibrator")
+    weight_bits: Literal["auto", "8", "4"] = option(
+        "auto", "auto: with mode=auto, MatMul weights go 4-bit block-wise (weight-only) where the check set's output "
+        "stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every MatMul weight 4-bit, "
+        "unchecked, in any mode")
+    int4_block: int = option(32, "4-bit weights: input rows sharing one scale (a power of two, at least 16)")
     exclude: tuple[str, ...] = option((), "glob patterns of weight or node names left in float (e.g. fc3.*)")
     preprocess: bool = option(True, "run ONNX Runtime's quant_pre_process (shape inference, graph optimisation)")
 
@@ -51,6 +57,8 @@ class QuantizeConfig:
             return "calib_batch must be at least 1"
         if not (-1 <= self.auto_min_cosine <= 1 and -1 <= self.auto_mean_cosine <= 1):
             return "auto_min_cosine and auto_mean_cosine must be in [-1, 1]"
+        if self.int4_block < 16 or self.int4_block & (self.int4_block - 1):
+            return "int4_block must be a power of two, at least 16"
         if not 0 < self.percentile <= 100:
             return "percentile must be in (0, 100]"
         return None
@@ -180,17 +188,26 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                 if mode == "static" and calib is None:
                     raise DataError("quantize: static mode needs calibration samples: pass --train-data or "
                                     "--calib-data, or use --set quantize.mode=dynamic")
-                static, dynamic, calib_note = _ort_calls(work, config, calib, seed, exclude)
+                check_set = check if check is not None else calib
+                passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine)) \
+                    if mode == "auto" else None
+                base = work
+                if config.weight_bits == "4" or (config.weight_bits == "auto" and mode == "auto"):
+                    four = Path(tmp) / "int4.onnx"
+                    used, int4_notes = choose_int4(work, four, config.int4_block, passes, exclude,
+                                                   forced=config.weight_bits == "4")
+                    notes += int4_notes
+                    base = four if used else work
+                static, dynamic, calib_note = _ort_calls(base, config, calib, seed, exclude)
                 if mode == "dynamic":
-                    dynamic(work, dst)
+                    dynamic(base, dst)
                     notes.append(f"dynamic int8, {'per-channel' if config.per_channel else 'per-tensor'} weights")
                 elif mode == "static":
                     static(dst)
                     notes.append(f"static int8 {config.format}, {calib_note}")
                 else:
-                    notes += choose(work, dst, check if check is not None else calib,
-                                    (config.auto_min_cosine, config.auto_mean_cosine), static,
-                                    _mixed(work, static, dynamic, Path(tmp)))
+                    notes += choose(base, dst, check_set, (config.auto_min_cosine, config.auto_mean_cosine), passes,
+                                    static, _mixed(base, static, dynamic, Path(tmp)), everything_first=base is work)
                     notes.append(f"auto: static parts {config.format}, {calib_note}")
         except (StageError, DataError):
             raise

@@ -1,0 +1,96 @@
+"""quantize's 4-bit step: block-wise int4 weight-only MatMul weights, kept only where the check set allows it.
+
+Why: int8 stores a weight in a quarter of its fp32 bytes and no less; a transformer's bytes are almost all in the
+MatMul weights of its attention and feed-forward blocks, and those tolerate 4-bit weights when each block of
+`block` consecutive input rows has its own scale (group-wise weight-only quantization: Frantar et al., "GPTQ",
+ICLR 2023, and Lin et al., "AWQ", MLSys 2024, use groups of 128; llama.cpp's Q4_0 groups of 32), because the
+activations stay float and only weight rounding error enters. ONNX Runtime's `MatMulNBitsQuantizer` writes them
+as `com.microsoft.MatMulNBits` nodes (4 bits + one float scale per block: 0.625 bytes a weight at block 32,
+0.156x fp32) that its CPU kernel runs directly. Symmetric, so a pruned zero stays exactly zero.
+
+Which weights: all of them if the check-set output stays within the cosine bounds of the float graph; otherwise the
+ones whose own 4-bit rounding error is largest stay for the int8 steps, in growing groups (1, 2, 4, ...), until it
+holds. Conv and Gemm nodes are not touched (the quantizer has no 4-bit form for them).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compressor.algorithms.quantize.auto import growing
+
+LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
+
+
+def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """MatMul node name -> its constant 2-D weight [K, N]: the nodes that have a 4-bit form."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            if w.ndim == 2 and w.dtype == np.float32:
+                out[node.name] = w
+    return out
+
+
+def int4_error(w: np.ndarray, block: int) -> float:
+    """||W - dq(q(W))|| / ||W|| of symmetric 4-bit rounding with one scale per `block` rows of each column (the
+    scheme MatMulNBits stores: scale = max|w| / 8 over the block, q in [-8, 7]); only used to order the nodes."""
+    k, n = w.shape
+    pad = (-k) % block
+    blocks = np.pad(w.astype(np.float64), ((0, pad), (0, 0))).reshape(-1, block, n)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 8.0
+    scale[scale == 0] = 1.0
+    deq = np.clip(np.rint(blocks / scale), -8, 7) * scale
+    err = np.linalg.norm((deq - blocks).reshape(-1))
+    return float(err / max(np.linalg.norm(w), 1e-30))
+
+
+def write_int4(src: Path, dst: Path, nodes: list[str], block: int) -> None:
+    """`src` with the MatMul `nodes` turned into 4-bit MatMulNBits by ONNX Runtime's quantizer, written to `dst`."""
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    logger = logging.getLogger(LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # it logs every node at INFO
+    try:
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, quant_format=QuantFormat.QOperator,
+                                              op_types_to_quantize=("MatMul",))
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_include=list(nodes), algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), False)
+    finally:
+        logger.setLevel(level)
+
+
+def choose_int4(work: Path, dst: Path, block: int, passes: Callable[[Path], tuple[bool, str]] | None,
+                exclude: list[str], forced: bool) -> tuple[bool, list[str]]:
+    """Write `work` with as many MatMul weights in 4 bits as `passes` allows (all of them when `forced`) to `dst`;
+    the `exclude`d nodes stay float. Returns (any node went 4-bit, notes)."""
+    weights = {n: w for n, w in matmul_weights(onnx.load(str(work))).items() if n not in exclude}
+    if not weights:
+        return False, []  # no MatMul with a constant 2-D weight (a conv net's Conv/Gemm): nothing to say
+    errors = {name: int4_error(w, block) for name, w in weights.items()}
+    order = sorted(weights, key=lambda n: (-errors[n], n))  # worst first: they are the first kept out
+    where = f"block {block}, symmetric, ONNX Runtime MatMulNBits"
+    if forced:
+        write_int4(work, dst, order, block)
+        return True, [f"4-bit weight-only on all {len(order)} MatMul weights ({where}); not checked (weight_bits=4)"]
+    tried = []
+    for k in growing(len(order))[:-1]:
+        write_int4(work, dst, order[k:], block)
+        ok, how = passes(dst)
+        tried.append(f"{len(order) - k} of {len(order)}: {how}")
+        if ok:
+            kept = (f"; kept for int8 (largest 4-bit rounding error): {', '.join(order[:k][:12])}"
+                    + (f" and {k - 12} more" if k > 12 else "")) if k else ""
+            return True, [f"4-bit weight-only on {len(order) - k} of {len(order)} MatMul weights ({where}): {how}"
+                          + kept]
+    return False, [f"4-bit weight-only failed the check at every size tried ({'; '.join(tried)}): int8 only"]
