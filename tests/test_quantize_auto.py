@@ -10,6 +10,10 @@ import torch
 from onnx import numpy_helper
 
 import compressor
+from compressor.algorithms.quantize.int4 import matmul_weights, write_int4
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
+from compressor.io.onnx_export import export_onnx_proto, save_onnx
 from compressor.io.int8_encoding import Int8Weight, decode_int8, encode_int8
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
@@ -146,3 +150,16 @@ def test_int4_encoding_round_trip_packs_two_values_a_byte(axis, shape):
     bad = dict(tensors, **{"w::scale": scale.flatten()})
     with pytest.raises(ValueError, match="blocks of 32"):
         decode_int8("w", rec, bad, torch.float32)
+
+
+def test_write_int4_turns_only_the_named_matmuls_to_4_bit(tmp_path):
+    """ORT's `nodes_to_include` only adds to its op types: the partial 4-bit steps must exclude the rest."""
+    loaded = load_model(SAMPLES / "text_embedder.pt2")
+    src = tmp_path / "f.onnx"
+    save_onnx(export_onnx_proto(loaded.module, load_dataset(SAMPLES / "embed_val.npz", loaded.input_names).example()),
+              src)
+    names = sorted(matmul_weights(onnx.load(str(src))))[:3]
+    write_int4(src, tmp_path / "q.onnx", names, 32)
+    nbits = [n.name.removesuffix("_Q4") for n in onnx.load(str(tmp_path / "q.onnx")).graph.node
+             if n.op_type == "MatMulNBits"]
+    assert sorted(nbits) == names

@@ -132,6 +132,25 @@ def _remask(ctx, stack: Stack, module: BasisStack, path: str, remask: bool) -> s
     return f"{path}: masks re-derived on the coefficients ({1 - keep.float().mean():.1%} zero)"
 
 
+def _project(ctx, work: nn.Module, stack: Stack, cfg) -> tuple[BasisStack, dict, list[str], int]:
+    """Change one stack's basis in `work`: (its BasisStack, the structure record, notes, parameters after)."""
+    k = target_size(cfg.basis, cfg.size, stack.depth)
+    basis = Basis(cfg.basis, k)
+    n_steps = cfg.n_steps or stack.depth
+    module = project_stack(work, stack, basis, n_steps)
+    path = stack.paths[0]
+    stack_params = sum(int(torch.Size(s).numel()) for _, s, kind in module.layout if kind == "param") * k
+    record = {"parent": stack.parent, "blocks": stack.blocks, "basis": basis.kind, "K": k, "n_steps": n_steps,
+              "depth": stack.depth, "path": path, "hidden_arg": stack.hidden_arg,
+              "layout": [[n, list(s), kind] for n, s, kind in module.layout], "fixed": list(module._fixed_names)}
+    notes = [f"{stack.name}: {stack.depth} blocks -> {k} {basis.kind} coefficient sets, {n_steps} steps; "
+             f"params {stack.params_per_block * stack.depth:,} -> {stack_params:,}"]
+    mask_note = _remask(ctx, stack, module, path, cfg.remask)
+    if mask_note:
+        notes.append(mask_note)
+    return module, record, notes, stack_params
+
+
 @register_stage
 class BasisStage(Stage):
     name = "basis"
@@ -160,25 +179,15 @@ class BasisStage(Stage):
         before = ctx.validate(work) if ctx.val is not None else None
         notes, records, modules = [], [], []
         params_before = params_after = 0
-        for stack in chosen:
-            k = target_size(cfg.basis, cfg.size, stack.depth)
-            basis = Basis(cfg.basis, k)
-            n_steps = cfg.n_steps or stack.depth
-            module = project_stack(work, stack, basis, n_steps)
-            path = stack.paths[0]
-            modules.append((path, module))
-            params_before += stack.params_per_block * stack.depth
-            stack_params = sum(int(torch.Size(s).numel()) for _, s, kind in module.layout if kind == "param") * k
-            params_after += stack_params
-            records.append({"parent": stack.parent, "blocks": stack.blocks, "basis": basis.kind, "K": k,
-                            "n_steps": n_steps, "depth": stack.depth, "path": path, "hidden_arg": stack.hidden_arg,
-                            "layout": [[n, list(s), kind] for n, s, kind in module.layout],
-                            "fixed": list(module._fixed_names)})
-            notes.append(f"{stack.name}: {stack.depth} blocks -> {k} {basis.kind} coefficient sets, {n_steps} steps; "
-                         f"params {stack.params_per_block * stack.depth:,} -> {stack_params:,}")
-            mask_note = _remask(ctx, stack, module, path, cfg.remask)
-            if mask_note:
-                notes.append(mask_note)
+        with ctx.reporter.task("basis: projecting stacks", len(chosen)) as task:
+            for stack in chosen:
+                module, record, stack_notes, stack_params = _project(ctx, work, stack, cfg)
+                modules.append((record["path"], module))
+                records.append(record)
+                notes += stack_notes
+                params_before += stack.params_per_block * stack.depth
+                params_after += stack_params
+                task.advance(status=stack_notes[0])
         example_rec = [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
                        for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         structure = {"kind": "basis", "stacks": records, "unflattened": work is not ctx.model,

@@ -109,15 +109,19 @@ Quantizer = Callable[[Path, list[str], list[str], list[str]], None]
 Check = Callable[[Path], tuple[bool, str]]
 
 
-def checker(work: Path, check: Dataset, bounds: tuple[float, float]) -> Check:
+def checker(work: Path, check: Dataset, bounds: tuple[float, float],
+            on_check: Callable[[str], None] | None = None) -> Check:
     """`passes(path)`: does the graph at `path` keep the check set's output within the cosine bounds of the float
-    graph `work`? With the measured cosines, for the notes."""
+    graph `work`? With the measured cosines, for the notes; `on_check` hears each result (progress)."""
     ref = onnx_predict(ort_session(work), check)
     lo_min, lo_mean = bounds
 
     def passes(path: Path) -> tuple[bool, str]:
         cmin, cmean = output_cosine(onnx_predict(ort_session(path), check), ref)
-        return cmin >= lo_min and cmean >= lo_mean, f"cosine to float min {cmin:.4f} / mean {cmean:.4f}"
+        ok, how = cmin >= lo_min and cmean >= lo_mean, f"cosine to float min {cmin:.4f} / mean {cmean:.4f}"
+        if on_check is not None:
+            on_check(f"{how} ({'holds' if ok else 'fails'})")
+        return ok, how
     return passes
 
 

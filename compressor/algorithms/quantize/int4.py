@@ -14,6 +14,7 @@ holds. Conv and Gemm nodes are not touched (the quantizer has no 4-bit form for 
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Callable
@@ -52,18 +53,33 @@ def int4_error(w: np.ndarray, block: int) -> float:
     return float(err / max(np.linalg.norm(w), 1e-30))
 
 
+def _nbits_module():
+    """ONNX Runtime's MatMulNBits quantizer module, imported without its import-time `logging.basicConfig(INFO)`
+    taking over the root logger (which would print every library's INFO and WARNING records on stderr)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return importlib.import_module(LOGGER)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def write_int4(src: Path, dst: Path, nodes: list[str], block: int) -> None:
     """`src` with the MatMul `nodes` turned into 4-bit MatMulNBits by ONNX Runtime's quantizer, written to `dst`."""
     from onnxruntime.quantization import QuantFormat
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    nbits = _nbits_module()
+    DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
     logger = logging.getLogger(LOGGER)
     level = logger.level
     logger.setLevel(logging.ERROR)  # it logs every node at INFO
     try:
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, quant_format=QuantFormat.QOperator,
                                               op_types_to_quantize=("MatMul",))
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_include=list(nodes), algo_config=config)
+        model = onnx.load(str(src))
+        others = [n.name for n in model.graph.node if n.name not in set(nodes)]  # its nodes_to_include only adds
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), False)
     finally:

@@ -16,7 +16,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import onnx
 
@@ -161,9 +161,10 @@ def _mixed(work: Path, static, dynamic, tmp: Path):
 
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
-                  check: Dataset | None = None) -> list[str]:
+                  check: Dataset | None = None, on_check: Callable[[str], None] | None = None) -> list[str]:
     """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
-    held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None."""
+    held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None.
+    `on_check` hears the result of each of auto's checks (progress on a long model)."""
     from onnxruntime.quantization import quant_pre_process
 
     notes = []
@@ -189,7 +190,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     raise DataError("quantize: static mode needs calibration samples: pass --train-data or "
                                     "--calib-data, or use --set quantize.mode=dynamic")
                 check_set = check if check is not None else calib
-                passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine)) \
+                passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check) \
                     if mode == "auto" else None
                 base = work
                 if config.weight_bits == "4" or (config.weight_bits == "auto" and mode == "auto"):
@@ -235,15 +236,19 @@ class QuantizeStage(Stage):
         stages' own compact tensors (rpg ring, basis coefficients) as int8 + scale with DequantizeLinear in the
         graph; ORT's quantizer then handles only the ordinary layers, without the pre-processing that would fold
         generated weights back to dense (docs/ALGORITHMS.md §5)."""
+        with ctx.reporter.task("quantize: auto checks", None) as task:
+            return self._apply_onnx(ctx, src, dst, compact, lambda how: task.advance(status=how))
+
+    def _apply_onnx(self, ctx, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         if not compact:
-            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val)
+            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check)
             return StageResult(model=ctx.model, notes=notes)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             computed = computed_weight_nodes(onnx.load(str(src)))  # weights generated in-graph stay out of ORT's
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
-            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val)
+            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check)
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
