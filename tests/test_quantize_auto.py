@@ -11,6 +11,8 @@ from onnx import numpy_helper
 
 import compressor
 from compressor.algorithms.quantize.int4 import matmul_weights, write_int4
+from compressor.algorithms.quantize.weight_only import int8_weight_only
+from compressor.export.int8_weights import graph_int8
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_export import export_onnx_proto, save_onnx
@@ -141,7 +143,7 @@ def test_int4_encoding_round_trip_packs_two_values_a_byte(axis, shape):
     scale_shape = list(shape)
     scale_shape[axis] = -(-shape[axis] // block)
     scale = torch.rand(scale_shape, generator=g) - 0.5  # MatMulNBits scales may be negative
-    weight = Int8Weight(q, scale, torch.zeros_like(scale, dtype=torch.int8), axis, block)
+    weight = Int8Weight(q, scale, torch.zeros_like(scale, dtype=torch.int8), axis, block, bits=4)
     tensors, rec = encode_int8("w", weight, torch.float32)
     assert rec["bits"] == 4 and tensors["w::q4"].dtype == torch.uint8
     assert tensors["w::q4"].numel() == -(-q.numel() // 2)
@@ -163,3 +165,49 @@ def test_write_int4_turns_only_the_named_matmuls_to_4_bit(tmp_path):
     nbits = [n.name.removesuffix("_Q4") for n in onnx.load(str(tmp_path / "q.onnx")).graph.node
              if n.op_type == "MatMulNBits"]
     assert sorted(nbits) == names
+
+
+@pytest.mark.parametrize("op,shape", [("Gemm", (4, 6)), ("Gemm", (6, 4))])
+def test_int8_weight_only_keeps_activations_float_and_reloads_as_int8(op, shape):
+    """auto's fallback for a node whose activation range defeats int8: the weight alone int8 (per output channel),
+    dequantized in the graph; ORT computes x @ dq(W) exactly and the int8 form is found for model.safetensors."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=shape).astype(np.float32)
+    attrs = {"transB": 1} if shape == (4, 6) else {}
+    node = onnx.helper.make_node(op, ["x", "w"], ["y"], name="n", **attrs)
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 6])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 4])], [numpy_helper.from_array(w, "w")])
+    model = int8_weight_only(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), ["n"])
+    onnx.checker.check_model(model)
+    assert "w" not in {i.name for i in model.graph.initializer}
+    (found,) = graph_int8(model)
+    assert found.q.dtype == torch.int8 and found.scale.numel() == 4
+    deq = found.dequantize().numpy()  # [N, K]: a [K, N] B is stored transposed with transB=1 (see weight_only.py)
+    assert deq.shape == (4, 6)
+    assert np.abs(deq - (w if attrs else w.T)).max() <= np.abs(w).max() / 127  # within a step of the float weight
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ deq.T, rtol=1e-5, atol=1e-5)
+
+
+def test_8_bit_matmul_weight_only_computes_in_float(tmp_path):
+    """A MatMul's int8 weight-only form is 8-bit MatMulNBits (ORT would fuse DequantizeLinear + MatMul into one that
+    quantizes activations): the output is x @ dq(W) to float32 rounding, and the decoder reads the same weight."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(96, 5)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="n")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 96])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 5])], [numpy_helper.from_array(w, "w")])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
+    write_int4(tmp_path / "f.onnx", tmp_path / "q.onnx", ["n"], 32, bits=8)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    (found,) = graph_int8(model)
+    assert found.bits == 8 and found.block == 32
+    deq = found.dequantize().numpy()
+    np.testing.assert_array_equal(deq, list(nbits_weights(model).values())[0])
+    assert np.abs(deq - w).max() <= np.abs(w).max() / 127 * 1.01
+    x = rng.normal(size=(3, 96)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ deq, rtol=1e-5, atol=1e-5)

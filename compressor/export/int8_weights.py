@@ -5,9 +5,9 @@ with ``W_scale`` and ``W_zero_point``; per-channel along the ``axis`` of the Deq
 or the output columns of a MatMulInteger (dynamic), along the output channels of a ConvInteger. The exporter
 names a Linear's transposed weight after nothing in the module (``val_12``), so each int8 tensor is matched by
 value: the parameter (same shape, or the transpose of a matrix) within its quantization step everywhere.
-A 4-bit MatMulNBits weight (ONNX Runtime's contrib op: ``B`` uint8 [N, blocks, block/2], two values per byte,
-the first in the low nibble, zero point 8 unless given; ``scales`` one per block of ``block_size`` input rows)
-is unpacked to [K, N] with block-wise scales along K.
+A MatMulNBits weight (ONNX Runtime's contrib op: ``B`` uint8 [N, blocks, block * bits / 8], 4 bits: two values a
+byte, the first in the low nibble; zero point 2^(bits-1) unless given; ``scales`` one per block of ``block_size``
+input rows) is unpacked to [K, N] with block-wise scales along K.
 """
 from __future__ import annotations
 
@@ -67,24 +67,25 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
 
 
 def nbits_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> Int8Weight | None:
-    """The [K, N] weight of a 4-bit MatMulNBits node, or None for a form it does not decode (other widths, packed
-    zero points, a weight not stored as an initializer)."""
-    if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits or _attr(node, "bits") != 4:
+    """The [K, N] weight of a 4- or 8-bit MatMulNBits node, or None for a form it does not decode (other widths,
+    zero points given, a weight not stored as an initializer)."""
+    bits = _attr(node, "bits")
+    if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits or bits not in (4, 8):
         return None
     if len(node.input) > 3 and node.input[3]:
         return None  # asymmetric: quantize writes symmetric 4-bit only
     k, n, block = _attr(node, "K"), _attr(node, "N"), _attr(node, "block_size")
     packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
-    nibbles = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1)[:, :k]
-    q = (nibbles.astype(np.int16) - 8).astype(np.int8).T.copy()
+    values = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1) if bits == 4 else packed
+    q = (values[:, :k].astype(np.int16) - (1 << (bits - 1))).astype(np.int8).T.copy()
     scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(n, -1).T.copy()
     return Int8Weight(torch.from_numpy(q), torch.from_numpy(scale), torch.zeros(scale.shape, dtype=torch.int8), 0,
-                      block)
+                      block, bits)
 
 
 def _transposed(w: Int8Weight) -> Int8Weight:
     scale, zp = (w.scale.T, w.zero_point.T) if w.block is not None else (w.scale, w.zero_point)
-    return Int8Weight(w.q.T.contiguous(), scale, zp, None if w.axis is None else 1 - w.axis, w.block)
+    return Int8Weight(w.q.T.contiguous(), scale, zp, None if w.axis is None else 1 - w.axis, w.block, w.bits)
 
 
 def _step(w: Int8Weight) -> torch.Tensor:

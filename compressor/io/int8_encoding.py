@@ -9,9 +9,9 @@ for `bitmask`) and only the non-zero ``NAME::q`` values, when that is smaller (`
 ``w = (q - zero_point) * scale`` in float32, so `compressor.load` rebuilds exactly the weights the int8 ONNX graph
 computes with (dequantize-on-load).
 
-A 4-bit block-wise weight (quantize's MatMulNBits) records ``bits: 4`` and ``block``: ``NAME::q4`` holds the
-values (-8..7, two's complement nibbles, two per byte, the first in the low nibble, flattened in the module's
-layout) and ``NAME::scale`` one scale per ``block`` consecutive elements along ``axis`` (the scale tensor has the
+A block-wise weight (quantize's MatMulNBits) records ``bits`` (4 or 8) and ``block``: with 4 bits ``NAME::q4`` holds
+the values (-8..7, two's complement nibbles, two per byte, the first in the low nibble, flattened in the module's
+layout), with 8 ``NAME::q`` (int8); ``NAME::scale`` one scale per ``block`` consecutive elements along ``axis`` (the scale tensor has the
 weight's shape with that dimension divided by ``block``, rounded up), as ONNX's blocked DequantizeLinear (opset 21).
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ class Int8Weight:
     scale: torch.Tensor
     zero_point: torch.Tensor
     axis: int | None
-    block: int | None = None  # 4-bit block-wise: `block` consecutive elements along `axis` share a scale
+    block: int | None = None  # block-wise: `block` consecutive elements along `axis` share a scale
+    bits: int = 8  # 4: values in [-8, 7], stored two a byte
 
     def expanded(self, t: torch.Tensor) -> torch.Tensor:
         """A block-wise scale or zero point repeated to the weight's shape."""
@@ -57,43 +58,52 @@ def blocked_scale_shape(shape: list[int], axis: int, block: int) -> list[int]:
     return out
 
 
-def _encode_int4(name: str, weight: Int8Weight, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    flat = weight.q.reshape(-1).to(torch.int16).numpy()
-    nibbles = (flat & 0xF).astype(np.uint8)
-    if nibbles.size % 2:
-        nibbles = np.append(nibbles, np.uint8(0))
-    packed = nibbles[0::2] | (nibbles[1::2] << 4)
-    tensors = {f"{name}::q4": torch.from_numpy(packed.copy()),
-               f"{name}::scale": weight.scale.to(torch.float32).contiguous()}
+def _encode_blocked(name: str, weight: Int8Weight, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor],
+                                                                                 dict[str, Any]]:
+    tensors = {f"{name}::scale": weight.scale.to(torch.float32).contiguous()}
+    if weight.bits == 4:
+        flat = weight.q.reshape(-1).to(torch.int16).numpy()
+        nibbles = (flat & 0xF).astype(np.uint8)
+        if nibbles.size % 2:
+            nibbles = np.append(nibbles, np.uint8(0))
+        tensors[f"{name}::q4"] = torch.from_numpy((nibbles[0::2] | (nibbles[1::2] << 4)).copy())
+    else:
+        tensors[f"{name}::q"] = weight.q.to(torch.int8).contiguous()
     if bool((weight.zero_point != 0).any()):
         tensors[f"{name}::zero_point"] = weight.zero_point.to(torch.int8).contiguous()
-    record = {"encoding": "int8", "bits": 4, "block": weight.block, "shape": list(weight.q.shape),
+    record = {"encoding": "int8", "bits": weight.bits, "block": weight.block, "shape": list(weight.q.shape),
               "dtype": str(dtype).replace("torch.", ""), "qdtype": "int8", "axis": weight.axis, "sparse": False}
     return tensors, record
 
 
-def _decode_int4(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Int8Weight:
+def _decode_blocked(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Int8Weight:
     shape, axis, block = [int(d) for d in rec["shape"]], rec.get("axis"), rec.get("block")
     if axis is None or not isinstance(block, int) or block < 1 or not -len(shape) <= int(axis) < len(shape):
         raise ValueError(f"{name}: a 4-bit weight needs a block size and an axis in range, got {block}, {axis}")
     axis = int(axis) % len(shape)
     n = int(np.prod(shape))
-    packed = tensors[f"{name}::q4"].numpy()
-    if packed.dtype != np.uint8 or packed.size != -(-n // 2):
-        raise ValueError(f"{name}::q4 holds {packed.size} {packed.dtype} bytes, {n} values need {-(-n // 2)} uint8")
-    nibbles = np.stack([packed & 0xF, packed >> 4], axis=1).reshape(-1)[:n].astype(np.int8)
-    q = torch.from_numpy(np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8).reshape(shape))
+    if rec["bits"] == 4:
+        packed = tensors[f"{name}::q4"].numpy()
+        if packed.dtype != np.uint8 or packed.size != -(-n // 2):
+            raise ValueError(f"{name}::q4 holds {packed.size} {packed.dtype} bytes, {n} values need {-(-n // 2)} "
+                             "uint8")
+        nibbles = np.stack([packed & 0xF, packed >> 4], axis=1).reshape(-1)[:n].astype(np.int8)
+        q = torch.from_numpy(np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8).reshape(shape))
+    else:
+        q = tensors[f"{name}::q"]
+        if q.dtype != torch.int8 or list(q.shape) != shape:
+            raise ValueError(f"{name}::q is {q.dtype} {list(q.shape)}, the metadata says int8 {shape}")
     scale = tensors[f"{name}::scale"]
     if list(scale.shape) != blocked_scale_shape(shape, axis, block):
         raise ValueError(f"{name}::scale is {list(scale.shape)}, blocks of {block} along axis {axis} of {shape} "
                          f"need {blocked_scale_shape(shape, axis, block)}")
     zp = tensors.get(f"{name}::zero_point", torch.zeros_like(scale, dtype=torch.int8))
-    return Int8Weight(q, scale, zp.reshape(scale.shape), axis, block)
+    return Int8Weight(q, scale, zp.reshape(scale.shape), axis, block, int(rec["bits"]))
 
 
 def encode_int8(name: str, weight: Int8Weight, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if weight.block is not None:
-        return _encode_int4(name, weight, dtype)
+        return _encode_blocked(name, weight, dtype)
     tensors = {f"{name}::q": weight.q.contiguous(), f"{name}::scale": weight.scale.to(torch.float32).contiguous()}
     record = {"encoding": "int8", "shape": list(weight.q.shape), "dtype": str(dtype).replace("torch.", ""),
               "qdtype": str(weight.q.dtype).replace("torch.", ""), "axis": weight.axis, "sparse": False}
@@ -110,8 +120,10 @@ def encode_int8(name: str, weight: Int8Weight, dtype: torch.dtype) -> tuple[dict
 
 
 def decode_int8(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    if rec.get("bits", 8) == 4:
-        return _decode_int4(name, rec, tensors).dequantize().to(dtype)
+    if rec.get("block") is not None:
+        if rec.get("bits") not in (4, 8):
+            raise ValueError(f"{name}: a block-wise weight has 4 or 8 bits, not {rec.get('bits')}")
+        return _decode_blocked(name, rec, tensors).dequantize().to(dtype)
     q = tensors[f"{name}::q"]
     if rec.get("sparse"):
         n = int(np.prod(rec["shape"]))

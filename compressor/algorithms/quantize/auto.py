@@ -12,13 +12,15 @@ Transformer Quantization", EMNLP 2021). Weights quantize well everywhere. So, me
    ops (Softmax, LayerNormalization, Add, Where, ...) keep float activations; each weighted node's input is scored by
    the relative error of its calibrated int8 round trip on the check set, ||x - dq(q(x))|| / ||x||;
 3. the worst nodes move to dynamic int8 (int8 weights, activation range taken at run time: nothing calibrated), then
-   to float, in growing groups (1, 2, 4, ... nodes), until the check-set output is within bounds.
+   to int8 weight-only (int8 weights dequantized in the graph, float activations: weight_only.py), in growing groups
+   (1, 2, 4, ... nodes), until the check-set output is within bounds; float only if even that fails;
+4. then MatMul weights go 4-bit block-wise on top of that choice where the check still holds (int4.py).
 Embedding lookups (Gather of a constant table) are stored int8 weight-only in steps 2-3. Every choice is in the notes.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import onnx
@@ -105,7 +107,19 @@ def growing(n: int) -> list[int]:
     return sizes + [n] if n else sizes
 
 
-Quantizer = Callable[[Path, list[str], list[str], list[str]], None]
+class Forms(Protocol):
+    """The int8 quantizations auto combines, bound to one graph (the float graph, or it with some MatMuls 4-bit)."""
+
+    def static_all(self, dst: Path) -> None:
+        """Static QDQ on every op ONNX Runtime quantizes."""
+
+    def mixed(self, dst: Path, static: list[str], dynamic: list[str], weight_only: list[str],
+              tables: list[str]) -> None:
+        """Static QDQ on `static`, dynamic int8 on `dynamic` and the Gather `tables`, int8 weight-only (weight_only.py)
+        on `weight_only`; every other node float."""
+
+
+Realize = Callable[[Forms, Path], None]
 Check = Callable[[Path], tuple[bool, str]]
 
 
@@ -125,49 +139,45 @@ def checker(work: Path, check: Dataset, bounds: tuple[float, float],
     return passes
 
 
-def choose(work: Path, dst: Path, check: Dataset, bounds: tuple[float, float], passes: Check,
-           static_all: Callable[[Path], None], mixed: Quantizer, everything_first: bool = True) -> list[str]:
-    """Run the auto procedure (module docstring) on the pre-processed graph `work`, writing `dst`.
-
-    `static_all(out)` quantizes every op statically; `mixed(out, static_nodes, dynamic_nodes, weight_only)` does
-    static QDQ on `static_nodes` then dynamic int8 on `dynamic_nodes` and weight-only int8 on the `weight_only`
-    Gather tables. `everything_first=False` starts at step 2 (after the 4-bit step, whose MatMulNBits nodes keep
-    float activations: QDQ around the other ops would add bytes and error and save none). Returns the notes."""
-    lo_min, lo_mean = bounds
+def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -> tuple[list[str], Realize]:
+    """Run the auto procedure (module docstring) on the pre-processed float graph `work`, writing `dst`. Returns the
+    notes and the choice as `realize(forms, dst)`, which applies the same per-node choice to another graph (the
+    4-bit step's, whose MatMulNBits nodes the int8 quantizers leave alone)."""
     where = f"on {len(check)} samples of {check.source}"
-    notes = []
-    if everything_first:
-        static_all(dst)
-        ok, how = passes(dst)
-        if ok:
-            return [f"auto: static QDQ on every op kept: {how} {where} (bounds {lo_min} / {lo_mean})"]
-        notes.append(f"auto: static QDQ on every op failed the check ({how} {where}; bounds {lo_min} / {lo_mean}): "
-                     "Softmax, LayerNormalization, Add and other non-weighted ops keep float activations")
+    forms.static_all(dst)
+    ok, how = passes(dst)
+    if ok:
+        return [f"auto: static QDQ on every op kept: {how} {where}"], lambda f, d: f.static_all(d)
+    notes = [f"auto: static QDQ on every op failed the check ({how} {where}): Softmax, LayerNormalization, Add and "
+             "other non-weighted ops keep float activations"]
     model = onnx.load(str(work))
     nodes = weighted_nodes(model)
     tables = gather_tables(model)
     names = [n.name for n in nodes]
-    mixed(dst, names, [], tables)
+    forms.mixed(dst, names, [], [], tables)
     ok, how = passes(dst)
     if ok:
-        return notes + _describe("dynamic", [], {}, names, [], tables, how, where)
+        return notes + _describe("static", [], {}, names, [], [], tables, how, where), \
+            lambda f, d: f.mixed(d, names, [], [], tables)
     notes.append(f"auto: static on the weighted nodes only: {how}")
     errors = node_errors(work, onnx.load(str(dst)), nodes, check)
     names = [n.name for n in sorted(nodes, key=lambda n: (-errors[n.name], n.name))]
-    for level in ("dynamic", "float"):
+    for level in ("dynamic", "weight-only"):
         for k in growing(len(names))[1 if level == "dynamic" else 0:]:
             worst = names[:k]
-            static, dynamic = (names[k:], worst) if level == "dynamic" else ([], names[k:])
-            mixed(dst, static, dynamic, tables)
+            static, dynamic, wo = (names[k:], worst, []) if level == "dynamic" else ([], names[k:], worst)
+            forms.mixed(dst, static, dynamic, wo, tables)
             ok, how = passes(dst)
             if ok:
-                return notes + _describe(level, worst, errors, static, dynamic, tables, how, where)
-    mixed(dst, [], [], [])  # the embedding tables' int8 was the one error left
-    return notes + [f"auto: every weighted node and embedding table left in float: {passes(dst)[1]} {where}"]
+                return notes + _describe(level, worst, errors, static, dynamic, wo, tables, how, where), \
+                    lambda f, d, s=static, dy=dynamic, w=wo: f.mixed(d, s, dy, w, tables)
+    forms.mixed(dst, [], [], [], [])
+    return notes + [f"auto: every weighted node and embedding table left in float: {passes(dst)[1]} {where}"], \
+        lambda f, d: f.mixed(d, [], [], [], [])
 
 
 def _describe(level: str, worst: list[str], errors: dict[str, float], static: list[str], dynamic: list[str],
-              tables: list[str], how: str, where: str) -> list[str]:
+              weight_only: list[str], tables: list[str], how: str, where: str) -> list[str]:
     def why(name: str) -> str:
         e = errors[name]
         return f"{name} (activation int8 round-trip error {e:.3f})" if np.isfinite(e) else f"{name} (not calibrated)"
@@ -177,9 +187,11 @@ def _describe(level: str, worst: list[str], errors: dict[str, float], static: li
         return ", ".join(why(n) for n in names[:LISTED]) + more
 
     notes = [f"auto: {len(static)} weighted nodes static int8, {len(dynamic)} dynamic int8 (float activations "
-             f"quantized at run time), {len(tables)} embedding tables int8 weight-only: {how} {where}"]
+             f"quantized at run time), {len(weight_only)} int8 weight-only (float activations), {len(tables)} "
+             f"embedding tables int8 weight-only: {how} {where}"]
     if level == "dynamic" and worst:
         notes.append("auto: moved to dynamic, the static range failed: " + listing(worst))
-    if level == "float":
-        notes.append("auto: left in float (dynamic int8 still failed the check): " + listing(worst))
+    if level == "weight-only":
+        notes.append("auto: int8 weights with float activations (dynamic int8 still failed the check): "
+                     + listing(worst))
     return notes

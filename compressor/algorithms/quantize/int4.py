@@ -65,8 +65,9 @@ def _nbits_module():
         root.setLevel(level)
 
 
-def write_int4(src: Path, dst: Path, nodes: list[str], block: int) -> None:
-    """`src` with the MatMul `nodes` turned into 4-bit MatMulNBits by ONNX Runtime's quantizer, written to `dst`."""
+def write_int4(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 4) -> None:
+    """`src` with the MatMul `nodes` turned into `bits`-bit MatMulNBits by ONNX Runtime's quantizer (symmetric,
+    no accuracy_level: ORT's CPU kernel computes in float32), written to `dst`."""
     from onnxruntime.quantization import QuantFormat
 
     nbits = _nbits_module()
@@ -76,7 +77,7 @@ def write_int4(src: Path, dst: Path, nodes: list[str], block: int) -> None:
     logger.setLevel(logging.ERROR)  # it logs every node at INFO
     try:
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, quant_format=QuantFormat.QOperator,
-                                              op_types_to_quantize=("MatMul",))
+                                              op_types_to_quantize=("MatMul",), bits=bits)
         model = onnx.load(str(src))
         others = [n.name for n in model.graph.node if n.name not in set(nodes)]  # its nodes_to_include only adds
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
@@ -86,27 +87,41 @@ def write_int4(src: Path, dst: Path, nodes: list[str], block: int) -> None:
         logger.setLevel(level)
 
 
-def choose_int4(work: Path, dst: Path, block: int, passes: Callable[[Path], tuple[bool, str]] | None,
-                exclude: list[str], forced: bool) -> tuple[bool, list[str]]:
-    """Write `work` with as many MatMul weights in 4 bits as `passes` allows (all of them when `forced`) to `dst`;
-    the `exclude`d nodes stay float. Returns (any node went 4-bit, notes)."""
+def _candidates(work: Path, block: int, exclude: list[str]) -> tuple[list[str], dict[str, float]]:
+    """The MatMul nodes with a 4-bit form, worst 4-bit rounding error first (they are the first kept out)."""
     weights = {n: w for n, w in matmul_weights(onnx.load(str(work))).items() if n not in exclude}
-    if not weights:
-        return False, []  # no MatMul with a constant 2-D weight (a conv net's Conv/Gemm): nothing to say
     errors = {name: int4_error(w, block) for name, w in weights.items()}
-    order = sorted(weights, key=lambda n: (-errors[n], n))  # worst first: they are the first kept out
+    return sorted(weights, key=lambda n: (-errors[n], n)), errors
+
+
+def force_int4(work: Path, dst: Path, block: int, exclude: list[str]) -> list[str]:
+    """weight_bits=4: every MatMul weight (less `exclude`) 4-bit, unchecked."""
+    order, _ = _candidates(work, block, exclude)
+    write_int4(work, dst, order, block)
+    return [f"4-bit weight-only on all {len(order)} MatMul weights (block {block}, symmetric, ONNX Runtime "
+            "MatMulNBits); not checked (weight_bits=4)"]
+
+
+def choose_int4(work: Path, dst: Path, tmp: Path, block: int, passes: Callable[[Path], tuple[bool, str]],
+                exclude: list[str], finish: Callable[[Path, Path], None]) -> list[str]:
+    """`dst` holds auto's int8 choice for the float graph `work`; put as many MatMul weights as the check allows in
+    4 bits on top of it: `finish(base, dst)` re-applies that int8 choice to `base` (the graph with some MatMuls
+    4-bit) into `dst`. Leaves `dst` as the int8 choice when no 4-bit set holds. Returns the notes."""
+    order, _ = _candidates(work, block, exclude)
+    if not order:
+        return []  # no MatMul with a constant 2-D weight (a conv net's Conv/Gemm): nothing to say
     where = f"block {block}, symmetric, ONNX Runtime MatMulNBits"
-    if forced:
-        write_int4(work, dst, order, block)
-        return True, [f"4-bit weight-only on all {len(order)} MatMul weights ({where}); not checked (weight_bits=4)"]
-    tried = []
+    four, tried = tmp / "int4.onnx", []
     for k in growing(len(order))[:-1]:
-        write_int4(work, dst, order[k:], block)
+        write_int4(work, four, order[k:], block)
+        finish(four, dst)
         ok, how = passes(dst)
-        tried.append(f"{len(order) - k} of {len(order)}: {how}")
+        tried.append(f"{len(order) - k}: {how}")
         if ok:
-            kept = (f"; kept for int8 (largest 4-bit rounding error): {', '.join(order[:k][:12])}"
+            kept = (f"; kept int8 (largest 4-bit rounding error): {', '.join(order[:k][:12])}"
                     + (f" and {k - 12} more" if k > 12 else "")) if k else ""
-            return True, [f"4-bit weight-only on {len(order) - k} of {len(order)} MatMul weights ({where}): {how}"
-                          + kept]
-    return False, [f"4-bit weight-only failed the check at every size tried ({'; '.join(tried)}): int8 only"]
+            return [f"4-bit weight-only on {len(order) - k} of {len(order)} MatMul weights on top of the int8 "
+                    f"choice ({where}): {how}{kept}"]
+    finish(work, dst)
+    return [f"4-bit weight-only failed the check at every size tried ({'; '.join(tried)} of {len(order)} MatMul "
+            "weights): int8 only"]

@@ -21,7 +21,8 @@ from typing import Callable, Literal
 import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
-from compressor.algorithms.quantize.int4 import choose_int4
+from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_int4
+from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
 from compressor.registry import register_stage
@@ -118,46 +119,64 @@ def _quiet():
         logger.setLevel(level)
 
 
-def _ort_calls(work: Path, config: QuantizeConfig, calib: Dataset | None, seed: int, exclude: list[str]):
-    """(static(dst, nodes), dynamic(src, dst, nodes), calibration note) bound to this config: `nodes` None means
-    every node ORT quantizes (less `exclude`), a list means exactly those."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+WEIGHT_ONLY_BLOCK = 128  # 8-bit weight-only MatMul: one scale per 128 input rows (3% over int8; rounding is fine)
 
-    extra = {"WeightSymmetric": True}
-    if config.calibration == "Percentile":
-        extra["CalibPercentile"] = config.percentile
-    sample = calibration_subset(calib, config.calib_samples, seed) if calib is not None else None
-    names = [i.name for i in onnx.load(str(work)).graph.input]
 
-    def static(dst: Path, nodes: list[str] | None = None) -> None:
-        quantize_static(str(work), str(dst), _Reader(sample, names, config.calib_batch),
-                        quant_format=QuantFormat.QDQ if config.format == "QDQ" else QuantFormat.QOperator,
-                        per_channel=config.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, config.calibration),
-                        nodes_to_quantize=nodes, nodes_to_exclude=exclude, extra_options=dict(extra))
+class _Forms:
+    """ONNX Runtime's static and dynamic int8 quantizers and our int8 weight-only rewrite, bound to one graph `base`
+    and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`)."""
 
-    def dynamic(src: Path, dst: Path, nodes: list[str] | None = None) -> None:
-        quantize_dynamic(str(src), str(dst), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_quantize=nodes, nodes_to_exclude=exclude,
-                         extra_options={"MatMulConstBOnly": True, **extra})
+    def __init__(self, base: Path, config: QuantizeConfig, sample: Dataset | None, exclude: list[str],
+                 tmp: Path) -> None:
+        self.base, self.config, self.sample, self.exclude, self.tmp = base, config, sample, exclude, tmp
+        self.extra = {"WeightSymmetric": True}
+        if config.calibration == "Percentile":
+            self.extra["CalibPercentile"] = config.percentile
 
-    note = sample and (f"{config.calibration} calibration on {len(sample)} samples from {sample.source}, "
+    def static(self, dst: Path, nodes: list[str] | None = None) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if self.sample is None:
+            raise DataError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
+                            "or use --set quantize.mode=dynamic")
+        cfg = self.config
+        names = [i.name for i in onnx.load(str(self.base)).graph.input]
+        quantize_static(str(self.base), str(dst), _Reader(self.sample, names, cfg.calib_batch),
+                        quant_format=QuantFormat.QDQ if cfg.format == "QDQ" else QuantFormat.QOperator,
+                        per_channel=cfg.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, cfg.calibration),
+                        nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra))
+
+    def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), per_channel=self.config.per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_quantize=nodes, nodes_to_exclude=self.exclude,
+                         extra_options={"MatMulConstBOnly": True, **self.extra})
+
+    def static_all(self, dst: Path) -> None:
+        self.static(dst)
+
+    def mixed(self, dst: Path, static: list[str], dynamic: list[str], weight_only: list[str],
+              tables: list[str]) -> None:
+        mid = self.base
+        if static:
+            mid = self.tmp / "static.onnx"
+            self.static(mid, static)
+        if dynamic or tables:
+            self.dynamic(mid, self.tmp / "dynamic.onnx", dynamic + tables)
+            mid = self.tmp / "dynamic.onnx"
+        weight_only = [n for n in weight_only if n not in self.exclude]
+        matmuls = [n for n in weight_only if n in matmul_weights(onnx.load(str(mid)))]
+        if matmuls:  # 8-bit MatMulNBits: a DequantizeLinear + MatMul pair would be fused by ORT into one that
+            write_int4(mid, self.tmp / "nbits8.onnx", matmuls, WEIGHT_ONLY_BLOCK, bits=8)  # quantizes activations
+            mid = self.tmp / "nbits8.onnx"
+        onnx.save(int8_weight_only(onnx.load(str(mid)), [n for n in weight_only if n not in matmuls]), str(dst))
+
+
+def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | None:
+    return sample and (f"{config.calibration} calibration on {len(sample)} samples from {sample.source}, "
                        f"{'per-channel' if config.per_channel else 'per-tensor'} weights")
-    return static, dynamic, note
-
-
-def _mixed(work: Path, static, dynamic, tmp: Path):
-    """auto's per-op quantizer: static QDQ on some weighted nodes, then dynamic int8 on others."""
-    def run(dst: Path, static_nodes: list[str], dynamic_nodes: list[str], tables: list[str]) -> None:
-        mid = work
-        if static_nodes:
-            mid = tmp / "static.onnx"
-            static(mid, static_nodes)
-        if dynamic_nodes or tables:
-            dynamic(mid, dst, dynamic_nodes + tables)
-        else:
-            dst.write_bytes(mid.read_bytes())
-    return run
 
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
@@ -189,27 +208,29 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                 if mode == "static" and calib is None:
                     raise DataError("quantize: static mode needs calibration samples: pass --train-data or "
                                     "--calib-data, or use --set quantize.mode=dynamic")
-                check_set = check if check is not None else calib
-                passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check) \
-                    if mode == "auto" else None
+                sample = calibration_subset(calib, config.calib_samples, seed) if calib is not None else None
+                tmp_dir = Path(tmp)
                 base = work
-                if config.weight_bits == "4" or (config.weight_bits == "auto" and mode == "auto"):
-                    four = Path(tmp) / "int4.onnx"
-                    used, int4_notes = choose_int4(work, four, config.int4_block, passes, exclude,
-                                                   forced=config.weight_bits == "4")
-                    notes += int4_notes
-                    base = four if used else work
-                static, dynamic, calib_note = _ort_calls(base, config, calib, seed, exclude)
+                if config.weight_bits == "4":
+                    base = tmp_dir / "int4.onnx"
+                    notes += force_int4(work, base, config.int4_block, exclude)
+                forms = _Forms(base, config, sample, exclude, tmp_dir)
                 if mode == "dynamic":
-                    dynamic(base, dst)
+                    forms.dynamic(base, dst)
                     notes.append(f"dynamic int8, {'per-channel' if config.per_channel else 'per-tensor'} weights")
                 elif mode == "static":
-                    static(dst)
-                    notes.append(f"static int8 {config.format}, {calib_note}")
+                    forms.static(dst)
+                    notes.append(f"static int8 {config.format}, {_calibration_note(config, sample)}")
                 else:
-                    notes += choose(base, dst, check_set, (config.auto_min_cosine, config.auto_mean_cosine), passes,
-                                    static, _mixed(base, static, dynamic, Path(tmp)), everything_first=base is work)
-                    notes.append(f"auto: static parts {config.format}, {calib_note}")
+                    check_set = check if check is not None else calib
+                    passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check)
+                    auto_notes, realize = choose(base, dst, check_set, passes, forms)
+                    notes += [f"{n} (bounds {config.auto_min_cosine} / {config.auto_mean_cosine})"
+                              if i == 0 else n for i, n in enumerate(auto_notes)]
+                    if config.weight_bits == "auto":
+                        notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
+                                             lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir), d))
+                    notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
         except (StageError, DataError):
             raise
         except Exception as exc:
