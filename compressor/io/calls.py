@@ -37,7 +37,7 @@ def takes_keywords(model: nn.Module, names: list[str]) -> bool:
     spec = getattr(model, "_in_spec", None)
     if isinstance(model, torch.fx.GraphModule) and spec is not None:
         try:
-            kwargs_spec = spec.children_specs[1]
+            kwargs_spec = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]
             return bool(kwargs_spec.context)
         except (AttributeError, IndexError, TypeError):
             return False
