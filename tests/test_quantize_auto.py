@@ -13,6 +13,7 @@ import compressor
 from compressor.algorithms.quantize.int4 import matmul_weights, write_int4
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.export.int8_weights import graph_int8
+from compressor.io.encodings import decode_state
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_export import export_onnx_proto, save_onnx
@@ -211,3 +212,63 @@ def test_8_bit_matmul_weight_only_computes_in_float(tmp_path):
     x = rng.normal(size=(3, 96)).astype(np.float32)
     y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, x @ deq, rtol=1e-5, atol=1e-5)
+
+
+def _graph(nodes, inputs, outputs, inits):
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+                                                for n, s in inputs],
+                                   [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+                                    for n, s in outputs], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_a_weight_shared_by_two_matmuls_can_take_two_widths(tmp_path):
+    """4-bit on one reader, 8-bit weight-only on the other (ALBERT-style shared layers): ORT names the scales after
+    the initializer, so each reader gets its own copy first."""
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(64, 8)).astype(np.float32)
+    model = _graph([onnx.helper.make_node("MatMul", ["x", "w"], ["h"], name="mm1"),
+                    onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm2")],
+                   [("x", [2, 64])], [("h", [2, 8]), ("y", [2, 8])], {"w": w})
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    write_int4(tmp_path / "f.onnx", tmp_path / "a.onnx", ["mm1"], 32)
+    write_int4(tmp_path / "a.onnx", tmp_path / "b.onnx", ["mm2"], 128, bits=8)
+    x = rng.normal(size=(2, 64)).astype(np.float32)
+    h, y = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.abs(h - x @ w).max() < 0.2 * np.abs(x @ w).max()  # 4-bit
+    assert np.abs(y - x @ w).max() < 0.02 * np.abs(x @ w).max()  # 8-bit
+
+
+def test_int8_weight_only_names_never_collide():
+    """A Gemm whose [K, N] weight `a` is stored transposed must not take the place of another weight named like
+    the transposed copy."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
+    model = _graph([onnx.helper.make_node("Gemm", ["x", "a"], ["y1"], name="g1"),
+                    onnx.helper.make_node("Gemm", ["x", "a_woT_quantized"], ["y2"], name="g2", transB=1)],
+                   [("x", [3, 6])], [("y1", [3, 4]), ("y2", [3, 4])], {"a": a, "a_woT_quantized": b})
+    model = int8_weight_only(model, ["g1", "g2"])
+    onnx.checker.check_model(model)
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    y1, y2 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y1, x @ a, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(y2, x @ b.T, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("change", [{"shape": None}, {"shape": [None, 4]}, {"axis": [0]}, {"block": 2.5},
+                                    {"bits": 3}, {"q4": torch.zeros(16, dtype=torch.bfloat16)}])
+def test_malformed_block_records_are_artifact_errors(change):
+    weight = Int8Weight(torch.zeros(32, 4, dtype=torch.int8), torch.ones(1, 4), torch.zeros(1, 4, dtype=torch.int8),
+                        0, 32, bits=4)
+    tensors, rec = encode_int8("w", weight, torch.float32)
+    if "q4" in change:
+        tensors["w::q4"] = change.pop("q4")
+    rec.update(change)
+    with pytest.raises(compressor.ArtifactError):
+        decode_state(tensors, {"w": rec})
+
+
+def test_a_huge_block_costs_no_more_memory_than_the_weight():
+    weight = Int8Weight(torch.ones(8, 2, dtype=torch.int8), torch.ones(1, 2), torch.zeros(1, 2, dtype=torch.int8),
+                        0, 1 << 40, bits=8)
+    assert torch.equal(weight.dequantize(), torch.ones(8, 2))

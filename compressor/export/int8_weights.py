@@ -62,19 +62,21 @@ def graph_int8(model: onnx.ModelProto) -> list[Int8Weight]:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str) -> int:
-    return next(a.i for a in node.attribute if a.name == name)
+def _attr(node: onnx.NodeProto, name: str, default: int | None = None) -> int | None:
+    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def nbits_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> Int8Weight | None:
     """The [K, N] weight of a 4- or 8-bit MatMulNBits node, or None for a form it does not decode (other widths,
     zero points given, a weight not stored as an initializer)."""
-    bits = _attr(node, "bits")
+    bits = _attr(node, "bits", 4)  # the op's default
     if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits or bits not in (4, 8):
         return None
     if len(node.input) > 3 and node.input[3]:
         return None  # asymmetric: quantize writes symmetric 4-bit only
     k, n, block = _attr(node, "K"), _attr(node, "N"), _attr(node, "block_size")
+    if k is None or n is None or block is None:
+        return None
     packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
     values = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1) if bits == 4 else packed
     q = (values[:, :k].astype(np.int16) - (1 << (bits - 1))).astype(np.int8).T.copy()

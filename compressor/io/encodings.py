@@ -124,7 +124,7 @@ def encode_state(state: dict[str, torch.Tensor],
 def decode_state(tensors: dict[str, torch.Tensor], records: dict[str, dict]) -> dict[str, torch.Tensor]:
     try:
         return {name: decode_tensor(name, rec, tensors) for name, rec in records.items()}
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise ArtifactError(f"model.safetensors: cannot decode tensor ({type(exc).__name__}: {exc})") from exc
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import numpy as np
 import torch
 
@@ -38,8 +40,8 @@ class Int8Weight:
 
     def expanded(self, t: torch.Tensor) -> torch.Tensor:
         """A block-wise scale or zero point repeated to the weight's shape."""
-        size = self.q.shape[self.axis]
-        return t.repeat_interleave(self.block, dim=self.axis).narrow(self.axis, 0, size)
+        index = torch.div(torch.arange(self.q.shape[self.axis]), self.block, rounding_mode="floor")
+        return t.index_select(self.axis, index)  # memory of the weight's size, whatever `block` says
 
     def dequantize(self) -> torch.Tensor:
         scale, zp = self.scale.to(torch.float32), self.zero_point.to(torch.float32)
@@ -76,17 +78,24 @@ def _encode_blocked(name: str, weight: Int8Weight, dtype: torch.dtype) -> tuple[
     return tensors, record
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _decode_blocked(name: str, rec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Int8Weight:
-    shape, axis, block = [int(d) for d in rec["shape"]], rec.get("axis"), rec.get("block")
-    if axis is None or not isinstance(block, int) or block < 1 or not -len(shape) <= int(axis) < len(shape):
-        raise ValueError(f"{name}: a 4-bit weight needs a block size and an axis in range, got {block}, {axis}")
-    axis = int(axis) % len(shape)
-    n = int(np.prod(shape))
+    shape, axis, block = rec.get("shape"), rec.get("axis"), rec.get("block")
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and d >= 0 for d in shape):
+        raise ValueError(f"{name}: shape {shape!r} is not a list of sizes")
+    if not _is_int(axis) or not _is_int(block) or block < 1 or not -len(shape) <= axis < len(shape):
+        raise ValueError(f"{name}: a block-wise weight needs a block size and an axis in range, got {block}, {axis}")
+    axis = axis % len(shape)
+    n = math.prod(shape)
     if rec["bits"] == 4:
-        packed = tensors[f"{name}::q4"].numpy()
-        if packed.dtype != np.uint8 or packed.size != -(-n // 2):
-            raise ValueError(f"{name}::q4 holds {packed.size} {packed.dtype} bytes, {n} values need {-(-n // 2)} "
-                             "uint8")
+        packed = tensors[f"{name}::q4"]
+        if packed.dtype != torch.uint8 or packed.numel() != -(-n // 2):
+            raise ValueError(f"{name}::q4 holds {packed.numel()} {packed.dtype} values, {n} values need "
+                             f"{-(-n // 2)} uint8")
+        packed = packed.numpy()
         nibbles = np.stack([packed & 0xF, packed >> 4], axis=1).reshape(-1)[:n].astype(np.int8)
         q = torch.from_numpy(np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8).reshape(shape))
     else:
@@ -94,7 +103,7 @@ def _decode_blocked(name: str, rec: dict[str, Any], tensors: dict[str, torch.Ten
         if q.dtype != torch.int8 or list(q.shape) != shape:
             raise ValueError(f"{name}::q is {q.dtype} {list(q.shape)}, the metadata says int8 {shape}")
     scale = tensors[f"{name}::scale"]
-    if list(scale.shape) != blocked_scale_shape(shape, axis, block):
+    if not scale.is_floating_point() or list(scale.shape) != blocked_scale_shape(shape, axis, block):
         raise ValueError(f"{name}::scale is {list(scale.shape)}, blocks of {block} along axis {axis} of {shape} "
                          f"need {blocked_scale_shape(shape, axis, block)}")
     zp = tensors.get(f"{name}::zero_point", torch.zeros_like(scale, dtype=torch.int8))

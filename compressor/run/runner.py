@@ -130,7 +130,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                     state[name].copy_(weight.dequantize())
         final_torch = predict(ctx.model, heldout, ctx.device)
         floats = [w.name for w in ctx.weights if w.name in state and w.name not in int8]
-        four = sum(1 for w in int8.values() if w.block is not None)
+        four = sum(1 for w in int8.values() if w.bits == 4)
         ctx.notes.append(f"model.safetensors: {len(int8)} weights stored as model.onnx holds them ("
                          + (f"{four} 4-bit block-wise, {len(int8) - four} int8; " if four else "int8; ")
                          + "dequantized on load)" + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded "

@@ -108,7 +108,10 @@ def growing(n: int) -> list[int]:
 
 
 class Forms(Protocol):
-    """The int8 quantizations auto combines, bound to one graph (the float graph, or it with some MatMuls 4-bit)."""
+    """The int8 quantizations auto combines, bound to one graph (the float graph, or it with some MatMuls 4-bit).
+    `exclude`: the nodes the user keeps in float (quantize.exclude), which none of them touches."""
+
+    exclude: list[str]
 
     def static_all(self, dst: Path) -> None:
         """Static QDQ on every op ONNX Runtime quantizes."""
@@ -151,8 +154,8 @@ def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -
     notes = [f"auto: static QDQ on every op failed the check ({how} {where}): Softmax, LayerNormalization, Add and "
              "other non-weighted ops keep float activations"]
     model = onnx.load(str(work))
-    nodes = weighted_nodes(model)
-    tables = gather_tables(model)
+    nodes = [n for n in weighted_nodes(model) if n.name not in forms.exclude]
+    tables = [t for t in gather_tables(model) if t not in forms.exclude]
     names = [n.name for n in nodes]
     forms.mixed(dst, names, [], [], tables)
     ok, how = passes(dst)
@@ -163,7 +166,7 @@ def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -
     errors = node_errors(work, onnx.load(str(dst)), nodes, check)
     names = [n.name for n in sorted(nodes, key=lambda n: (-errors[n.name], n.name))]
     for level in ("dynamic", "weight-only"):
-        for k in growing(len(names))[1 if level == "dynamic" else 0:]:
+        for k in growing(len(names))[1:]:  # k = 0 of weight-only is k = n of dynamic: every node dynamic
             worst = names[:k]
             static, dynamic, wo = (names[k:], worst, []) if level == "dynamic" else ([], names[k:], worst)
             forms.mixed(dst, static, dynamic, wo, tables)

@@ -41,8 +41,9 @@ def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def int4_error(w: np.ndarray, block: int) -> float:
-    """||W - dq(q(W))|| / ||W|| of symmetric 4-bit rounding with one scale per `block` rows of each column (the
-    scheme MatMulNBits stores: scale = max|w| / 8 over the block, q in [-8, 7]); only used to order the nodes."""
+    """||W - dq(q(W))|| / ||W|| of symmetric 4-bit rounding with one scale per `block` rows of each column, scale =
+    max|w| / 8 (ORT stores the signed extreme / -8, so its scale may be negative; the error is alike); only used to
+    order the nodes."""
     k, n = w.shape
     pad = (-k) % block
     blocks = np.pad(w.astype(np.float64), ((0, pad), (0, 0))).reshape(-1, block, n)
@@ -65,6 +66,31 @@ def _nbits_module():
         root.setLevel(level)
 
 
+def own_weights(model: onnx.ModelProto, nodes: set[str], tag: str) -> onnx.ModelProto:
+    """Give each of `nodes` a weight initializer of its own when another node reads the same one (shared layer
+    weights, as in ALBERT): ORT's quantizer names the packed weight and scales after the initializer, so two
+    quantizations of one weight (4-bit here, 8-bit there) would collide on those names."""
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
+    inits = {i.name: i for i in model.graph.initializer}
+    taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        if node.name in nodes and len(node.input) > 1 and node.input[1] in inits and readers[node.input[1]] > 1:
+            copy = f"{node.input[1]}__{tag}_{node.name}"
+            while copy in taken:
+                copy += "_"
+            taken.add(copy)
+            clone = onnx.TensorProto()
+            clone.CopyFrom(inits[node.input[1]])
+            clone.name = copy
+            model.graph.initializer.append(clone)
+            readers[node.input[1]] -= 1
+            node.input[1] = copy
+    return model
+
+
 def write_int4(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 4) -> None:
     """`src` with the MatMul `nodes` turned into `bits`-bit MatMulNBits by ONNX Runtime's quantizer (symmetric,
     no accuracy_level: ORT's CPU kernel computes in float32), written to `dst`."""
@@ -78,7 +104,7 @@ def write_int4(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 4
     try:
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, quant_format=QuantFormat.QOperator,
                                               op_types_to_quantize=("MatMul",), bits=bits)
-        model = onnx.load(str(src))
+        model = own_weights(onnx.load(str(src)), set(nodes), f"{bits}b")
         others = [n.name for n in model.graph.node if n.name not in set(nodes)]  # its nodes_to_include only adds
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
         quantizer.process()
@@ -98,6 +124,8 @@ def force_int4(work: Path, dst: Path, block: int, exclude: list[str]) -> list[st
     """weight_bits=4: every MatMul weight (less `exclude`) 4-bit, unchecked."""
     order, _ = _candidates(work, block, exclude)
     write_int4(work, dst, order, block)
+    if not order:
+        return []
     return [f"4-bit weight-only on all {len(order)} MatMul weights (block {block}, symmetric, ONNX Runtime "
             "MatMulNBits); not checked (weight_bits=4)"]
 
