@@ -129,13 +129,16 @@ def shrink_targets(weights, cfg) -> list[str]:
     return select_names(weights, cfg.include, cfg.exclude)
 
 
-def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bool):
+def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bool, max_steps_per_epoch: int = 0):
     """Fine-tune ctx.model with selective shrinkage (shared with prune's fine-tuning between steps)."""
     train, _ = ctx.require_training(desc)
     names = shrink_targets(ctx.weights, cfg)
     steps = math.ceil(len(train) / cfg.batch_size)
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
     rule = selective_shrinkage(ctx.model, names, cfg, steps)
-    settings = FinetuneSettings(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+    settings = FinetuneSettings(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                                max_steps_per_epoch=max_steps_per_epoch)
     loss_hook, taps = None, []
     if cfg.mu > 0:
         taps = [FeatureTap(ctx.model, names, cfg.manifold_layers), FeatureTap(ctx.original, names, cfg.manifold_layers)]

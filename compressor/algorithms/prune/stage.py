@@ -44,6 +44,8 @@ class PruneConfig:
     lookahead: int = option(2, "steps pruned past an over-budget one before stopping at the last step within it")
     lr: float = option(1e-3, "fine-tuning learning rate")
     batch_size: int = option(64, "fine-tuning batch size")
+    max_steps_per_epoch: int = option(0, "cap on optimizer steps per fine-tuning epoch (0: a full pass; a large "
+                                      "training set on a transformer: e.g. 100)")
     shrinkage: Literal["auto", "on", "off"] = option("auto", "fine-tune with selective shrinkage between steps "
                                                      "(auto: when shrink precedes prune)")
     include: tuple[str, ...] = option((), "glob patterns of prunable parameters (default: conv/linear weights)")
@@ -67,8 +69,8 @@ class PruneConfig:
             return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
         if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
-        if self.max_drop < 0 or self.lobster_twt < 0:
-            return "max_drop and lobster_twt must be >= 0"
+        if self.max_drop < 0 or self.lobster_twt < 0 or self.max_steps_per_epoch < 0:
+            return "max_drop, lobster_twt and max_steps_per_epoch must be >= 0"
         return None
 
 
@@ -211,10 +213,11 @@ class PruneStage(Stage):
     def _finetune(self, ctx, use_shrink: bool, shrink_cfg, desc: str) -> None:
         cfg = self.config
         if use_shrink:
-            run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True)
+            run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
+                          max_steps_per_epoch=cfg.max_steps_per_epoch)
         else:
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr,
-                                                      batch_size=cfg.batch_size), desc=desc)
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr, batch_size=cfg.batch_size,
+                                                      max_steps_per_epoch=cfg.max_steps_per_epoch), desc=desc)
 
     def _share(self, ctx, names: list[str]) -> list[str]:
         """Weight sharing at `codebook_bits`; in auto mode, if that is over budget, 8 bits (256 shared values per
@@ -229,7 +232,8 @@ class PruneStage(Stage):
             if cfg.codebook_epochs:
                 shared = SharedWeights(ctx.model, names)
                 finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
-                                                          batch_size=cfg.batch_size),
+                                                          batch_size=cfg.batch_size,
+                                                          max_steps_per_epoch=cfg.max_steps_per_epoch),
                          desc="codebook fine-tune", step_hook=shared.step_hook)
             # kept only under the same budget rule as every pruning step (relative to the original model)
             decision = ctx.judge(cfg.max_drop)
