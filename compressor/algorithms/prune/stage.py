@@ -197,9 +197,10 @@ class PruneStage(Stage):
                 ctx.masks.set(n, m)
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        both = "; saturated: of both 0/1 and class probability" if any(h.get("rule") for h in history[1:]) else ""
         notes.append(f"stop rule: a step is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
-                     f"paired validation drop ({len(ctx.val)} samples; 0/1 metrics: of both correctness and the class probability) is within {min(cfg.max_drop, ctx.max_drop):.2f} "
-                     "points (the stricter of prune.max_drop and --max-drop)")
+                     f"paired validation drop ({len(ctx.val)} samples{both}) is within "
+                     f"{min(cfg.max_drop, ctx.max_drop):.2f} points (the stricter of prune.max_drop and --max-drop)")
         notes += self._share(ctx, names)
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
