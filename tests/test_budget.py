@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from compressor.verify.budget import drop_bound, sample_scores, within_budget
+from compressor.verify.saturation import (class_probability_scores, saturated, saturation_note,
+                                         within_budget_both)
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 
@@ -70,3 +72,62 @@ def test_prune_spends_no_more_than_the_runs_gate(tmp_path):
     assert all(h["drop_bound"] <= 0.3 + 1e-9 for h in kept), prune["history"]
     assert "within 0.30 points" in " ".join(prune["notes"]), prune["notes"]
     assert res.code in (0, 3)
+
+
+def test_saturated_validation_rejects_what_the_0_1_bound_accepts():
+    """Every one of 126 samples still right (0/1 bound 0), but the true-class probability fell 3 points on average:
+    the plain rule accepts, the saturated-validation rule rejects and names the probability bound as decisive."""
+    n = 126
+    hard = torch.ones(n)
+    gen = torch.Generator().manual_seed(0)
+    base_p = 0.99 + 0.01 * torch.rand(n, generator=gen)
+    cand_p = base_p - 0.03 - 0.02 * torch.rand(n, generator=gen)  # still > 0.5 for every sample: nothing flips
+    assert saturated(hard)
+    assert within_budget(hard, hard, 1.0).accepted
+    d = within_budget_both(hard, hard, base_p, cand_p, 1.0, 0.75, "accuracy")
+    assert not d.accepted and d.rule == "true-class probability" and d.bound > 3.0
+    assert "decided by the true-class probability" in d.describe() and "0/1 accuracy bound 0.00" in d.describe()
+
+
+def test_sharper_predictions_leave_the_decision_to_the_0_1_bound():
+    """Fine-tuning usually raises the class probability: the second bound then never makes the rule stricter,
+    and a 0/1 loss over budget is still rejected by the 0/1 bound."""
+    base, cand = paired(180, 3)
+    base_p, cand_p = torch.full((180,), 0.9), torch.full((180,), 0.95)
+    d = within_budget_both(base, cand, base_p, cand_p, 1.0, 0.75, "accuracy")
+    alone = within_budget(base, cand, 1.0)
+    assert d.accepted == alone.accepted is False and d.bound == alone.bound and d.rule == "0/1 accuracy"
+    ok = within_budget_both(*paired(180, 0), base_p, cand_p, 1.0, 0.75, "accuracy")
+    assert ok.accepted and not saturated(torch.tensor([1.0, 0.0]))
+
+
+def test_class_probability_scores_follow_labels_or_the_original():
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    p = class_probability_scores(logits, torch.tensor([1, 0]), None, "accuracy")
+    assert torch.allclose(p, torch.tensor([0.5, 1 / (1 + torch.e ** -2)], dtype=torch.float64))
+    tokens = torch.tensor([[[0.0, 0.0], [0.0, 2.0]]])  # one sample, two positions
+    ref = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])     # the original predicts class 0, then class 1
+    q = class_probability_scores(tokens, None, ref, "agreement")
+    assert q.shape == (1,) and abs(float(q[0]) - (0.5 + 1 / (1 + torch.e ** -2)) / 2) < 1e-9
+    assert class_probability_scores(logits, None, logits, "cosine") is None
+
+
+def test_prune_on_a_saturated_split_bounds_the_class_probability(tmp_path):
+    """digits_mlp's seed-2 split of its own training data: the original is right on all 126 samples. The run says
+    so, and each kept step is within budget on both scores (the history names the score that decided)."""
+    out = tmp_path / "o"
+    run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--set", "prune.codebook=off",
+            "--set", "prune.epochs_per_step=1", "--set", "prune.patience=0", "--set", "prune.rate=0.5",
+            "--data", HELDOUT, "--train-data", TRAIN, "--out", out, "--quiet", "--seed", "2")
+    report = read_report(out)
+    assert any(n.startswith("validation saturated: the original is right on all 126") for n in report["notes"])
+    steps = report["stages"][0]["history"][1:]
+    assert any(h["rule"] == "true-class probability" for h in steps), steps
+    kept = [h for h in steps if h["sparsity"] <= report["stages"][0]["sparsity"] + 1e-9]
+    assert all(h["drop_bound"] <= 1.0 + 1e-9 for h in kept), steps
+
+
+def test_the_report_line_says_whether_validation_is_saturated():
+    assert saturation_note(torch.ones(40), "accuracy").startswith("validation saturated: the original is right on "
+                                                                  "all 40")
+    assert "wrong on 1 of 3" in saturation_note(torch.tensor([1.0, 0.0, 1.0]), "accuracy")

@@ -33,6 +33,8 @@ from compressor.verify.budget import (DEFAULT_CONFIDENCE, BudgetDecision, drop, 
 from compressor.verify.gates import KNOWN_METRICS
 from compressor.verify.kind import BUILTIN, MetricChoice, choose
 from compressor.verify.metrics import Metrics, check_labels, evaluate, score
+from compressor.verify.saturation import (PROBABILITY_RULES, class_probability_scores, saturated, saturation_note,
+                                         within_budget_both)
 
 VAL_FRACTION = 0.1
 
@@ -127,7 +129,13 @@ class RunContext:
             return BudgetDecision(accepted=value_within(self.baseline_val.value, value, budget,
                                                         self.metric.higher_is_better),
                                   drop=d, bound=d, budget=budget, confidence=self.confidence, n=len(self.val))
-        return within_budget(base, sample_scores(out, labels, self.val_reference, name), budget, self.confidence)
+        cand = sample_scores(out, labels, self.val_reference, name)
+        base_p = class_probability_scores(self.val_reference, labels, self.val_reference, name)
+        if base_p is None or not saturated(base):
+            return within_budget(base, cand, budget, self.confidence)
+        # a saturated validation set hides from 0/1 scores what fresh data loses: bound the class probability too
+        return within_budget_both(base, cand, base_p, class_probability_scores(out, labels, self.val_reference, name),
+                                  budget, self.confidence, name)
 
 
 def plan_stages(options: RunOptions) -> list[Stage]:
@@ -228,6 +236,9 @@ def prepare(options: RunOptions, reporter: Reporter):
         notes.append(f"WARNING: the original model scores {baseline_val.value:.2f} on the validation split of the "
                      f"training data vs {baseline.value:.2f} held out: it has likely seen those samples, so stage "
                      "decisions cannot see what compression costs; pass an independent --val-data")
+    if val is not None and choice.name in PROBABILITY_RULES:
+        notes.append(saturation_note(sample_scores(val_reference, val.labels, val_reference, choice.name),
+                                     choice.name))
     if loaded.exported:
         notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
     weights = find_weights(model, heldout.example(), loaded.program)

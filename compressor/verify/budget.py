@@ -39,11 +39,15 @@ class BudgetDecision:
     budget: float
     confidence: float
     n: int
+    rule: str = ""       # which per-sample score decided (verify/saturation.py), "" = the metric's own
+    other: str = ""      # the other score's bound, when two were judged
 
     def describe(self) -> str:
         verdict = "within" if self.accepted else "over"
+        rule = f"; decided by the {self.rule}" if self.rule else ""
+        other = f", {self.other}" if self.other else ""
         return (f"drop {self.drop:.2f} points, {self.confidence:.0%} upper bound {self.bound:.2f} {verdict} "
-                f"budget {self.budget:.2f} (paired bound on {self.n} validation samples)")
+                f"budget {self.budget:.2f} (paired bound on {self.n} validation samples{rule}{other})")
 
 
 def drop_bound(baseline_scores: torch.Tensor, candidate_scores: torch.Tensor,

@@ -173,7 +173,7 @@ class PruneStage(Stage):
                 decision = decision or ctx.judge(cfg.max_drop)
                 val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
-                                "drop_bound": round(decision.bound, 4)})
+                                "drop_bound": round(decision.bound, 4), "rule": decision.rule})
                 task.advance(status=f"sparsity {sparsity:.1%} val {ctx.metric.name} {val:.4g}")
                 ended = sparsity >= cfg.target - 1e-9 or (cfg.policy == "lobster"
                                                           and sparsity <= history[-2]["sparsity"])
@@ -199,9 +199,10 @@ class PruneStage(Stage):
                 ctx.masks.set(n, m)
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        both = "; saturated: of both 0/1 and class probability" if any(h.get("rule") for h in history[1:]) else ""
         notes.append(f"stop rule: a step is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
-                     f"paired validation drop ({len(ctx.val)} samples) is within {min(cfg.max_drop, ctx.max_drop):.2f} "
-                     "points (the stricter of prune.max_drop and --max-drop)")
+                     f"paired validation drop ({len(ctx.val)} samples{both}) is within "
+                     f"{min(cfg.max_drop, ctx.max_drop):.2f} points (the stricter of prune.max_drop and --max-drop)")
         notes += self._share(ctx, names)
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
