@@ -22,8 +22,8 @@ RUNS = {
         ["digits_mlp.pt2", "--pipeline", "shrink,prune,quantize", "--train-data", str(TRAIN), "--seed", "3",
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
-        "119358418d05467cf226b2efade2446771f2074c7782ad46db33e8c0a9ba8aaf",
-        "01e9c5e19ca1c3e2673c1db77344d42d949d0c17b0e118c38abf2f73ada877f9"),
+        "6be7418f4d89d628a6b09293960ac9a2bd7aecabd347521e624a02f3f1f7ee40",
+        "6e2d23786d75daf1706d984339c9ae8c9eab4ec6ab69179852fca57aa3732ca7"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
