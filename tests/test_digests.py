@@ -22,8 +22,8 @@ RUNS = {
         ["digits_mlp.pt2", "--pipeline", "shrink,prune,quantize", "--train-data", str(TRAIN), "--seed", "3",
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
-        "6be7418f4d89d628a6b09293960ac9a2bd7aecabd347521e624a02f3f1f7ee40",
-        "6e2d23786d75daf1706d984339c9ae8c9eab4ec6ab69179852fca57aa3732ca7"),
+        "630f69c8655dbc936e6382d857fe32d2098124a5fbcf8aebdaec1eb9273b2fa1",
+        "b247a3e50b2b13a7d20a0e52f40b1124bfd6312e93c97d399530460d5f7574c1"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],

@@ -113,6 +113,16 @@ class RunContext:
             raise DataError("no validation data: pass --train-data or --val-data")
         return evaluate(model or self.model, self.val, self.val_reference, self.device, self.metric)
 
+    def stage_budget(self, stage: str, own: float | None) -> float:
+        """A stage's share of the run's budget: its own max_drop if set (never above --max-drop), else half of
+        --max-drop when a later stage of the plan also spends points (int8 quantize on top of a pruned model, and
+        the gate's own held-out noise: a 75% bound passes a borderline candidate one time in four), else all."""
+        if own is not None:
+            return min(own, self.max_drop)
+        names = [p.strip() for p in self.plan if p.strip()]
+        later = names[names.index(stage) + 1:] if stage in names else []
+        return self.max_drop / 2 if later else self.max_drop
+
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None) -> BudgetDecision:
         """Is the model within budget on validation, in the run's metric? The budget is the run's gate, or a
         stage's own stricter one; the rule is the paired upper confidence bound of `verify/budget.py`, the same

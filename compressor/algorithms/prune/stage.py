@@ -36,8 +36,9 @@ class PruneConfig:
     rate: float = option(0.1, "fraction of the remaining weights pruned per step")
     schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate")
     target: float = option(0.9, "stop once this sparsity (over the prunable weights) is reached")
-    max_drop: float = option(1.0, "stop when validation is more than this much worse than the baseline (points of "
-                                  "the run's metric; mse: its rise)")
+    max_drop: float | None = option(None, "stop when validation is more than this much worse than the baseline "
+                                          "(points of the run's metric; mse: its rise); default: half of --max-drop "
+                                          "when a stage follows (quantize spends points too), else --max-drop")
     patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping")
     epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
     max_steps: int = option(40, "upper bound on pruning steps")
@@ -69,7 +70,7 @@ class PruneConfig:
             return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
         if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
-        if self.max_drop < 0 or self.lobster_twt < 0 or self.max_steps_per_epoch < 0:
+        if (self.max_drop is not None and self.max_drop < 0) or self.lobster_twt < 0 or self.max_steps_per_epoch < 0:
             return "max_drop, lobster_twt and max_steps_per_epoch must be >= 0"
         return None
 
@@ -106,6 +107,9 @@ class PruneStage(Stage):
     def default_targets(cls, weights, model) -> list[str]:
         return prune_targets(weights, PruneConfig())
 
+    def budget(self, ctx) -> float:
+        return ctx.stage_budget(self.name, self.config.max_drop)
+
     def _step_targets(self) -> list[float]:
         cfg = self.config
         if cfg.schedule:
@@ -128,6 +132,7 @@ class PruneStage(Stage):
         for n in names:
             if n not in ctx.masks:
                 ctx.masks.set(n, params[n].detach() != 0)
+        budget = self.budget(ctx)
         use_shrink = cfg.shrinkage == "on" or (cfg.shrinkage == "auto" and "shrink" in ctx.stage_configs)
         shrink_cfg = ctx.stage_configs.get("shrink")
         if use_shrink and shrink_cfg is None:
@@ -169,8 +174,8 @@ class PruneStage(Stage):
                     if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
                         break
                     self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}")
-                    decision = ctx.judge(cfg.max_drop)
-                decision = decision or ctx.judge(cfg.max_drop)
+                    decision = ctx.judge(budget)
+                decision = decision or ctx.judge(budget)
                 val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
                                 "drop_bound": round(decision.bound, 4), "rule": decision.rule})
@@ -202,7 +207,8 @@ class PruneStage(Stage):
         both = "; saturated: of both 0/1 and class probability" if any(h.get("rule") for h in history[1:]) else ""
         notes.append(f"stop rule: a step is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
                      f"paired validation drop ({len(ctx.val)} samples{both}) is within "
-                     f"{min(cfg.max_drop, ctx.max_drop):.2f} points (the stricter of prune.max_drop and --max-drop)")
+                     f"{budget:.2f} points (" + ("prune.max_drop, at most --max-drop)" if cfg.max_drop is not None
+                                                 else f"prune's default share of --max-drop {ctx.max_drop:g})"))
         notes += self._share(ctx, names)
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
@@ -237,7 +243,7 @@ class PruneStage(Stage):
                                                           max_steps_per_epoch=cfg.max_steps_per_epoch),
                          desc="codebook fine-tune", step_hook=shared.step_hook)
             # kept only under the same budget rule as every pruning step (relative to the original model)
-            decision = ctx.judge(cfg.max_drop)
+            decision = ctx.judge(self.budget(ctx))
             if cfg.codebook == "on" or decision.accepted:
                 return notes + [f"{bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values "
                                 f"per layer at most): validation {decision.describe()}"]
