@@ -27,8 +27,8 @@ RUNS = {
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
-        "05e57408837f4b5da50c99287daf3046c5d91cd433b6934133a7a1c654a345c8",
-        "e4c4674f9f3c5fad5e798b24449824aa5664eeefb518637811a88834bf9a89c3"),
+        "35f5204d5f113cbaf74e17567d66495263ab2338472cb73097f49cc1788523d6",
+        "be5efd89d45db6a4689c38ec7ae02e398a9bccb42d8164a470fd2e9ef85fa7c9"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
