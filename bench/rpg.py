@@ -44,10 +44,11 @@ def options(name: str, out: Path, pipeline: list[str], overrides: list[str], max
                       overrides=overrides, quiet=True, max_drop=max_drop)
 
 
-def projection_only(name: str, fraction: float | None, tmp: Path) -> float:
-    """Held-out accuracy of the projected ring before any fine-tuning (same seed and stage index as the run)."""
+def projection_only(name: str, ring_size: int, tmp: Path) -> float:
+    """Held-out accuracy of the projected ring of the run's final size before any fine-tuning (same seed and stage
+    index as the run)."""
     ctx, held, _, _, _ = prepare(options(name, tmp / "unused", ["rpg"], []), Reporter(quiet=True))
-    result = RpgStage(RpgConfig(ring_fraction=fraction, epochs=0, verify_onnx=False, grow=False)).apply(ctx)
+    result = RpgStage(RpgConfig(ring_size=ring_size, epochs=0, verify_onnx=False, grow=False)).apply(ctx)
     return evaluate(result.model, held, None).value
 
 
@@ -73,7 +74,7 @@ def rpg_row(name: str, fraction: float | None, dense_acc: float, tmp: Path, epoc
     seconds = time.perf_counter() - t0
     stage = report["stages"][0]
     onnx_art, st_art = report["artifacts"]
-    proj = projection_only(name, fraction, tmp)
+    proj = projection_only(name, stage["ring_size"], tmp)
     acc = onnx_art["metric_value"]
     bound = 1.1 * 4 * stage["dof"] + 16 * 1024
     variant = (f"rpg ring {fraction:.2f}" if fraction is not None else
