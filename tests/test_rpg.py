@@ -18,6 +18,7 @@ from compressor.algorithms.rpg.onnx_graph import generate_index_map_in_graph, in
 from compressor.algorithms.rpg.ring import (RingLayer, RingLayout, affine_map_params, hashed_signs, index_map,
                                             project, ring_model, scale_vector, slot_indices)
 from compressor.algorithms.rpg.ring_int8 import RING_INT8_BLOCK, dequantize_ring, quantize_ring
+from compressor.algorithms.rpg.fit import ring_schedule
 from compressor.algorithms.rpg.stage import DEFAULT_RING_FRACTION, RpgConfig, ring_size_for
 from compressor.errors import ArtifactError
 from compressor.io.calls import predict
@@ -26,7 +27,9 @@ from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
 from compressor.io.safetensors_io import header_sha256
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
-FAST = ("--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=4", "--set", "rpg.verify_onnx=false")
+# a barely trained ring (fixed size: these tests check the artifact, not the ring-size decision)
+FAST = ("--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=4", "--set", "rpg.verify_onnx=false",
+        "--set", "rpg.grow=false")
 
 
 def small_layout(n: int, seed: int = 3, shapes=((6, 4), (5, 3, 2))) -> RingLayout:
@@ -370,3 +373,43 @@ def test_rpg_on_a_positional_pt2_sequential_exports_and_reloads(tmp_path):
     session = ort_session(out / "model.onnx")
     onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     assert torch.allclose(predict(compressor.load(out), data), onnx_out, atol=1e-4)
+
+
+# ---- ring size against the budget --------------------------------------------------------------------------------
+
+def test_ring_schedule_grows_geometrically_up_to_the_generated_weights():
+    assert ring_schedule(1000, 5000, True, 2.0) == [1000, 2000, 4000, 5000]
+    assert ring_schedule(1000, 5000, True, 1.5) == [1000, 1500, 2250, 3375, 5000]
+    assert ring_schedule(1, 3, True, 1.01) == [1, 2, 3]  # always at least one slot more
+    assert ring_schedule(1000, 5000, False, 2.0) == [1000]
+    assert ring_schedule(5000, 5000, True, 2.0) == [5000]
+
+
+GROW = (SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg", "--data", HELDOUT, "--train-data", TRAIN, "--quiet",
+        "--set", "rpg.epochs=0", "--set", "rpg.verify_onnx=false")
+
+
+def test_a_ring_over_budget_grows_until_it_is_within(tmp_path):
+    """Projection only (no fine-tune, so it is quick) onto a ring of 1/8 of the generated weights loses most of
+    the accuracy; the stage doubles N (grow_factor 2) until the paired validation bound is within the budget. At N = T the
+    projection is exact, so the schedule always ends within budget."""
+    res = run_cli(*GROW, "--set", "rpg.ring_size=6720", "--set", "rpg.grow_factor=2", "--out", tmp_path / "o")
+    assert res.code == 0, res
+    stage = read_report(tmp_path / "o")["stages"][0]
+    tried = stage["ring_sizes_tried"]
+    assert [t["ring_size"] for t in tried] == [6720, 13440, 26880, 53760][:len(tried)] and len(tried) >= 2
+    assert [t["accepted"] for t in tried] == [False] * (len(tried) - 1) + [True]
+    assert all(t["bound"] > 1.0 for t in tried[:-1]) and tried[-1]["bound"] <= 1.0
+    assert stage["ring_size"] == tried[-1]["ring_size"] and stage["drop_bound"] == tried[-1]["bound"]
+    assert any(note.startswith("ring sizes tried: N=6,720 (12%): bound") for note in stage["notes"])
+    assert load_file(str(tmp_path / "o" / "model.safetensors"))["rpg_ring"].numel() == stage["ring_size"]
+
+
+def test_grow_false_keeps_the_ring_and_says_it_is_over_budget(tmp_path):
+    res = run_cli(*GROW, "--set", "rpg.ring_size=6720", "--set", "rpg.grow=false", "--out", tmp_path / "o")
+    assert res.code == 3, res  # the run's gate reports what the kept ring costs
+    stage = read_report(tmp_path / "o")["stages"][0]
+    assert stage["ring_size"] == 6720 and len(stage["ring_sizes_tried"]) == 1
+    assert stage["ring_sizes_tried"][0]["accepted"] is False
+    assert any("grow=false" in note for note in stage["notes"])
+    assert any(note.startswith("WARNING: no ring size tried is within budget") for note in stage["notes"])

@@ -12,6 +12,7 @@ with a and b drawn from the stage seed (gcd(a, N) = 1) and a per-layer scale c_l
     A_r = sum_{k: slot(k)=r} s_k c_k w_k / sum_{k: slot(k)=r} c_k^2,
 
 then fine-tune the ring and the ordinary parameters with the shared loop (training set; validation selects).
+The ring size is then judged with the run's budget rule and grown while over it (`compressor.algorithms.rpg.fit`).
 DoF = N + every ordinary parameter. `model.safetensors` stores the ring, the ordinary parameters, the seed and
 layout and a checksum of the regenerated weights (checked on load); the ONNX graph stores only the ring and
 builds the index map in-graph (`compressor.algorithms.rpg.onnx_graph`). After prune, the masks of generated weights are
@@ -19,6 +20,7 @@ applied after generation, so pruned weights stay zero.
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 from dataclasses import dataclass
@@ -26,12 +28,11 @@ from typing import Literal
 
 import torch
 
-from compressor.algorithms.rpg.ring import RING_NAME, RingLayer, RingLayout, affine_map_params, project, ring_model
-from compressor.core.finetune import FinetuneSettings, finetune
+from compressor.algorithms.rpg.fit import RingFit, fit_ring, ring_schedule
+from compressor.algorithms.rpg.ring import RING_NAME, RingLayer
 from compressor.core.layers import WeightInfo, select
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
-from compressor.io.calls import call_model
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
 
@@ -52,6 +53,14 @@ class RpgConfig:
     dof_fraction: float | None = option(None, "ring size such that DoF (ring + ordinary params) is this fraction of "
                                               "the whole model's parameters (refused if the ordinary ones exceed it)")
     ring_size: int | None = option(None, "absolute ring size N")
+    grow: bool = option(True, "if the fine-tuned ring is over budget on validation (the run's paired upper bound, "
+                              "see max_drop), grow N by grow_factor (ring_size / ring_fraction / dof_fraction is the "
+                              "start), at most up to the generated weights, until one is within; if none is, keep "
+                              "the lowest bound (false: keep the first N whatever it costs)")
+    grow_factor: float = option(1.5, "factor between successive ring sizes tried (> 1)")
+    max_drop: float | None = option(None, "the stage's own budget in points of the metric (default: half the "
+                                          "run's --max-drop when quantize follows, which spends the rest; else all "
+                                          "of it); --max-drop applies too: the stricter wins")
     scale: Literal["rms", "kaiming"] = option("rms", "per-layer scale c_l: the layer's trained weight RMS, or "
                                                      "sqrt(2/fan_in)")
     epochs: int = option(20, "fine-tuning epochs after the projection (0: projection only)")
@@ -77,6 +86,10 @@ class RpgConfig:
             return "ring_size must be at least 1"
         if sum(v is not None for v in (self.ring_size, self.ring_fraction, self.dof_fraction)) > 1:
             return "set one of ring_size, ring_fraction and dof_fraction"
+        if self.max_drop is not None and self.max_drop < 0:
+            return "max_drop must be >= 0"
+        if not self.grow_factor > 1:
+            return "grow_factor must be > 1"
         if self.distill < 0 or self.temperature <= 0:
             return "distill must be >= 0 and temperature > 0"
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps_per_epoch < 0:
@@ -146,22 +159,6 @@ def take_masks(ctx, names: list[str]) -> torch.Tensor | None:
     return torch.cat(parts)
 
 
-def distill_hook(ctx, weight: float, temperature: float):
-    """Knowledge distillation (Hinton, Vinyals, Dean 2015) to the original model: weight * T^2 *
-    KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss. Only for
-    labelled data (class logits): without labels the task loss already matches the original's outputs."""
-    def hook(model: torch.nn.Module, batch, out: torch.Tensor) -> torch.Tensor:
-        if batch.labels is None:
-            return out.new_zeros(())
-        with torch.no_grad():
-            target = call_model(ctx.original, batch, ctx.device).reshape(out.shape[0], -1)
-        log_p = torch.log_softmax(out.reshape(out.shape[0], -1) / temperature, -1)
-        kl = torch.nn.functional.kl_div(log_p, torch.log_softmax(target / temperature, -1), log_target=True,
-                                        reduction="batchmean")
-        return weight * temperature ** 2 * kl
-    return hook
-
-
 @register_stage
 class RpgStage(Stage):
     name = "rpg"
@@ -186,7 +183,7 @@ class RpgStage(Stage):
                              "supported (exclude it with rpg.exclude)")
         total_params = unique_param_count(ctx.model)
         generated = sum(w.numel for w in chosen)
-        n = ring_size_for(cfg, total_params, generated)
+        sizes = ring_schedule(ring_size_for(cfg, total_params, generated), generated, cfg.grow, cfg.grow_factor)
         names = [w.name for w in chosen]
         keep = take_masks(ctx, names)
         layers, offset = [], 0
@@ -194,35 +191,90 @@ class RpgStage(Stage):
             layer_keep = None if keep is None else keep[offset:offset + w.numel].reshape(w.shape)
             layers.append(RingLayer(w.name, w.shape, offset, layer_scale(params[w.name], layer_keep, cfg.scale)))
             offset += w.numel
-        a, b = affine_map_params(ctx.stage_seed, n)
-        layout = RingLayout(n, ctx.stage_seed, a, b, layers)
-        ring = project([params[nm] for nm in names], layout, keep)
-        model = ring_model(ctx.model, layout, ring, keep).to(ctx.device)
+        budget = self.budget(ctx)
+        fits, chosen_fit = self._search(ctx, sizes, layers, keep, generated, budget)
+        model, layout, n = chosen_fit.model, chosen_fit.layout, chosen_fit.n
         dof = unique_param_count(model)
-        reuse = generated / n
         notes = [f"{len(layers)} weights ({generated:,} values) generated from a ring of N={n:,} "
-                 f"(each slot read {generated // n}-{math.ceil(generated / n)} times); slot(k)=({a}*k+{b}) mod {n}, "
-                 f"seed {ctx.stage_seed}; DoF {dof:,} = {dof / total_params:.1%} of {total_params:,} parameters"]
+                 f"(each slot read {generated // n}-{math.ceil(generated / n)} times); "
+                 f"slot(k)=({layout.a}*k+{layout.b}) mod {n}, seed {ctx.stage_seed}; DoF {dof:,} = "
+                 f"{dof / total_params:.1%} of {total_params:,} parameters"]
         if keep is not None:
             notes.append(f"prune masks of {len(names)} generated weights applied after generation "
                          f"({1 - float(keep.float().mean()):.1%} of generated weights stay zero)")
-        metrics = {"dof": dof, "ring_size": n, "generated_weights": generated, "ring_reuse": round(reuse, 3),
-                   "dof_fraction": round(dof / total_params, 5), "generated_layers": names}
-        if ctx.val is not None:
-            metrics["projection_val_metric"] = ctx.validate(model).value
-            notes.append(f"projection only: validation {metrics['projection_val_metric']:.4g}")
+        notes += self._search_notes(ctx, fits, chosen_fit, generated, budget)
+        metrics = {"dof": dof, "ring_size": n, "generated_weights": generated, "ring_reuse": round(generated / n, 3),
+                   "dof_fraction": round(dof / total_params, 5), "generated_layers": names,
+                   "ring_sizes_tried": [f.summary(generated) for f in fits]}
+        if chosen_fit.projection_val is not None:
+            metrics["projection_val_metric"] = chosen_fit.projection_val
         if cfg.epochs > 0:
-            settings = FinetuneSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                        max_steps_per_epoch=cfg.max_steps_per_epoch)
-            hook = distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
-            best = cfg.select == "best"
-            result = finetune(ctx, model, settings, desc="rpg fine-tune", loss_hook=hook, select_best=best)
-            metrics["val_metric"] = result.best.value if best else result.history[-1]["val"]
-            metrics["best_epoch"] = result.best_epoch if best else cfg.epochs
-            notes.append(f"fine-tuned ring and ordinary parameters {cfg.epochs} epochs: validation "
-                         f"{metrics['val_metric']:.4g} ({'best' if best else 'last'} epoch {metrics['best_epoch']})")
+            metrics["val_metric"], metrics["best_epoch"] = chosen_fit.val, chosen_fit.epoch
+        if chosen_fit.decision is not None:
+            metrics["drop_bound"] = round(chosen_fit.decision.bound, 4)
         if ctx.loaded.exported:
             notes.append("a .pt2 model: batch-norm statistics stayed frozen while fine-tuning")
         entry = {"kind": "rpg", **layout.as_dict(), "masked": keep is not None, "checksum": model.checksum()}
         ctx.weights = [w for w in ctx.weights if w.name not in set(names)] + [WeightInfo(RING_NAME, (n,), "other")]
         return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx)
+
+    def budget(self, ctx) -> float:
+        """rpg's share of the run's budget: rpg.max_drop if set, else half of --max-drop when a stage follows (int8
+        quantize spends points too, and a 75% bound still passes a borderline ring one time in four), else all."""
+        if self.config.max_drop is not None:
+            return min(self.config.max_drop, ctx.max_drop)
+        names = [p.strip() for p in ctx.plan if p.strip()]
+        later = names[names.index(self.name) + 1:] if self.name in names else []
+        return ctx.max_drop / 2 if later else ctx.max_drop
+
+    def _search(self, ctx, sizes: list[int], layers: list[RingLayer], keep: torch.Tensor | None,
+                generated: int, budget: float) -> tuple[list[RingFit], RingFit]:
+        """Fit the ring sizes of the schedule in order until one is within budget (every fit starts from a copy of
+        the stage's input model); if none is, the one with the lowest bound on its validation drop."""
+        fits: list[RingFit] = []
+        # no total: one plain line per ring size tried (a known total would rate-limit them, run/progress.py)
+        with ctx.reporter.task("rpg ring size", None) as task:
+            for n in sizes:
+                task.status(f"N={n:,} ({n / generated:.0%} of the generated weights, at most {len(sizes)} sizes): "
+                            "projecting")
+                base = ctx.model if len(sizes) == 1 else copy.deepcopy(ctx.model)
+                fit = fit_ring(ctx, self.config, base, layers, n, keep, budget, task.status)
+                fits.append(fit)
+                task.advance(status=f"N={n:,}: " + ("no validation data" if fit.decision is None else
+                                                    f"projection val {fit.projection_val:.4g}, fine-tuned val "
+                                                    f"{fit.val:.4g}, {fit.decision.describe()}"))
+                if fit.decision is None or fit.decision.accepted:
+                    return fits, fit
+                best = min(fits, key=lambda f: f.decision.bound)  # the first (smallest N) among equal bounds
+                for other in fits:
+                    if other is not best:
+                        other.model = None  # only the lowest bound can still be kept: free the others
+        return fits, best
+
+    def _search_notes(self, ctx, fits: list[RingFit], chosen: RingFit, generated: int, budget: float) -> list[str]:
+        cfg = self.config
+        notes = [f"projection only: validation {chosen.projection_val:.4g}"] if chosen.projection_val is not None else []
+        if cfg.epochs > 0 and chosen.epoch == 0:
+            notes.append(f"fine-tuned ring and ordinary parameters {cfg.epochs} epochs: its bound was higher than "
+                         "the projection's, so the projected ring is kept")
+        elif cfg.epochs > 0:
+            notes.append(f"fine-tuned ring and ordinary parameters {cfg.epochs} epochs: validation {chosen.val:.4g} "
+                         f"({cfg.select} epoch {chosen.epoch})")
+        if chosen.decision is None:
+            return notes
+        tried = "; ".join(f"N={f.n:,} ({f.n / generated:.0%}): bound {f.decision.bound:.2f} "
+                          f"{'within' if f.decision.accepted else 'over'}" for f in fits)
+        rule = (f"ring size rule: a ring is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
+                f"paired validation drop ({chosen.decision.n} samples) is within {budget:.2f} points ("
+                + ("rpg.max_drop" if cfg.max_drop is not None else "rpg's default share") + f" of --max-drop "
+                f"{ctx.max_drop:.2f}); " + (f"N x {cfg.grow_factor:g} while over" if cfg.grow else
+                                            "rpg.grow=false: N is not grown"))
+        notes += [rule, f"ring sizes tried: {tried}"]
+        if chosen.n == generated and len(fits) > 1:
+            notes.append(f"WARNING: only a ring as large as the {generated:,} generated weights is within budget: "
+                         "rpg saves no parameters on this model and data (a larger --val-data or --max-drop, or a "
+                         "smaller model, leaves room)")
+        if not chosen.decision.accepted:
+            notes.append(f"WARNING: no ring size tried is within budget on validation: kept N={chosen.n:,}, the "
+                         f"lowest bound ({chosen.decision.describe()}); the run's gate reports the result")
+        return notes
