@@ -22,13 +22,13 @@ RUNS = {
         ["digits_mlp.pt2", "--pipeline", "shrink,prune,quantize", "--train-data", str(TRAIN), "--seed", "3",
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
-        "630f69c8655dbc936e6382d857fe32d2098124a5fbcf8aebdaec1eb9273b2fa1",
-        "b247a3e50b2b13a7d20a0e52f40b1124bfd6312e93c97d399530460d5f7574c1"),
+        "ce1e09f1c3fe1e90d315395c1061ce7d6efcabc13bcee99f6b46f441c2e0db13",
+        "53e38b1a412a55e694ff859fd5cc13f3cbb777cbd88957c618d099f3b0b3d6f5"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
-        "05e57408837f4b5da50c99287daf3046c5d91cd433b6934133a7a1c654a345c8",
-        "a4179d58aa5e6c7166d2213fef458ca954679f7f794d0c197df7877bdf4c186f"),
+        "35f5204d5f113cbaf74e17567d66495263ab2338472cb73097f49cc1788523d6",
+        "6adc2c0d3a5e601942605115e047b117d18b11aeee1a0e9d096818192b873943"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",

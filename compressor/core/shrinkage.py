@@ -36,8 +36,12 @@ class ShrinkConfig:
     mu: float = option(0.0, "weight of the manifold-preserving term (0: off)")
     manifold_layers: tuple[str, ...] = option((), "module paths (globs) whose outputs keep their geometry "
                                               "(default: the shrunk layers' outputs)")
+    max_drop: float | None = option(None, "the selected epoch's budget in points (default: half of --max-drop when a "
+                                          "stage follows, else --max-drop); over it, the input weights are kept")
 
     def validate(self) -> str | None:
+        if self.max_drop is not None and self.max_drop < 0:
+            return "max_drop must be non-negative"
         for key in ("gamma", "alpha", "alpha_scale", "lobster_lambda", "lr", "mu"):
             if getattr(self, key) < 0:
                 return f"{key} must be non-negative"

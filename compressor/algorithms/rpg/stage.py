@@ -219,13 +219,9 @@ class RpgStage(Stage):
         return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx)
 
     def budget(self, ctx) -> float:
-        """rpg's share of the run's budget: rpg.max_drop if set, else half of --max-drop when a stage follows (int8
-        quantize spends points too, and a 75% bound still passes a borderline ring one time in four), else all."""
-        if self.config.max_drop is not None:
-            return min(self.config.max_drop, ctx.max_drop)
-        names = [p.strip() for p in ctx.plan if p.strip()]
-        later = names[names.index(self.name) + 1:] if self.name in names else []
-        return ctx.max_drop / 2 if later else ctx.max_drop
+        """rpg's share of the run's budget (RunContext.stage_budget): rpg.max_drop, else half of --max-drop when a
+        stage follows, else all."""
+        return ctx.stage_budget(self.name, self.config.max_drop)
 
     def _search(self, ctx, sizes: list[int], layers: list[RingLayer], keep: torch.Tensor | None,
                 generated: int, budget: float) -> tuple[list[RingFit], RingFit]:

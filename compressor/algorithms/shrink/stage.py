@@ -52,8 +52,9 @@ class ShrinkStage(Stage):
         before = small_fraction(ctx.model, shrink_targets(ctx.weights, cfg))
         start = copy.deepcopy(ctx.model.state_dict())
         result, names = run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False)
-        # the selected epoch must be within the run's budget (verify/budget.py), else the stage spends nothing
-        decision = ctx.judge()
+        # the selected epoch must be within shrink's share of the run's budget (verify/budget.py), else the stage
+        # spends nothing: a later prune that rejects every step keeps shrink's state without judging it again
+        decision = ctx.judge(ctx.stage_budget(self.name, cfg.max_drop))
         if not decision.accepted:
             ctx.model.load_state_dict(start)
         after = small_fraction(ctx.model, names)
