@@ -680,13 +680,19 @@ def _wait_for_staging(out: Path, proc: subprocess.Popen, timeout: float = 60) ->
     time.sleep(1.0)  # well inside the run (loading, baseline, training)
 
 
+def _default_sigint() -> None:
+    """The child starts with SIGINT at its default, as from a terminal: a shell's background job (how CI may launch
+    the suite) inherits SIGINT ignored, and the tool rightly keeps what it inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_run(tmp_path, sig):
     """SIGTERM is handled like SIGINT: one line, non-zero exit, no staging directory, no --out."""
     out = tmp_path / "o"
     proc = subprocess.Popen([*ENTRY, str(PT2), "--pipeline", "shrink", "--set", "shrink.epochs=500", "--data",
                              str(HELDOUT), "--train-data", str(TRAIN), "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         _wait_for_staging(out, proc)
         proc.send_signal(sig)
@@ -714,7 +720,7 @@ def test_force_signal_keeps_old_output(quant_out, tmp_path):
     before = tree(out)
     proc = subprocess.Popen([*ENTRY, str(PT2), "--pipeline", "shrink", "--set", "shrink.epochs=500", "--data",
                              str(HELDOUT), "--train-data", str(TRAIN), "--out", str(out), "--quiet", "--force"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         _wait_for_staging(out, proc)
         proc.send_signal(signal.SIGTERM)

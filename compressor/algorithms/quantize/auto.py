@@ -73,14 +73,13 @@ def roundtrip_error(x: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> float:
     return float(err / max(np.linalg.norm(x), 1e-30))
 
 
-def node_errors(float_path: Path, qmodel: onnx.ModelProto, nodes: list[onnx.NodeProto],
-                check: Dataset) -> dict[str, float]:
-    """Each weighted node's activation round-trip error, with the ranges the full static pass calibrated; a node
-    whose input the static pass left unquantized scores infinity (it cannot be checked, so it goes first)."""
+def activations(float_path: Path, tensors: list[str], check: Dataset,
+                max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """The check set's values of graph tensors (each [rows, last dim], float64; at most `max_rows` rows, the first
+    ones, when given), from one run of the float graph with those tensors added as outputs."""
     model = onnx.load(str(float_path))
-    tensors = sorted({n.input[0] for n in nodes})
     known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(set(tensors)) if t not in known)
     names = [o.name for o in model.graph.output]
     session = ort_session(model.SerializeToString(), threads=1)
     feeds_names = [i.name for i in session.get_inputs()]
@@ -88,13 +87,21 @@ def node_errors(float_path: Path, qmodel: onnx.ModelProto, nodes: list[onnx.Node
     for batch in check.batches(64):
         feed = dict(zip(feeds_names, (v.numpy() for v in batch.inputs.values())))
         for name, value in zip(names, session.run(names, feed)):
-            if name in values:
-                values[name].append(np.asarray(value, np.float64).reshape(-1))
+            if name in values and (max_rows is None or sum(len(v) for v in values[name]) < max_rows):
+                value = np.asarray(value, np.float64)
+                values[name].append(value.reshape(-1, value.shape[-1]) if value.ndim else value.reshape(1, 1))
+    return {t: np.concatenate(v)[:max_rows] for t, v in values.items()}
+
+
+def node_errors(float_path: Path, qmodel: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                check: Dataset) -> dict[str, float]:
+    """Each weighted node's activation round-trip error, with the ranges the full static pass calibrated; a node
+    whose input the static pass left unquantized scores infinity (it cannot be checked, so it goes first)."""
+    values = activations(float_path, [n.input[0] for n in nodes], check)
     errors = {}
     for node in nodes:
         qp = input_qparams(qmodel, node.input[0])
-        x = np.concatenate(values[node.input[0]])
-        errors[node.name] = float("inf") if qp is None else roundtrip_error(x, *qp)
+        errors[node.name] = float("inf") if qp is None else roundtrip_error(values[node.input[0]].reshape(-1), *qp)
     return errors
 
 

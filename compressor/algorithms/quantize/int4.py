@@ -9,8 +9,8 @@ as `com.microsoft.MatMulNBits` nodes (4 bits + one float scale per block: 0.625 
 0.156x fp32) that its CPU kernel runs directly. Symmetric, so a pruned zero stays exactly zero.
 
 Which weights: all of them if the check-set output stays within the cosine bounds of the float graph; otherwise the
-ones whose own 4-bit rounding error is largest stay for the int8 steps, in growing groups (1, 2, 4, ...), until it
-holds. Conv and Gemm nodes are not touched (the quantizer has no 4-bit form for them).
+ones whose 4-bit rounding puts the largest error on their output over the check set's activations, ||X dW|| / ||X W||
+(activation-aware, after AWQ), stay int8, in growing groups (1, 2, 4, ...), until it holds. Conv and Gemm nodes are not touched (the quantizer has no 4-bit form for them).
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressor.algorithms.quantize.auto import growing
+from compressor.algorithms.quantize.auto import activations, growing
+from compressor.io.data import Dataset
 
 LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
+ACTIVATION_ROWS = 4096  # check-set input rows per MatMul for the activation-aware order
 
 
 def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -40,18 +42,25 @@ def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def int4_error(w: np.ndarray, block: int) -> float:
-    """||W - dq(q(W))|| / ||W|| of symmetric 4-bit rounding with one scale per `block` rows of each column, scale =
-    max|w| / 8 (ORT stores the signed extreme / -8, so its scale may be negative; the error is alike); only used to
-    order the nodes."""
+def int4_round(w: np.ndarray, block: int) -> np.ndarray:
+    """W after symmetric 4-bit rounding with one scale per `block` rows of each column, scale = max|w| / 8 (ORT
+    stores the signed extreme / -8, so its scale may be negative; the error is alike); only used to order nodes."""
     k, n = w.shape
     pad = (-k) % block
     blocks = np.pad(w.astype(np.float64), ((0, pad), (0, 0))).reshape(-1, block, n)
     scale = np.abs(blocks).max(axis=1, keepdims=True) / 8.0
     scale[scale == 0] = 1.0
-    deq = np.clip(np.rint(blocks / scale), -8, 7) * scale
-    err = np.linalg.norm((deq - blocks).reshape(-1))
-    return float(err / max(np.linalg.norm(w), 1e-30))
+    return (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(-1, n)[:k]
+
+
+def int4_error(w: np.ndarray, block: int, x: np.ndarray | None = None) -> float:
+    """The relative error 4-bit rounding puts on the node's output, ||X (W - Wq)|| / ||X W|| over the check set's
+    inputs X (activation-aware, as AWQ argues: a weight's error matters in proportion to the activations it meets;
+    Lin et al. 2024), or ||W - Wq|| / ||W|| without them."""
+    delta = int4_round(w, block) - w
+    if x is None or x.shape[-1] != w.shape[0]:
+        return float(np.linalg.norm(delta) / max(np.linalg.norm(w), 1e-30))
+    return float(np.linalg.norm(x @ delta) / max(np.linalg.norm(x @ w.astype(np.float64)), 1e-30))
 
 
 def _nbits_module():
@@ -113,10 +122,15 @@ def write_int4(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 4
         logger.setLevel(level)
 
 
-def _candidates(work: Path, block: int, exclude: list[str]) -> tuple[list[str], dict[str, float]]:
-    """The MatMul nodes with a 4-bit form, worst 4-bit rounding error first (they are the first kept out)."""
-    weights = {n: w for n, w in matmul_weights(onnx.load(str(work))).items() if n not in exclude}
-    errors = {name: int4_error(w, block) for name, w in weights.items()}
+def _candidates(work: Path, block: int, exclude: list[str],
+                check: Dataset | None = None) -> tuple[list[str], dict[str, float]]:
+    """The MatMul nodes with a 4-bit form, the largest output error from 4-bit rounding first (on the check set's
+    activations when given): they are the first kept out."""
+    model = onnx.load(str(work))
+    weights = {n: w for n, w in matmul_weights(model).items() if n not in exclude}
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in weights}
+    xs = activations(work, list(inputs.values()), check, max_rows=ACTIVATION_ROWS) if check is not None else {}
+    errors = {name: int4_error(w, block, xs.get(inputs[name])) for name, w in weights.items()}
     return sorted(weights, key=lambda n: (-errors[n], n)), errors
 
 
@@ -131,11 +145,11 @@ def force_int4(work: Path, dst: Path, block: int, exclude: list[str]) -> list[st
 
 
 def choose_int4(work: Path, dst: Path, tmp: Path, block: int, passes: Callable[[Path], tuple[bool, str]],
-                exclude: list[str], finish: Callable[[Path, Path], None]) -> list[str]:
+                exclude: list[str], finish: Callable[[Path, Path], None], check: Dataset | None = None) -> list[str]:
     """`dst` holds auto's int8 choice for the float graph `work`; put as many MatMul weights as the check allows in
     4 bits on top of it: `finish(base, dst)` re-applies that int8 choice to `base` (the graph with some MatMuls
     4-bit) into `dst`. Leaves `dst` as the int8 choice when no 4-bit set holds. Returns the notes."""
-    order, _ = _candidates(work, block, exclude)
+    order, _ = _candidates(work, block, exclude, check)
     if not order:
         return []  # no MatMul with a constant 2-D weight (a conv net's Conv/Gemm): nothing to say
     where = f"block {block}, symmetric, ONNX Runtime MatMulNBits"
@@ -146,7 +160,7 @@ def choose_int4(work: Path, dst: Path, tmp: Path, block: int, passes: Callable[[
         ok, how = passes(dst)
         tried.append(f"{len(order) - k}: {how}")
         if ok:
-            kept = (f"; kept int8 (largest 4-bit rounding error): {', '.join(order[:k][:12])}"
+            kept = (f"; kept int8 (largest 4-bit output error on the check set): {', '.join(order[:k][:12])}"
                     + (f" and {k - 12} more" if k > 12 else "")) if k else ""
             return [f"4-bit weight-only on {len(order) - k} of {len(order)} MatMul weights on top of the int8 "
                     f"choice ({where}): {how}{kept}"]

@@ -229,7 +229,8 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                               if i == 0 else n for i, n in enumerate(auto_notes)]
                     if config.weight_bits == "auto":
                         notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
-                                             lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir), d))
+                                             lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir), d),
+                                             check_set)
                     notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
         except (StageError, DataError):
             raise
