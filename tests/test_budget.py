@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from compressor.core.masks import MaskRegistry
+from compressor.io.data import Dataset
+from compressor.run.pipeline import RunContext
+from compressor.run.progress import Reporter
 from compressor.verify.budget import drop_bound, sample_scores, within_budget
+from compressor.verify.kind import MetricChoice
 from compressor.verify.saturation import (class_probability_scores, saturated, saturation_note,
                                          within_budget_both)
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
@@ -131,3 +136,29 @@ def test_the_report_line_says_whether_validation_is_saturated():
     assert saturation_note(torch.ones(40), "accuracy").startswith("validation saturated: the original is right on "
                                                                   "all 40")
     assert "wrong on 1 of 3" in saturation_note(torch.tensor([1.0, 0.0, 1.0]), "accuracy")
+
+
+def _judging_context(model, reference, labels=None, metric="agreement"):
+    x = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    val = Dataset({"x": x}, labels, "constructed")
+    return RunContext(model=model, original=model, loaded=None, train=None, val=val, calib=None, seed=0,
+                      stage_index=0, device=torch.device("cpu"), baseline_val=None, val_reference=reference,
+                      masks=MaskRegistry(), plan=["prune"], reporter=Reporter(quiet=True), weights=[],
+                      metric=MetricChoice(metric, "constructed"))
+
+
+def test_non_finite_outputs_never_pass_and_a_non_finite_original_falls_back_to_0_1():
+    model = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        out = model(torch.arange(12, dtype=torch.float32).reshape(6, 2))
+    # the original's own outputs, one row infinite: its class probability is NaN, so the 0/1 rule alone decides
+    reference = out.clone()
+    reference[0, int(out[0].argmax())] = float("inf")  # the same predicted class
+    decision = _judging_context(model, reference).judge()
+    assert decision.accepted and decision.bound < 1.0
+    # a candidate giving NaN is rejected outright, with an infinite bound (rankings see it as the worst)
+    broken = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        broken.weight.fill_(float("nan"))
+    decision = _judging_context(model, out).judge(model=broken)
+    assert not decision.accepted and decision.bound == float("inf")

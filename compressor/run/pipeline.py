@@ -139,9 +139,13 @@ class RunContext:
             return BudgetDecision(accepted=value_within(self.baseline_val.value, value, budget,
                                                         self.metric.higher_is_better),
                                   drop=d, bound=d, budget=budget, confidence=self.confidence, n=len(self.val))
+        if not bool(torch.isfinite(out).all()):  # NaN/inf outputs: no score of them means anything
+            return BudgetDecision(accepted=False, drop=float("inf"), bound=float("inf"), budget=budget,
+                                  confidence=self.confidence, n=len(self.val), rule="finite outputs",
+                                  other="the model gives NaN or inf on validation")
         cand = sample_scores(out, labels, self.val_reference, name)
         base_p = class_probability_scores(self.val_reference, labels, self.val_reference, name)
-        if base_p is None or not saturated(base):
+        if base_p is None or not saturated(base) or not bool(torch.isfinite(base_p).all()):
             return within_budget(base, cand, budget, self.confidence)
         # a saturated validation set hides from 0/1 scores what fresh data loses: bound the class probability too
         return within_budget_both(base, cand, base_p, class_probability_scores(out, labels, self.val_reference, name),

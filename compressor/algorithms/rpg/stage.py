@@ -57,7 +57,7 @@ class RpgConfig:
                               "see max_drop), grow N by grow_factor (ring_size / ring_fraction / dof_fraction is the "
                               "start), at most up to the generated weights, until one is within; if none is, keep "
                               "the lowest bound (false: keep the first N whatever it costs)")
-    grow_factor: float = option(1.5, "factor between successive ring sizes tried (> 1)")
+    grow_factor: float = option(1.5, "factor between successive ring sizes tried (1.05 to 10)")
     max_drop: float | None = option(None, "the stage's own budget in points of the metric (default: half the "
                                           "run's --max-drop when quantize follows, which spends the rest; else all "
                                           "of it); --max-drop applies too: the stricter wins")
@@ -88,8 +88,8 @@ class RpgConfig:
             return "set one of ring_size, ring_fraction and dof_fraction"
         if self.max_drop is not None and self.max_drop < 0:
             return "max_drop must be >= 0"
-        if not self.grow_factor > 1:
-            return "grow_factor must be > 1"
+        if not 1.05 <= self.grow_factor <= 10:
+            return "grow_factor must be in [1.05, 10] (a smaller one tries thousands of ring sizes)"
         if self.distill < 0 or self.temperature <= 0:
             return "distill must be >= 0 and temperature > 0"
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps_per_epoch < 0:
