@@ -23,7 +23,7 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "ce1e09f1c3fe1e90d315395c1061ce7d6efcabc13bcee99f6b46f441c2e0db13",
-        "53e38b1a412a55e694ff859fd5cc13f3cbb777cbd88957c618d099f3b0b3d6f5"),
+        "4254f1220b5bda2a03874f92145688e0ed4776f53b1385761dc06e197f34c1b4"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],

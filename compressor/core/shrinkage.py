@@ -36,12 +36,14 @@ class ShrinkConfig:
     mu: float = option(0.0, "weight of the manifold-preserving term (0: off)")
     manifold_layers: tuple[str, ...] = option((), "module paths (globs) whose outputs keep their geometry "
                                               "(default: the shrunk layers' outputs)")
+    max_steps_per_epoch: int = option(0, "cap on optimizer steps per epoch (0: a full pass; a large training set on "
+                                      "a transformer: e.g. 100)")
     max_drop: float | None = option(None, "the selected epoch's budget in points (default: half of --max-drop when a "
                                           "stage follows, else --max-drop); over it, the input weights are kept")
 
     def validate(self) -> str | None:
-        if self.max_drop is not None and self.max_drop < 0:
-            return "max_drop must be non-negative"
+        if (self.max_drop is not None and self.max_drop < 0) or self.max_steps_per_epoch < 0:
+            return "max_drop and max_steps_per_epoch must be non-negative"
         for key in ("gamma", "alpha", "alpha_scale", "lobster_lambda", "lr", "mu"):
             if getattr(self, key) < 0:
                 return f"{key} must be non-negative"
@@ -138,6 +140,7 @@ def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bo
     train, _ = ctx.require_training(desc)
     names = shrink_targets(ctx.weights, cfg)
     steps = math.ceil(len(train) / cfg.batch_size)
+    max_steps_per_epoch = max_steps_per_epoch or cfg.max_steps_per_epoch
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
     rule = selective_shrinkage(ctx.model, names, cfg, steps)
