@@ -129,7 +129,7 @@ def _candidates(work: Path, block: int, exclude: list[str],
     model = onnx.load(str(work))
     weights = {n: w for n, w in matmul_weights(model).items() if n not in exclude}
     inputs = {n.name: n.input[0] for n in model.graph.node if n.name in weights}
-    xs = activations(work, list(inputs.values()), check, max_rows=ACTIVATION_ROWS) if check is not None else {}
+    xs = activations(work, list(inputs.values()), check, max_rows=ACTIVATION_ROWS) if check and weights else {}
     errors = {name: int4_error(w, block, xs.get(inputs[name])) for name, w in weights.items()}
     return sorted(weights, key=lambda n: (-errors[n], n)), errors
 
