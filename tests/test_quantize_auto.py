@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 
 import compressor
-from compressor.algorithms.quantize.int4 import matmul_weights, write_int4
+from compressor.algorithms.quantize.int4 import matmul_weights, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.export.int8_weights import graph_int8
 from compressor.io.encodings import decode_state
@@ -155,14 +155,14 @@ def test_int4_encoding_round_trip_packs_two_values_a_byte(axis, shape):
         decode_int8("w", rec, bad, torch.float32)
 
 
-def test_write_int4_turns_only_the_named_matmuls_to_4_bit(tmp_path):
+def test_write_nbits_turns_only_the_named_matmuls_to_4_bit(tmp_path):
     """ORT's `nodes_to_include` only adds to its op types: the partial 4-bit steps must exclude the rest."""
     loaded = load_model(SAMPLES / "text_embedder.pt2")
     src = tmp_path / "f.onnx"
     save_onnx(export_onnx_proto(loaded.module, load_dataset(SAMPLES / "embed_val.npz", loaded.input_names).example()),
               src)
     names = sorted(matmul_weights(onnx.load(str(src))))[:3]
-    write_int4(src, tmp_path / "q.onnx", names, 32)
+    write_nbits(src, tmp_path / "q.onnx", names, 32)
     nbits = [n.name.removesuffix("_Q4") for n in onnx.load(str(tmp_path / "q.onnx")).graph.node
              if n.op_type == "MatMulNBits"]
     assert sorted(nbits) == names
@@ -202,7 +202,7 @@ def test_8_bit_matmul_weight_only_computes_in_float(tmp_path):
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 96])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 5])], [numpy_helper.from_array(w, "w")])
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
-    write_int4(tmp_path / "f.onnx", tmp_path / "q.onnx", ["n"], 32, bits=8)
+    write_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", ["n"], 32, bits=8)
     model = onnx.load(str(tmp_path / "q.onnx"))
     (found,) = graph_int8(model)
     assert found.bits == 8 and found.block == 32
@@ -231,8 +231,8 @@ def test_a_weight_shared_by_two_matmuls_can_take_two_widths(tmp_path):
                     onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm2")],
                    [("x", [2, 64])], [("h", [2, 8]), ("y", [2, 8])], {"w": w})
     onnx.save(model, str(tmp_path / "f.onnx"))
-    write_int4(tmp_path / "f.onnx", tmp_path / "a.onnx", ["mm1"], 32)
-    write_int4(tmp_path / "a.onnx", tmp_path / "b.onnx", ["mm2"], 128, bits=8)
+    write_nbits(tmp_path / "f.onnx", tmp_path / "a.onnx", ["mm1"], 32)
+    write_nbits(tmp_path / "a.onnx", tmp_path / "b.onnx", ["mm2"], 128, bits=8)
     x = rng.normal(size=(2, 64)).astype(np.float32)
     h, y = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.abs(h - x @ w).max() < 0.2 * np.abs(x @ w).max()  # 4-bit

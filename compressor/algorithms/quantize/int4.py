@@ -100,7 +100,7 @@ def own_weights(model: onnx.ModelProto, nodes: set[str], tag: str) -> onnx.Model
     return model
 
 
-def write_int4(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 4) -> None:
+def write_nbits(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 4) -> None:
     """`src` with the MatMul `nodes` turned into `bits`-bit MatMulNBits by ONNX Runtime's quantizer (symmetric,
     no accuracy_level: ORT's CPU kernel computes in float32), written to `dst`."""
     from onnxruntime.quantization import QuantFormat
@@ -137,7 +137,7 @@ def _candidates(work: Path, block: int, exclude: list[str],
 def force_int4(work: Path, dst: Path, block: int, exclude: list[str]) -> list[str]:
     """weight_bits=4: every MatMul weight (less `exclude`) 4-bit, unchecked."""
     order, _ = _candidates(work, block, exclude)
-    write_int4(work, dst, order, block)
+    write_nbits(work, dst, order, block)
     if not order:
         return []
     return [f"4-bit weight-only on all {len(order)} MatMul weights (block {block}, symmetric, ONNX Runtime "
@@ -155,7 +155,7 @@ def choose_int4(work: Path, dst: Path, tmp: Path, block: int, passes: Callable[[
     where = f"block {block}, symmetric, ONNX Runtime MatMulNBits"
     four, tried = tmp / "int4.onnx", []
     for k in growing(len(order))[:-1]:
-        write_int4(work, four, order[k:], block)
+        write_nbits(work, four, order[k:], block)
         finish(four, dst)
         ok, how = passes(dst)
         tried.append(f"{len(order) - k}: {how}")

@@ -1,8 +1,9 @@
-"""quantize: int8 post-training quantization of the exported ONNX graph through ONNX Runtime's quantizer.
+"""quantize: post-training quantization of the exported ONNX graph through ONNX Runtime's quantizers.
 
 Not from the papers; the field's standard (docs/ALGORITHMS.md §5). Static int8 with calibration samples from the
 training (or calibration) set, never the held-out set (MinMax / Entropy / Percentile), per-channel weights by
-default; or dynamic (weight-only) int8. QDQ or QOperator format. Weights are stored as int8 initializers
+default; or dynamic int8 (activation ranges taken at run time); or auto (auto.py: per node static, dynamic or int8
+weight-only, then 4-bit block-wise MatMul weights where the validation check holds, int4.py). QDQ or QOperator. Weights are stored as int8 initializers
 (no QDQ pair on weights), so the file really shrinks. Its metric is measured by running the quantized model in
 ONNX Runtime. Export-time: always the last stage.
 """
@@ -21,7 +22,7 @@ from typing import Callable, Literal
 import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
-from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_int4
+from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
@@ -169,7 +170,7 @@ class _Forms:
         weight_only = [n for n in weight_only if n not in self.exclude]
         matmuls = [n for n in weight_only if n in matmul_weights(onnx.load(str(mid)))]
         if matmuls:  # 8-bit MatMulNBits: a DequantizeLinear + MatMul pair would be fused by ORT into one that
-            write_int4(mid, self.tmp / "nbits8.onnx", matmuls, WEIGHT_ONLY_BLOCK, bits=8)  # quantizes activations
+            write_nbits(mid, self.tmp / "nbits8.onnx", matmuls, WEIGHT_ONLY_BLOCK, bits=8)  # quantizes activations
             mid = self.tmp / "nbits8.onnx"
         onnx.save(int8_weight_only(onnx.load(str(mid)), [n for n in weight_only if n not in matmuls]), str(dst))
 
@@ -243,7 +244,8 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
 @register_stage
 class QuantizeStage(Stage):
     name = "quantize"
-    summary = "int8 quantization of the exported graph with ONNX Runtime (auto: static where verified, else per op)"
+    summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
+               "else per op; 4-bit MatMul weights where verified)")
     Config = QuantizeConfig
     follows = frozenset({"shrink", "prune", "rpg", "basis"})
     export_time = True
