@@ -203,12 +203,42 @@ def test_odenet_cli_basis_quantize_halves_stack_costs_little_and_reloads(tmp_pat
     assert (predict(again, held) - predict(compressor.load(out), held)).abs().max() == 0.0
 
 
+@pytest.mark.parametrize("kind, starts, depths, expected", [
+    ("piecewise_constant", [3], [6], [[3], [5], [None]]),          # MiniLM's 6 layers: 3, then 5, then as it was
+    ("piecewise_constant", [2, 8], [4, 16], [[2, 8], [3, 12], [None, None]]),
+    ("discontinuous_linear", [2], [8], [[2], [4], [6], [None]]),   # its functions come in pairs
+    ("legendre", [4], [4], [[4], [None]]),                          # an explicit K = depth is tried first
+])
+def test_size_schedule_grows_to_the_depth_then_leaves_the_stack(kind, starts, depths, expected):
+    from compressor.algorithms.basis.search import size_schedule
+
+    assert size_schedule(kind, starts, depths, True, 1.5) == expected
+    assert size_schedule(kind, starts, depths, False, 1.5) == [starts]
+
+
+def test_resnet_basis_over_budget_grows_k_and_keeps_the_input_when_nothing_fits(tmp_path):
+    """A plain ResNet is not smooth in depth (ALGORITHMS §4): K = 2 and K = 3 of 4 blocks stay over basis's share of
+    the budget even fine-tuned, so the stage keeps its input (exit 0, warned) instead of failing the gate."""
+    out = tmp_path / "out"
+    res = run_cli(SAMPLES / "digits_resnet.pt2", "--pipeline", "basis", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--out", out)
+    assert res.code == 0, res
+    basis = read_report(out)["stages"][0]
+    tried = basis["sizes_tried"]
+    assert [t["K"] for t in tried] == [[2, 2], [3, 3], [None, None]]
+    assert all(t["finetuned"] and t["accepted"] is False and t["bound"] > 1.0 for t in tried[:2])
+    assert tried[1]["val_after_finetune"] > tried[0]["val_after_finetune"]  # more functions, closer to the blocks
+    assert basis["stacks"] == [] and basis["K"] == [None, None]
+    assert any("basis saves nothing" in n for n in basis["notes"])
+    assert basis["metric_value"] == read_report(out)["baseline"]["value"]
+
+
 def test_eager_state_dict_round_trip_and_n_steps(tmp_path):
     from sample_models.odenet import odenet
 
     out = tmp_path / "out"
     res = run_cli(SAMPLES / "digits_odenet.pt", "--arch", "sample_models.odenet:odenet", "--pipeline", "basis",
-                  "--set", "basis.basis=piecewise_linear", "--set", "basis.size=5", "--set", "basis.n_steps=10",
+                  "--set", "basis.basis=piecewise_linear", "--set", "basis.size=5", "--set", "basis.n_steps=10", "--set", "basis.grow=false",
                   "--data", HELDOUT, "--train-data", TRAIN, "--out", out, cwd=SAMPLES.parent)
     assert res.code in (0, 3), res
     report = read_report(out)

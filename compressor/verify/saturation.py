@@ -65,7 +65,7 @@ def saturation_note(baseline_scores: torch.Tensor, metric: str) -> str:
     if saturated(baseline_scores):
         return (f"validation saturated: the original is right on all {n} validation samples, so 0/1 {metric} sees "
                 "no cost before a prediction flips; every budget decision (shrink's epoch, prune's steps and codebook, "
-                f"rpg's ring) also bounds the drop of the {PROBABILITY_RULES[metric]} (verify/saturation.py)"
+                f"rpg's ring, basis's size) also bounds the drop of the {PROBABILITY_RULES[metric]} (verify/saturation.py)"
                 + ("; under agreement the original is right on every sample by definition, so always"
                    if metric == "agreement" else ""))
     wrong = int((torch.as_tensor(baseline_scores) < 1).sum())

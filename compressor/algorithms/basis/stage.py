@@ -11,6 +11,7 @@ training); on a plain ResNet or transformer the stage reports what the projectio
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,16 +22,15 @@ from torch import nn
 from compressor.algorithms.basis.functions import Basis, projection_matrix, resolve_size, valid_size
 from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, block_layout, block_row, set_child
 from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
+from compressor.algorithms.basis.search import SizeFit, size_schedule
 from compressor.algorithms.basis.stacks import Stack, detect_stacks
 from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
-from compressor.verify.budget import drop as metric_drop
 
 BasisKind = Literal["piecewise_constant", "piecewise_linear", "discontinuous_linear", "legendre"]
-LARGE_DROP = 1.0  # points of validation metric above which the notes suggest the fine-tune
 
 
 @dataclass
@@ -43,8 +43,12 @@ class BasisConfig:
     min_depth: int = option(2, "shortest run of blocks treated as a stack")
     finetune: bool | Literal["auto"] = option("auto", "fine-tune the coefficients after projection (needs "
                                               "--train-data): true, false, or auto = only when the projection "
-                                              "costs more than max_drop points of validation metric")
-    max_drop: float = option(1.0, "auto fine-tune: the validation drop (points) the projection may cost without it")
+                                              "is over basis's budget on validation (see max_drop)")
+    max_drop: float | None = option(None, "the stage's own budget in points of the metric for its decisions "
+                                    "(fine-tune, grow K; default: half of --max-drop when a stage follows, else all)")
+    grow: bool = option(True, "while a size is over budget on validation (after the fine-tune, if any), grow every "
+                              "stack's K by grow_factor; a stack whose K would reach its depth is left as it was")
+    grow_factor: float = option(1.5, "factor between successive sizes tried (1.05 to 10; at least one more function)")
     finetune_epochs: int = option(3, "fine-tune epochs")
     finetune_lr: float = option(1e-3, "fine-tune learning rate (Adam, cosine schedule)")
     remask: bool = option(False, "after prune: re-derive masks on the coefficients at the blocks' sparsity "
@@ -57,8 +61,10 @@ class BasisConfig:
             return "n_steps must be 0 (original depth) or positive"
         if self.min_depth < 2:
             return "min_depth must be at least 2"
-        if self.max_drop < 0:
+        if self.max_drop is not None and self.max_drop < 0:
             return "max_drop must be >= 0"
+        if not 1.05 <= self.grow_factor <= 10:
+            return "grow_factor must be in [1.05, 10]"
         if self.finetune_epochs < 1 or self.finetune_lr <= 0:
             return "finetune_epochs must be >= 1 and finetune_lr > 0"
         return None
@@ -132,9 +138,12 @@ def _remask(ctx, stack: Stack, module: BasisStack, path: str, remask: bool) -> s
     return f"{path}: masks re-derived on the coefficients ({1 - keep.float().mean():.1%} zero)"
 
 
-def _project(ctx, work: nn.Module, stack: Stack, cfg) -> tuple[BasisStack, dict, list[str], int]:
-    """Change one stack's basis in `work`: (its BasisStack, the structure record, notes, parameters after)."""
-    k = target_size(cfg.basis, cfg.size, stack.depth)
+def _project(ctx, work: nn.Module, stack: Stack, cfg, k: int) -> tuple[BasisStack, dict, list[str], int]:
+    """Change one stack's basis to K functions in `work`: (its BasisStack, the structure record, notes, parameters
+    after)."""
+    problem = valid_size(cfg.basis, k)
+    if problem:
+        raise StageError(f"basis: {problem}")
     basis = Basis(cfg.basis, k)
     n_steps = cfg.n_steps or stack.depth
     module = project_stack(work, stack, basis, n_steps)
@@ -149,6 +158,14 @@ def _project(ctx, work: nn.Module, stack: Stack, cfg) -> tuple[BasisStack, dict,
     if mask_note:
         notes.append(mask_note)
     return module, record, notes, stack_params
+
+
+def _freeze_stacks(model: nn.Module) -> None:
+    """Fine-tuning's train mode: the stacks' batch-norm statistics stay as projected (eval mode, as for a .pt2
+    model); training with batch statistics and projecting running estimates back was measured to break validation."""
+    for m in model.modules():
+        if isinstance(m, BasisStack):
+            m.eval()
 
 
 @register_stage
@@ -176,62 +193,122 @@ class BasisStage(Stage):
                 if cfg.stacks else ""
             raise StageError(f"basis: no stack of same-shaped blocks applied one after another{what}; "
                              "see `compress inspect MODEL --data FILE`")
-        before = ctx.validate(work) if ctx.val is not None else None
-        notes, records, modules = [], [], []
-        params_before = params_after = 0
-        with ctx.reporter.task("basis: projecting stacks", len(chosen)) as task:
-            for stack in chosen:
-                module, record, stack_notes, stack_params = _project(ctx, work, stack, cfg)
-                modules.append((record["path"], module))
-                records.append(record)
-                notes += stack_notes
-                params_before += stack.params_per_block * stack.depth
-                params_after += stack_params
-                task.advance(status=stack_notes[0])
+        judged = ctx.val is not None
+        budget = ctx.stage_budget(self.name, cfg.max_drop)
+        starts = [target_size(cfg.basis, cfg.size, s.depth) for s in chosen]
+        levels = size_schedule(cfg.basis, starts, [s.depth for s in chosen], cfg.grow and judged, cfg.grow_factor)
+        before = ctx.validate(work) if judged else None
+        masks = ctx.masks.state()
+        fits: list[SizeFit] = []
+        # no total: one plain line per size tried (a known total would rate-limit them, run/progress.py)
+        with ctx.reporter.task("basis size", None) as task:
+            for i, sizes in enumerate(levels):
+                ctx.masks.masks = {k: v.clone() for k, v in masks.items()}  # each size starts from the input's masks
+                if all(k is None for k in sizes):
+                    fits.append(SizeFit(sizes, ctx.model))
+                    task.advance(status="every stack left as it was")
+                    break
+                # a fresh copy of the input per size (an unflattened program cannot be deep-copied: rebuild it)
+                candidate = work if len(levels) == 1 else hierarchical_model(
+                    copy.deepcopy(ctx.model), args, ctx.loaded.input_names, kwargs)
+                fit = self._fit(ctx, candidate, chosen, sizes, budget, task)
+                fits.append(fit)
+                task.advance(status=fit.describe())
+                if fit.decision is None or fit.decision.accepted or i == len(levels) - 1:
+                    break
+                fit.model = None  # over budget with a larger size still to try: free it
+        kept = fits[-1]
+        if kept.unchanged:
+            ctx.masks.masks = masks
+        notes = list(kept.notes)
+        metrics: dict[str, Any] = {"stacks": [r["path"] for r in kept.records], "K": kept.sizes,
+                                   "stack_params_before": kept.params_before, "stack_params_after": kept.params_after,
+                                   "finetuned": kept.finetuned, "sizes_tried": [f.summary() for f in fits]}
+        if before is not None:
+            metrics["val_before"] = before.value
+            notes.append(f"validation {before.name} {before.value:.4g} before")
+        if kept.val_projection is not None:
+            metrics["val_after_projection"] = kept.val_projection
+        if kept.val_finetune is not None:
+            metrics["val_after_finetune"] = kept.val_finetune
+        notes += self._search_notes(ctx, fits, budget)
+        if kept.unchanged:
+            metrics["dof"] = unique_param_count(ctx.model)
+            return StageResult(model=ctx.model, notes=notes, metrics=metrics)
         example_rec = [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
                        for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        structure = {"kind": "basis", "stacks": records, "unflattened": work is not ctx.model,
+        structure = {"kind": "basis", "stacks": kept.records, "unflattened": work is not ctx.model,
                      "input_names": list(kwargs) if kwargs else list(ctx.loaded.input_names),
                      "keywords": bool(kwargs), "example": example_rec}
-        metrics: dict[str, Any] = {"stacks": [r["path"] for r in records], "stack_params_before": params_before,
-                                   "stack_params_after": params_after}
-        after = ctx.validate(work) if ctx.val is not None else None
-        finetune_now = cfg.finetune is True
-        if before is not None and after is not None:
-            drop = metric_drop(before.value, after.value, before.higher_is_better)
-            metrics.update(val_before=before.value, val_after_projection=after.value)
-            notes.append(f"validation {before.name} {before.value:.4g} before, {after.value:.4g} after projection "
-                         f"(no data used; drop {drop:.4g})")
-            smooth = drop <= cfg.max_drop
-            if cfg.finetune == "auto" and not smooth and ctx.train is not None:
-                finetune_now = True
-                notes.append(f"the projection costs {drop:.2f} > {cfg.max_drop:g} points: these blocks are not smooth "
-                             "in depth (not trained with refinement; docs/ALGORITHMS.md §4), so the coefficients are "
-                             "fine-tuned (basis.finetune=auto; false keeps the data-free projection)")
-            elif drop > LARGE_DROP and not finetune_now:
-                notes.append(f"the projection costs {drop:.2f} points: these blocks are not smooth in depth (a "
-                             "plain ResNet or transformer, not trained with refinement; docs/ALGORITHMS.md §4); try "
-                             "--set basis.finetune=true (needs --train-data) or a larger basis.size")
-        metrics["finetuned"] = finetune_now
-        if finetune_now:
-            def freeze_stacks(model: nn.Module) -> None:
-                # the stacks' batch-norm statistics stay as projected (eval mode, as for a .pt2 model): training
-                # with batch statistics and projecting running estimates back was measured to break validation
-                for m in model.modules():
-                    if isinstance(m, BasisStack):
-                        m.eval()
-
-            res = finetune(ctx, work, FinetuneSettings(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr),
-                           desc="basis fine-tune", train_mode=freeze_stacks)
-            if res.best is not None:
-                metrics["val_after_finetune"] = res.best.value
-                notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs: validation "
-                             f"{res.best.name} {res.best.value:.4g} (best epoch {res.best_epoch})")
-            notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while fine-tuning"
-                         + ("; a .pt2 model: all batch-norm statistics stayed frozen" if ctx.loaded.exported else ""))
         # DoF: every parameter, less the running-statistics columns that share the coefficient matrix
-        total = unique_param_count(work)
-        stats = sum(int(torch.Size(s).numel()) * m.basis.size for _, m in modules for _, s, kind in m.layout
+        stats = sum(int(torch.Size(s).numel()) * m.basis.size for _, m in kept.modules for _, s, kind in m.layout
                     if kind == "buffer")
-        metrics["dof"] = total - stats
-        return StageResult(model=work, notes=notes, metrics=metrics, structure=structure)
+        metrics["dof"] = unique_param_count(kept.model) - stats
+        return StageResult(model=kept.model, notes=notes, metrics=metrics, structure=structure)
+
+    def _fit(self, ctx, work: nn.Module, chosen: list[Stack], sizes: list[int | None], budget: float,
+             task) -> SizeFit:
+        """Project every stack of `work` with a size onto its K functions, judge it; fine-tune the coefficients when
+        asked (basis.finetune=true) or when the projection is over budget (auto, with training data), and judge
+        again."""
+        cfg = self.config
+        fit = SizeFit(sizes, work)
+        for stack, k in zip(chosen, sizes):
+            if k is None:
+                fit.notes.append(f"{stack.name}: left as its {stack.depth} blocks (a smaller K is over budget; "
+                                 "K = depth saves nothing)")
+                continue
+            task.status(f"K={k} for {stack.name} ({stack.depth} blocks): projecting")
+            module, record, stack_notes, stack_params = _project(ctx, work, stack, cfg, k)
+            fit.modules.append((record["path"], module))
+            fit.records.append(record)
+            fit.notes += stack_notes
+            fit.params_before += stack.params_per_block * stack.depth
+            fit.params_after += stack_params
+        if ctx.val is not None:
+            fit.val_projection = ctx.validate(work).value
+            fit.projection = fit.decision = ctx.judge(budget, work)
+            fit.notes.append(f"validation {fit.val_projection:.4g} after projection (no data used; "
+                             f"{fit.projection.describe()})")
+        fit.finetuned = cfg.finetune is True or (
+            cfg.finetune == "auto" and fit.projection is not None and not fit.projection.accepted
+            and ctx.train is not None)
+        if fit.finetuned:
+            if cfg.finetune == "auto":
+                fit.notes.append("the projection is over budget: these blocks are not smooth in depth (not trained "
+                                 "with refinement; docs/ALGORITHMS.md §4), so the coefficients are fine-tuned "
+                                 "(basis.finetune=auto; false keeps the data-free projection)")
+            res = finetune(ctx, work, FinetuneSettings(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr),
+                           desc="basis fine-tune", train_mode=_freeze_stacks)
+            if res.best is not None:
+                fit.val_finetune = res.best.value
+                fit.notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs: validation "
+                                 f"{res.best.name} {res.best.value:.4g} (best epoch {res.best_epoch})")
+            if ctx.val is not None:
+                fit.decision = ctx.judge(budget, work)
+            fit.notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while fine-tuning"
+                             + ("; a .pt2 model: all batch-norm statistics stayed frozen" if ctx.loaded.exported
+                                else ""))
+        elif fit.projection is not None and not fit.projection.accepted and cfg.finetune == "auto":
+            fit.notes.append("the projection is over budget and there is no --train-data to fine-tune it")
+        return fit
+
+    def _search_notes(self, ctx, fits: list[SizeFit], budget: float) -> list[str]:
+        cfg, kept = self.config, fits[-1]
+        if kept.decision is None and not kept.unchanged:
+            return ["no validation data: the configured size is kept unjudged"]
+        rule = (f"size rule: a size is kept only if the {ctx.confidence:.0%} upper confidence bound on its paired "
+                f"validation drop is within {budget:.2f} points ("
+                + ("basis.max_drop" if cfg.max_drop is not None else "basis's default share") + f" of --max-drop "
+                f"{ctx.max_drop:.2f}); " + (f"K x {cfg.grow_factor:g} while over" if cfg.grow else
+                                            "basis.grow=false: K is not grown"))
+        notes = [rule, "sizes tried: " + "; ".join(f.describe() for f in fits)]
+        if kept.unchanged:
+            notes.append("WARNING: no size with fewer functions than blocks is within budget on validation: every "
+                         "stack is left as it was and basis saves nothing on this model and data (these blocks are "
+                         "not smooth in depth; a larger --max-drop or --val-data, or basis.finetune_epochs, leaves "
+                         "room)")
+        elif not kept.decision.accepted:
+            notes.append(f"WARNING: the size kept is over budget on validation ({kept.decision.describe()}); the "
+                         "run's gate reports the result")
+        return notes
