@@ -10,7 +10,7 @@ Resumable: each finished row is appended to bench/results/seeds.json and skipped
 stopped and restarted unattended. Goals (issue 11): every run exits 0 (drop <= 1 point); MLP >= 90% sparsity
 and >= 20x; CNN >= 80% and >= 10x.
 
-    python -m bench.seeds [--models digits_mlp,...] [--seeds 0,1] [--pipelines shrink,prune,quantize]
+    python -m bench.seeds [--models digits_mlp,...] [--seeds 0,1] [--pipelines shrink,prune,quantize] [--jobs 2]
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,22 +85,22 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--pipelines", default=";".join(PIPELINES), help="';'-separated pipelines")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--val", default=",".join(VAL_MODES), help="split (no --val-data), val (--val-data)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at once (one thread each)")
     args = parser.parse_args(argv)
     store = RESULTS / "seeds.json"
     done = json.loads(store.read_text()) if store.is_file() else {}
-    for model in args.models.split(","):
-        for pipeline in args.pipelines.split(";"):
-            for val in args.val.split(","):
-                for seed in map(int, args.seeds.split(",")):
-                    k = key(model, pipeline, seed, val)
-                    if k in done:
-                        continue
-                    done[k] = run_one(model, pipeline, seed, val)
-                    print(json.dumps(done[k]), flush=True)
-                    RESULTS.mkdir(exist_ok=True)
-                    tmp = store.with_suffix(".json.tmp")
-                    tmp.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
-                    tmp.replace(store)
+    todo = [(model, pipeline, seed, val) for model in args.models.split(",") for pipeline in args.pipelines.split(";")
+            for val in args.val.split(",") for seed in map(int, args.seeds.split(","))
+            if key(model, pipeline, seed, val) not in done]
+    # each row is its own one-thread `compress` process: --jobs of them at once, results stored as they finish
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for row in map(Future.result, as_completed([pool.submit(run_one, *t) for t in todo])):
+            done[key(row["model"], row["pipeline"], row["seed"], row["val"])] = row
+            print(json.dumps(row), flush=True)
+            RESULTS.mkdir(exist_ok=True)
+            tmp = store.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
+            tmp.replace(store)
     text = table(list(done.values()))
     passed = sum(1 for r in done.values() if r.get("exit") == 0)
     summary = (f"{len(done)} runs recorded, {passed} exit 0 (gate: drop <= 1 point). validation: split = a seeded "

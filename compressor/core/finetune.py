@@ -79,6 +79,24 @@ def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch
     return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)
 
 
+def distill_hook(ctx, weight: float, temperature: float):
+    """Knowledge distillation (Hinton, Vinyals, Dean 2015) to the original model: weight * T^2 *
+    KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss. Only for
+    labelled data (class logits): without labels the task loss already matches the original's outputs. On a small
+    training set the model has memorised, cross-entropy alone has almost no gradient left; the teacher's soft targets
+    keep pulling a pruned or re-parameterized model towards the original's function, margins included."""
+    def hook(model: nn.Module, batch, out: torch.Tensor) -> torch.Tensor:
+        if batch.labels is None:
+            return out.new_zeros(())
+        with torch.no_grad():
+            target = call_model(ctx.original, batch, ctx.device).reshape(out.shape[0], -1)
+        log_p = torch.log_softmax(out.reshape(out.shape[0], -1) / temperature, -1)
+        kl = nn.functional.kl_div(log_p, torch.log_softmax(target / temperature, -1), log_target=True,
+                                    reduction="batchmean")
+        return weight * temperature ** 2 * kl
+    return hook
+
+
 def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
              params: Iterable[nn.Parameter] | None = None, grad_hook: GradHook | None = None,
              step_hook: StepHook | None = None, loss_hook: LossHook | None = None,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compressor.core.features import FeatureTap, manifold_loss
-from compressor.core.finetune import FinetuneSettings, finetune
+from compressor.core.finetune import FinetuneSettings, LossHook, finetune
 from compressor.core.layers import select_names
 from compressor.io.calls import call_model
 from compressor.stage import option
@@ -135,8 +135,10 @@ def shrink_targets(weights, cfg) -> list[str]:
     return select_names(weights, cfg.include, cfg.exclude)
 
 
-def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bool, max_steps_per_epoch: int = 0):
-    """Fine-tune ctx.model with selective shrinkage (shared with prune's fine-tuning between steps)."""
+def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bool, max_steps_per_epoch: int = 0,
+                  extra_loss: LossHook | None = None):
+    """Fine-tune ctx.model with selective shrinkage (shared with prune's fine-tuning between steps); `extra_loss`
+    (e.g. prune's distillation term) is added to the task loss and the manifold term."""
     train, _ = ctx.require_training(desc)
     names = shrink_targets(ctx.weights, cfg)
     steps = math.ceil(len(train) / cfg.batch_size)
@@ -146,13 +148,14 @@ def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bo
     rule = selective_shrinkage(ctx.model, names, cfg, steps)
     settings = FinetuneSettings(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                                 max_steps_per_epoch=max_steps_per_epoch)
-    loss_hook, taps = None, []
+    loss_hook, taps = extra_loss, []
     if cfg.mu > 0:
         taps = [FeatureTap(ctx.model, names, cfg.manifold_layers), FeatureTap(ctx.original, names, cfg.manifold_layers)]
         def loss_hook(model, batch, out):
             with torch.no_grad():
                 call_model(ctx.original, batch, ctx.device)
-            return cfg.mu * manifold_loss(taps[0].features, taps[1].features)
+            term = cfg.mu * manifold_loss(taps[0].features, taps[1].features)
+            return term if extra_loss is None else term + extra_loss(model, batch, out)
     try:
         result = finetune(ctx, ctx.model, settings, desc=desc, grad_hook=rule.grad_hook, step_hook=rule.step_hook,
                           loss_hook=loss_hook, keep_start=keep_start)

@@ -20,7 +20,7 @@ import torch
 
 from compressor.algorithms.prune.codebook import SharedWeights, share_weights
 from compressor.algorithms.prune.policies import lobster_masks, ranked_masks
-from compressor.core.finetune import FinetuneSettings, finetune, task_loss
+from compressor.core.finetune import FinetuneSettings, distill_hook, finetune, task_loss
 from compressor.core.layers import select_names
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
@@ -56,6 +56,9 @@ class PruneConfig:
                                                     "auto keeps it only if validation stays within max_drop")
     codebook_bits: int = option(4, "codebook index width (4 bits = 16 shared values per layer)")
     codebook_epochs: int = option(3, "fine-tuning epochs of the shared values (trained quantization)")
+    distill: float = option(0.0, "with labels: weight of a distillation term to the original model's outputs in "
+                                 "every fine-tune (KL at temperature, x T^2; Hinton et al. 2015); 0 = labels only")
+    temperature: float = option(2.0, "distillation temperature T")
 
     def validate(self) -> str | None:
         if not 0 < self.rate < 1:
@@ -70,6 +73,8 @@ class PruneConfig:
             return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
         if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
+        if self.distill < 0 or self.temperature <= 0:
+            return "distill must be >= 0 and temperature > 0"
         if (self.max_drop is not None and self.max_drop < 0) or self.lobster_twt < 0 or self.max_steps_per_epoch < 0:
             return "max_drop, lobster_twt and max_steps_per_epoch must be >= 0"
         return None
@@ -221,10 +226,16 @@ class PruneStage(Stage):
         cfg = self.config
         if use_shrink:
             run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
-                          max_steps_per_epoch=cfg.max_steps_per_epoch)
+                          max_steps_per_epoch=cfg.max_steps_per_epoch, extra_loss=self._distill(ctx))
         else:
             finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr, batch_size=cfg.batch_size,
-                                                      max_steps_per_epoch=cfg.max_steps_per_epoch), desc=desc)
+                                                      max_steps_per_epoch=cfg.max_steps_per_epoch), desc=desc,
+                     loss_hook=self._distill(ctx))
+
+    def _distill(self, ctx):
+        """The distillation term of prune's fine-tunes (prune.distill), or None."""
+        cfg = self.config
+        return distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
 
     def _share(self, ctx, names: list[str]) -> list[str]:
         """Weight sharing at `codebook_bits`; in auto mode, if that is over budget, 8 bits (256 shared values per
@@ -241,7 +252,7 @@ class PruneStage(Stage):
                 finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
                                                           batch_size=cfg.batch_size,
                                                           max_steps_per_epoch=cfg.max_steps_per_epoch),
-                         desc="codebook fine-tune", step_hook=shared.step_hook)
+                         desc="codebook fine-tune", step_hook=shared.step_hook, loss_hook=self._distill(ctx))
             # kept only under the same budget rule as every pruning step (relative to the original model)
             decision = ctx.judge(self.budget(ctx))
             if cfg.codebook == "on" or decision.accepted:

@@ -29,8 +29,7 @@ from typing import Callable
 import torch
 
 from compressor.algorithms.rpg.ring import RingLayer, RingLayout, RingModel, affine_map_params, project, ring_model
-from compressor.core.finetune import FinetuneSettings, finetune
-from compressor.io.calls import call_model
+from compressor.core.finetune import FinetuneSettings, distill_hook, finetune
 from compressor.verify.budget import BudgetDecision
 
 
@@ -41,22 +40,6 @@ def ring_schedule(n0: int, generated: int, grow: bool, factor: float = 1.5) -> l
     while grow and sizes[-1] < generated:
         sizes.append(min(max(math.ceil(factor * sizes[-1]), sizes[-1] + 1), generated))
     return sizes
-
-
-def distill_hook(ctx, weight: float, temperature: float):
-    """Knowledge distillation (Hinton, Vinyals, Dean 2015) to the original model: weight * T^2 *
-    KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss. Only for
-    labelled data (class logits): without labels the task loss already matches the original's outputs."""
-    def hook(model: torch.nn.Module, batch, out: torch.Tensor) -> torch.Tensor:
-        if batch.labels is None:
-            return out.new_zeros(())
-        with torch.no_grad():
-            target = call_model(ctx.original, batch, ctx.device).reshape(out.shape[0], -1)
-        log_p = torch.log_softmax(out.reshape(out.shape[0], -1) / temperature, -1)
-        kl = torch.nn.functional.kl_div(log_p, torch.log_softmax(target / temperature, -1), log_target=True,
-                                        reduction="batchmean")
-        return weight * temperature ** 2 * kl
-    return hook
 
 
 @dataclass
