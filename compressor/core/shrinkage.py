@@ -40,6 +40,9 @@ class ShrinkConfig:
                                       "a transformer: e.g. 100)")
     max_drop: float | None = option(None, "the selected epoch's budget in points (default: half of --max-drop when a "
                                           "stage follows, else --max-drop); over it, the input weights are kept")
+    distill: float = option(0.0, "with labels: weight of a distillation term to the original model's outputs "
+                                 "(KL at temperature, x T^2; Hinton et al. 2015); 0 = labels only")
+    temperature: float = option(2.0, "distillation temperature T")
 
     def validate(self) -> str | None:
         if (self.max_drop is not None and self.max_drop < 0) or self.max_steps_per_epoch < 0:
@@ -51,6 +54,8 @@ class ShrinkConfig:
             return "epochs and batch_size must be at least 1"
         if self.lr <= 0:
             return "lr must be positive"
+        if self.distill < 0 or self.temperature <= 0:
+            return "distill must be >= 0 and temperature > 0"
         if self.alpha <= 0 or self.alpha_scale <= 0:
             return "alpha and alpha_scale must be positive"
         return None

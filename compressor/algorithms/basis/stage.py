@@ -37,7 +37,8 @@ BasisKind = Literal["piecewise_constant", "piecewise_linear", "discontinuous_lin
 class BasisConfig:
     basis: BasisKind = option("piecewise_constant", "target basis: piecewise_constant, piecewise_linear (hat "
                               "functions), discontinuous_linear, legendre (polynomials)")
-    size: float = option(0.5, "functions kept per stack: a whole number (K), or a fraction of the stack's depth")
+    size: float = option(0.5, "functions per stack, the first size tried (see grow): a whole number (K), or a "
+                              "fraction of the stack's depth")
     n_steps: int = option(0, "evaluation steps per stack (forward Euler at t=j/n); 0 = the original depth")
     stacks: tuple[str, ...] = option((), "glob patterns of stack names (e.g. stage1.*) to compress; empty = all")
     min_depth: int = option(2, "shortest run of blocks treated as a stack")

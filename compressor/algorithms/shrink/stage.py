@@ -14,6 +14,8 @@ weight counts as relevant when exp(-|g|/alpha) < 0.5. alpha is scaled per layer 
 Networks 2022), w <- w - lambda * w * max(0, 1 - |g|) after the step. Optional manifold-preserving term
 (ours, seeded by Sartipi & Bernal, arXiv 2305.17119): mu * sum_l ||G(H_l) - G(F_l)||^2 / B^2 between the
 row-normalised Gram matrices of chosen layers' features in the compressed (H) and frozen original (F) model.
+Optionally (shrink.distill > 0) the loss adds distillation to the original (Hinton, Vinyals, Dean 2015), as prune's
+option does; off by default (measured in prune's docstring).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import copy
 
 from torch import nn
 
+from compressor.core.finetune import distill_hook
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult
@@ -51,7 +54,8 @@ class ShrinkStage(Stage):
         cfg = self.config
         before = small_fraction(ctx.model, shrink_targets(ctx.weights, cfg))
         start = copy.deepcopy(ctx.model.state_dict())
-        result, names = run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False)
+        distill = distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
+        result, names = run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False, extra_loss=distill)
         # the selected epoch must be within shrink's share of the run's budget (verify/budget.py), else the stage
         # spends nothing: a later prune that rejects every step keeps shrink's state without judging it again
         decision = ctx.judge(ctx.stage_budget(self.name, cfg.max_drop))
