@@ -9,7 +9,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -79,8 +79,11 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     raise DataError(f"unsupported data format {suffix or '(none)'} for {path}: use .npz or a .pt dict of tensors")
 
 
-def load_dataset(path: str | Path, input_names: Sequence[str]) -> Dataset:
-    """Read a data file and map its arrays onto the model's inputs."""
+def load_dataset(path: str | Path, input_names: Sequence[str],
+                 dtypes: Mapping[str, torch.dtype] | None = None) -> Dataset:
+    """Read a data file and map its arrays onto the model's inputs. Floats become float32; integer arrays int64 and
+    bool arrays stay bool, unless `dtypes` (a `.pt2` program's input dtypes) names another integer or bool dtype for
+    that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
     path = Path(path)
     arrays = _read_arrays(path)
     labels_np = arrays.pop(LABEL_KEY, None)
@@ -101,11 +104,14 @@ def load_dataset(path: str | Path, input_names: Sequence[str]) -> Dataset:
     n = None
     for name, key in zip(input_names, keys):
         arr = arrays[key]
+        want = (dtypes or {}).get(name)
         if arr.dtype == np.float64 or arr.dtype == np.float16:
             arr = arr.astype(np.float32)
-        elif arr.dtype.kind in "iub" and arr.dtype != np.int64:
+        elif arr.dtype.kind in "iub" and want is not None and not want.is_floating_point:
+            arr = _as_integer_dtype(arr, want, path, key)
+        elif arr.dtype.kind in "iu" and arr.dtype != np.int64:
             arr = arr.astype(np.int64)
-        if arr.dtype.kind not in "fi":
+        if arr.dtype.kind not in "fib":
             raise DataError(f"{path}: array '{key}' has unsupported dtype {arr.dtype}")
         if arr.ndim == 0 or arr.shape[0] == 0:
             raise DataError(f"{path}: array '{key}' is empty")
@@ -125,6 +131,19 @@ def load_dataset(path: str | Path, input_names: Sequence[str]) -> Dataset:
             raise DataError(f"{path}: labels 'y' must be non-negative (found {int(labels_np.min())})")
         labels = torch.from_numpy(labels_np.astype(np.int64))
     return Dataset(inputs, labels, str(path))
+
+
+def _as_integer_dtype(arr: np.ndarray, want: torch.dtype, path: Path, key: str) -> np.ndarray:
+    """An integer/bool array as the integer/bool dtype the model was exported with."""
+    target = torch.empty(0, dtype=want).numpy().dtype
+    if target == np.bool_ and arr.dtype != np.bool_:
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            raise DataError(f"{path}: array '{key}' feeds a bool input of the model but holds values other than 0/1")
+        return arr.astype(np.bool_)
+    if target != np.bool_ and arr.dtype.kind in "iu" and arr.size and (
+            arr.min() < np.iinfo(target).min or arr.max() > np.iinfo(target).max):
+        raise DataError(f"{path}: array '{key}' has values outside the model's {want} input")
+    return arr.astype(target)
 
 
 def split_validation(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -44,6 +44,17 @@ class LoadedModel:
     program: torch.export.ExportedProgram | None = None
 
     @property
+    def input_dtypes(self) -> dict[str, torch.dtype]:
+        """The dtype each input of a `.pt2` program was exported with (data arrays are cast to it: a bool mask
+        stays bool, int32 ids become int64); empty when unknown (an eager model takes what the data holds)."""
+        if self.program is None:
+            return {}
+        vals = {n.name: n.meta.get("val") for n in self.program.graph.nodes if n.op == "placeholder"}
+        specs = [s for s in self.program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        dtypes = {s.arg.name: getattr(vals.get(s.arg.name), "dtype", None) for s in specs}
+        return {k: v for k, v in dtypes.items() if isinstance(v, torch.dtype)}
+
+    @property
     def exported(self) -> bool:
         """True for a module rebuilt from a torch.export program: `.train()` is unsupported, BN stays frozen."""
         return self.format == "pt2"

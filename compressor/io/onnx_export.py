@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from compressor.errors import StageError
-from compressor.io.calls import set_train, takes_keywords
+from compressor.io.calls import first_tensor, set_train, takes_keywords
 from compressor.io.data import Dataset
 from compressor.io.threads import pinned_threads
 from compressor.version import __version__
@@ -82,6 +82,25 @@ def _dynamic_shapes(example: Dataset) -> dict[str, dict[int, object]]:
     return {name: {0: torch.export.Dim.DYNAMIC} for name in example.inputs}
 
 
+def main_output_first(proto: onnx.ModelProto, model: nn.Module, args: tuple, kwargs: dict | None) -> None:
+    """Put the output every metric judges (`first_tensor`: a dict's `logits`, a tuple's first) first among the
+    graph's outputs, in place. The exporter flattens a dict in its key order, so `{"emb": ..., "logits": ...}` would
+    otherwise have ONNX Runtime's first output (what `onnx_predict` and most users read) be the embedding while
+    torch's side of every comparison is the logits. The other outputs stay, in their order."""
+    with torch.no_grad():
+        out = model(*args, **(kwargs or {}))
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if len(leaves) < 2 or len(leaves) != len(proto.graph.output):
+        return
+    main = first_tensor(out)
+    index = next((i for i, t in enumerate(leaves) if t is main), 0)
+    if index:
+        outputs = list(proto.graph.output)
+        order = [outputs[index]] + outputs[:index] + outputs[index + 1:]
+        del proto.graph.output[:]
+        proto.graph.output.extend(order)
+
+
 def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -> onnx.ModelProto:
     """Trace the model into an ONNX ModelProto (not yet written)."""
     set_train(model, False)
@@ -106,6 +125,7 @@ def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -
                                             dynamic_shapes=dyn, opset_version=OPSET, verbose=False,
                                             optimize=True)
                 proto = program.model_proto
+                main_output_first(proto, model, args, kwargs)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise StageError(f"ONNX export failed ({type(exc).__name__}: {msg})") from exc

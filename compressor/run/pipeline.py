@@ -196,16 +196,16 @@ def measured_bytes(model: nn.Module) -> int:
         return file_sizes(path)["size"]
 
 
-def load_splits(options: RunOptions, input_names: list[str], seed: int):
-    """(heldout, train, val, calib, notes)."""
+def load_splits(options: RunOptions, input_names: list[str], seed: int, dtypes: dict | None = None):
+    """(heldout, train, val, calib, notes); integer/bool arrays cast to `dtypes` (a `.pt2` program's inputs)."""
     notes = []
-    heldout = load_dataset(options.data, input_names)
-    train = load_dataset(options.train_data, input_names) if options.train_data else None
-    val = load_dataset(options.val_data, input_names) if options.val_data else None
+    heldout = load_dataset(options.data, input_names, dtypes)
+    train = load_dataset(options.train_data, input_names, dtypes) if options.train_data else None
+    val = load_dataset(options.val_data, input_names, dtypes) if options.val_data else None
     if train is not None and val is None:
         train, val = split_validation(train, VAL_FRACTION, seed)
         notes.append(f"validation set: a seeded {VAL_FRACTION:.0%} split of {options.train_data} (no --val-data)")
-    calib = load_dataset(options.calib_data, input_names) if options.calib_data else train
+    calib = load_dataset(options.calib_data, input_names, dtypes) if options.calib_data else train
     return heldout, train, val, calib, notes
 
 
@@ -219,7 +219,7 @@ def prepare(options: RunOptions, reporter: Reporter):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine")
     loaded = load_model(options.model, options.arch, options.trust_pickle)
-    heldout, train, val, calib, notes = load_splits(options, loaded.input_names, options.seed)
+    heldout, train, val, calib, notes = load_splits(options, loaded.input_names, options.seed, loaded.input_dtypes)
     model = loaded.module.to(device)
     original = copy.deepcopy(model)
     for p in original.parameters():

@@ -1,0 +1,98 @@
+"""Models whose inputs or outputs are not one float tensor: a dict output whose judged tensor (`logits`) is not its
+first entry, and a bool mask input. Both crashed or were refused before (a tester's unseen models)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from compressor.io.data import load_dataset
+from tests.conftest import HELDOUT, TRAIN, read_report, run_cli
+
+
+class TwoHeads(nn.Module):
+    """An embedding and class logits, returned as a dict with the embedding first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        e = self.body(x)
+        return {"emb": e, "logits": self.head(e)}
+
+
+def _train_digits(model: nn.Module, steps: int = 300) -> nn.Module:
+    torch.manual_seed(0)
+    d = np.load(TRAIN)
+    x, y = torch.from_numpy(d["x"]).float(), torch.from_numpy(d["y"]).long()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for i in range(steps):
+        idx = torch.randint(0, len(x), (64,))
+        loss = nn.functional.cross_entropy(model(x[idx])["logits"], y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _export(model: nn.Module, args: tuple, path) -> None:
+    dyn = tuple({0: torch.export.Dim.DYNAMIC} for _ in args)
+    torch.export.save(torch.export.export(model, args, dynamic_shapes=dyn, strict=False), str(path))
+
+
+def test_dict_output_with_logits_second_is_judged_on_logits_in_torch_and_onnx(tmp_path):
+    model = _train_digits(TwoHeads())
+    _export(model, (torch.zeros(2, 1, 8, 8),), tmp_path / "two.pt2")
+    out = tmp_path / "out"
+    res = run_cli(tmp_path / "two.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--out", out, "--quiet")
+    assert res.code == 0, res
+    report = read_report(out)
+    assert report["metric"]["name"] == "accuracy" and report["baseline"]["value"] > 80
+    assert report["artifacts"][0]["parity_max_abs_diff_fp32_vs_torch"] < 1e-4
+    graph = onnx.load(str(out / "model.onnx")).graph
+    first = graph.output[0].type.tensor_type.shape.dim
+    assert first[-1].dim_value == 10 and len(graph.output) == 2  # logits first, the embedding kept after it
+
+
+class MaskedMean(nn.Module):
+    """Token ids and a bool padding mask (masked_fill refuses an integer mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, input_ids, pad_mask):
+        h = self.embed(input_ids).masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        return self.fc(h.sum(1) / (~pad_mask).sum(1, keepdim=True).clamp(min=1))
+
+
+def _mask_data(path, rng, n, as_int=False):
+    ids = rng.integers(1, 20, size=(n, 12))
+    mask = np.arange(12)[None, :] >= rng.integers(3, 12, size=(n, 1))
+    np.savez(path, input_ids=ids, pad_mask=mask.astype(np.int64) if as_int else mask, y=ids[:, 0] % 3)
+
+
+def test_bool_mask_input_stays_bool_and_integer_zeros_ones_are_cast_to_it(tmp_path):
+    torch.manual_seed(0)
+    ids, mask = torch.ones(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.bool)
+    _export(MaskedMean().eval(), (ids, mask), tmp_path / "masked.pt2")
+    rng = np.random.default_rng(0)
+    _mask_data(tmp_path / "held.npz", rng, 200)
+    _mask_data(tmp_path / "train.npz", rng, 400, as_int=True)  # 0/1 int64: cast to the program's bool input
+    out = tmp_path / "out"
+    res = run_cli(tmp_path / "masked.pt2", "--pipeline", "quantize", "--data", tmp_path / "held.npz",
+                  "--train-data", tmp_path / "train.npz", "--out", out, "--quiet")
+    assert res.code == 0, res
+    assert read_report(out)["artifacts"][0]["parity_max_abs_diff_fp32_vs_torch"] < 1e-4
+    data = load_dataset(tmp_path / "train.npz", ["input_ids", "pad_mask"], {"pad_mask": torch.bool})
+    assert data.inputs["pad_mask"].dtype == torch.bool and data.inputs["input_ids"].dtype == torch.int64
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input_ids=np.ones((4, 12), np.int64), pad_mask=np.full((4, 12), 2))
+    res = run_cli(tmp_path / "masked.pt2", "--pipeline", "quantize", "--data", bad, "--out", tmp_path / "o2")
+    assert res.code == 1 and "other than 0/1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
