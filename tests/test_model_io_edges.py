@@ -57,6 +57,7 @@ def test_dict_output_with_logits_second_is_judged_on_logits_in_torch_and_onnx(tm
     graph = onnx.load(str(out / "model.onnx")).graph
     first = graph.output[0].type.tensor_type.shape.dim
     assert first[-1].dim_value == 10 and len(graph.output) == 2  # logits first, the embedding kept after it
+    assert any("returns 2 output tensors; `logits`" in n for n in report["notes"])
 
 
 class MaskedMean(nn.Module):

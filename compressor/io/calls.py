@@ -46,17 +46,35 @@ def takes_keywords(model: nn.Module, names: list[str]) -> bool:
 
 def call_model(model: nn.Module, batch: Dataset, device: torch.device | str = "cpu") -> torch.Tensor:
     """Run the model on one batch, by keyword when it takes its inputs named, else positionally (and the other
-    way round if the first refuses the call)."""
+    way round if the first refuses the call); its main output (`first_tensor`)."""
+    return first_tensor(call_model_raw(model, batch, device))
+
+
+def call_model_raw(model: nn.Module, batch: Dataset, device: torch.device | str = "cpu") -> object:
+    """As `call_model`, but whatever the forward returns (a tensor, tuple, dict...)."""
     inputs = {k: v.to(device) for k, v in batch.inputs.items()}
     calls = [lambda: model(**inputs), lambda: model(*inputs.values())]
     if not takes_keywords(model, list(inputs)):
         calls.reverse()
     try:
-        return first_tensor(calls[0]())
+        return calls[0]()
     except (TypeError, ValueError) as exc:
         if len(inputs) == 1 and "keyword" not in str(exc) and "argument" not in str(exc):
             raise
-        return first_tensor(calls[1]())
+        return calls[1]()
+
+
+@torch.no_grad()
+def other_outputs_note(model: nn.Module, example: Dataset, device: torch.device | str = "cpu") -> str | None:
+    """A report line when the forward returns several tensors: only the main one is judged."""
+    out = call_model_raw(model, example, device)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if len(leaves) < 2:
+        return None
+    main = first_tensor(out)
+    which = "`logits`" if isinstance(out, Mapping) and "logits" in out else "the first"
+    return (f"the model returns {len(leaves)} output tensors; {which} ({list(main.shape[1:])} per sample) is the one "
+            "every metric, stage decision and gate judges: the others are exported and kept, but not verified")
 
 
 @torch.no_grad()

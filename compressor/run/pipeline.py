@@ -19,7 +19,7 @@ from compressor.core.masks import MaskRegistry
 from compressor.core.params import count_params
 from compressor.errors import CompressorError, DataError, ModelLoadError, StageError, UsageError
 from compressor.export.onnx import handler_of, verify_structure
-from compressor.io.calls import predict
+from compressor.io.calls import other_outputs_note, predict
 from compressor.io.data import Dataset, load_dataset, split_validation
 from compressor.io.load import LoadedModel, load_model
 from compressor.io.safetensors_io import save_weights
@@ -242,6 +242,9 @@ def prepare(options: RunOptions, reporter: Reporter):
             if split is not None:
                 check_labels(split, reference.shape[1])
     reporter.log(f"metric: {choice.name} ({choice.reason})")
+    outputs_note = other_outputs_note(original, heldout.example(), device)
+    if outputs_note:
+        notes.append(outputs_note)
     baseline = score(reference, heldout, reference, choice)
     baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
     if (options.val_data is None and baseline_val is not None and choice.name == "accuracy"
