@@ -97,3 +97,31 @@ def test_bool_mask_input_stays_bool_and_integer_zeros_ones_are_cast_to_it(tmp_pa
     np.savez(bad, input_ids=np.ones((4, 12), np.int64), pad_mask=np.full((4, 12), 2))
     res = run_cli(tmp_path / "masked.pt2", "--pipeline", "quantize", "--data", bad, "--out", tmp_path / "o2")
     assert res.code == 1 and "other than 0/1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+class GruClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.rnn = nn.GRU(8, 24, batch_first=True)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, input_ids):
+        return self.fc(self.rnn(self.embed(input_ids))[0][:, -1])
+
+
+def test_prune_warns_when_most_parameters_are_in_a_fused_recurrent_op(tmp_path):
+    torch.manual_seed(0)
+    _export(GruClassifier().eval(), (torch.ones(2, 12, dtype=torch.long),), tmp_path / "gru.pt2")
+    rng = np.random.default_rng(0)
+    for name, n in (("held", 120), ("train", 240)):
+        ids = rng.integers(1, 20, size=(n, 12))
+        np.savez(tmp_path / f"{name}.npz", input_ids=ids, y=ids[:, -1] % 3)
+    out = tmp_path / "out"
+    res = run_cli(tmp_path / "gru.pt2", "--pipeline", "prune", "--set", "prune.schedule=0.5",
+                  "--set", "prune.epochs_per_step=1", "--set", "prune.codebook=off", "--max-drop", "100",
+                  "--data", tmp_path / "held.npz", "--train-data", tmp_path / "train.npz", "--out", out, "--quiet")
+    assert res.code == 0, res
+    notes = read_report(out)["stages"][0]["notes"]
+    warning = next(n for n in notes if n.startswith("WARNING: the prunable weights hold"))
+    assert "rnn.weight_hh_l0" in warning and "prune.include" in warning

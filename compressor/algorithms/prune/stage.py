@@ -27,11 +27,27 @@ from compressor.algorithms.prune.codebook import SharedWeights, share_weights
 from compressor.algorithms.prune.policies import lobster_masks, ranked_masks
 from compressor.core.finetune import FinetuneSettings, distill_hook, finetune, task_loss
 from compressor.core.layers import select_names
+from compressor.core.params import unique_param_count
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
 from compressor.io.calls import call_model, set_train
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
+
+
+def uncovered_note(model: torch.nn.Module, names: list[str]) -> str | None:
+    """A warning when the prunable weights are under half of the model's parameters (e.g. a GRU/LSTM, whose
+    recurrent weights are read by one fused op, not by a linear/matmul/conv: the reported sparsity is of the rest)."""
+    params = {n: p for n, p in model.named_parameters()}
+    total = unique_param_count(model)
+    covered = sum(params[n].numel() for n in names if n in params)
+    if not total or covered >= total / 2:
+        return None
+    others = sorted((p.numel(), n) for n, p in params.items() if n not in set(names) and p.ndim >= 2)[::-1][:3]
+    return (f"WARNING: the prunable weights hold {covered / total:.0%} of the model's {total:,} parameters, so the "
+            "sparsity above is of those only; the largest others: " + ", ".join(f"{n} ({k:,})" for k, n in others)
+            + " (not read by a linear/matmul/conv op, e.g. a fused GRU/LSTM; name them with prune.include to prune "
+              "them too)")
 
 
 @dataclass
@@ -214,6 +230,9 @@ class PruneStage(Stage):
                 ctx.masks.set(n, m)
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        coverage = uncovered_note(ctx.model, names)
+        if coverage:
+            notes.append(coverage)
         both = "; saturated: of both 0/1 and class probability" if any(h.get("rule") for h in history[1:]) else ""
         notes.append(f"stop rule: a step is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
                      f"paired validation drop ({len(ctx.val)} samples{both}) is within "
