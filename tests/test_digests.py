@@ -23,16 +23,16 @@ RUNS = {
          "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
          "--set", "prune.codebook_epochs=1"],
         "ce1e09f1c3fe1e90d315395c1061ce7d6efcabc13bcee99f6b46f441c2e0db13",
-        "4254f1220b5bda2a03874f92145688e0ed4776f53b1385761dc06e197f34c1b4"),
+        "d21d3d6f9112f73aa175f89b44081116e3320edd8ecb441c97b9d95a85cd1798"),
     "cnn_rpg_quantize": (
         ["digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
          "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5"],
-        "35f5204d5f113cbaf74e17567d66495263ab2338472cb73097f49cc1788523d6",
-        "6adc2c0d3a5e601942605115e047b117d18b11aeee1a0e9d096818192b873943"),
+        "e921ae2323728df920dd706956dbce594dad3288db4cfc96134d1a97524fc827",
+        "beb5ac1b863019efb8fb08eda33a949d81ee1f179fc18abf306f170c54eb8c9f"),
     "odenet_basis": (
         ["digits_odenet.pt2", "--pipeline", "basis"],
         "0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
-        "113d9e319212f1688e227aa172bdc575f6a34a3ca7a70a94dde9624f83cc1103"),
+        "560d5c28fc7c1965f842db45562a4a14409017e4950098834c0372c4234c9318"),
 }
 
 ONE_THREAD = ("import sys, torch; torch.set_num_threads(1); torch.set_num_interop_threads(1); "

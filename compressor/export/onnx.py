@@ -2,7 +2,8 @@
 
 A stage returns a model and a declarative structure record; here the exported graph is rewritten so that it
 holds only the compact form (the ring, the coefficients), the compact tensors are made int8 before ONNX Runtime's
-quantizer runs, and a stage that asks for it gets one export compared with torch in ONNX Runtime.
+quantizer runs (the working model then holds their dequantized values), and a stage that asks for it gets one
+export compared with torch in ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ArtifactError
+from compressor.export.int8_weights import compact_values
 from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import Dataset
 from compressor.io.onnx_export import export_onnx_proto, max_abs_diff, ort_session, save_onnx
@@ -40,14 +42,38 @@ def apply_rewrites(proto: onnx.ModelProto, structures: list[dict[str, Any]], mod
 
 
 def compact_int8(proto: onnx.ModelProto, structures: list[dict[str, Any]], model: nn.Module) -> onnx.ModelProto | None:
-    """The graph with the structures' own compact tensors stored as int8, or None when no structure has any."""
+    """The graph with the structures' own compact tensors stored as int8, or None when no structure has any.
+    The working model takes the values that graph computes for them (`adopt_compact_values`)."""
     rewrites = [(entry, handler_of(entry).int8_rewrite) for entry in structures]
     rewrites = [(entry, fn) for entry, fn in rewrites if fn is not None]
     if not rewrites:
         return None
     for entry, rewrite in rewrites:
         proto = rewrite(proto, entry, model)
+    adopt_compact_values(proto, structures, model)
     return proto
+
+
+def adopt_compact_values(proto: onnx.ModelProto, structures: list[dict[str, Any]], model: nn.Module) -> None:
+    """Copy into `model` the float32 values the int8 graph computes for the structures' compact tensors (the
+    dequantized ring, the coefficients), as the run does for ONNX Runtime's int8 weights after quantize: so
+    `model.safetensors` holds exactly the graph's weights, int8 or not. A record pinning the checksum of the
+    model's regenerated weights (rpg's ``checksum``, checked by `compressor.load`) is re-pinned to the new ones."""
+    pinned = [entry for entry in structures if "checksum" in entry]
+    checksum = getattr(model, "checksum", None) if pinned else None
+    before = checksum() if callable(checksum) else None
+    state = model.state_dict()
+    values = compact_values(proto, state)
+    if not values:
+        return
+    with torch.no_grad():
+        for name, value in values.items():
+            state[name].copy_(value)
+    if before is not None:
+        after = checksum()
+        for entry in pinned:
+            if entry["checksum"] == before:
+                entry["checksum"] = after
 
 
 def export_model(model: nn.Module, example: Dataset, device: str, structures: list[dict[str, Any]]) -> onnx.ModelProto:

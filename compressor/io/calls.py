@@ -65,16 +65,16 @@ def call_model_raw(model: nn.Module, batch: Dataset, device: torch.device | str 
 
 
 @torch.no_grad()
-def other_outputs_note(model: nn.Module, example: Dataset, device: torch.device | str = "cpu") -> str | None:
-    """A report line when the forward returns several tensors: only the main one is judged."""
+def other_outputs_notes(model: nn.Module, example: Dataset, device: torch.device | str = "cpu") -> list[str]:
+    """A report line when the forward returns several tensors (only the main one is judged); else none."""
     out = call_model_raw(model, example, device)
     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
     if len(leaves) < 2:
-        return None
+        return []
     main = first_tensor(out)
     which = "`logits`" if isinstance(out, Mapping) and "logits" in out else "the first"
-    return (f"the model returns {len(leaves)} output tensors; {which} ({list(main.shape[1:])} per sample) is the one "
-            "every metric, stage decision and gate judges: the others are exported and kept, but not verified")
+    return [f"the model returns {len(leaves)} output tensors; {which} ({list(main.shape[1:])} per sample) is the one "
+            "every metric, stage decision and gate judges: the others are exported and kept, but not verified"]
 
 
 @torch.no_grad()

@@ -165,3 +165,22 @@ def calibration_subset(data: Dataset, max_samples: int, seed: int) -> Dataset:
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=gen)[:max_samples].sort().values
     return data.subset(idx)
+
+
+VAL_FRACTION = 0.1  # of the training set, when no --val-data is given
+
+
+def load_splits(data: str | Path, train_data: str | Path | None, val_data: str | Path | None,
+                calib_data: str | Path | None, input_names: Sequence[str], seed: int,
+                dtypes: Mapping[str, torch.dtype] | None = None):
+    """A run's data: (heldout, train, val, calib, notes). Without --val-data the validation set is a seeded split
+    of the training set (the notes say so); calibration samples come from the training set unless given."""
+    notes = []
+    heldout = load_dataset(data, input_names, dtypes)
+    train = load_dataset(train_data, input_names, dtypes) if train_data else None
+    val = load_dataset(val_data, input_names, dtypes) if val_data else None
+    if train is not None and val is None:
+        train, val = split_validation(train, VAL_FRACTION, seed)
+        notes.append(f"validation set: a seeded {VAL_FRACTION:.0%} split of {train_data} (no --val-data)")
+    calib = load_dataset(calib_data, input_names, dtypes) if calib_data else train
+    return heldout, train, val, calib, notes

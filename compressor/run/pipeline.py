@@ -19,8 +19,8 @@ from compressor.core.masks import MaskRegistry
 from compressor.core.params import count_params
 from compressor.errors import CompressorError, DataError, ModelLoadError, StageError, UsageError
 from compressor.export.onnx import handler_of, verify_structure
-from compressor.io.calls import other_outputs_note, predict
-from compressor.io.data import Dataset, load_dataset, split_validation
+from compressor.io.calls import other_outputs_notes, predict
+from compressor.io.data import Dataset, load_splits
 from compressor.io.load import LoadedModel, load_model
 from compressor.io.safetensors_io import save_weights
 from compressor.registry import get_stage, plugin_metrics, validate_order
@@ -36,7 +36,6 @@ from compressor.verify.metrics import Metrics, check_labels, evaluate, score
 from compressor.verify.saturation import (PROBABILITY_RULES, class_probability_scores, saturated, saturation_note,
                                          within_budget_both)
 
-VAL_FRACTION = 0.1
 
 
 @dataclass
@@ -196,19 +195,6 @@ def measured_bytes(model: nn.Module) -> int:
         return file_sizes(path)["size"]
 
 
-def load_splits(options: RunOptions, input_names: list[str], seed: int, dtypes: dict | None = None):
-    """(heldout, train, val, calib, notes); integer/bool arrays cast to `dtypes` (a `.pt2` program's inputs)."""
-    notes = []
-    heldout = load_dataset(options.data, input_names, dtypes)
-    train = load_dataset(options.train_data, input_names, dtypes) if options.train_data else None
-    val = load_dataset(options.val_data, input_names, dtypes) if options.val_data else None
-    if train is not None and val is None:
-        train, val = split_validation(train, VAL_FRACTION, seed)
-        notes.append(f"validation set: a seeded {VAL_FRACTION:.0%} split of {options.train_data} (no --val-data)")
-    calib = load_dataset(options.calib_data, input_names, dtypes) if options.calib_data else train
-    return heldout, train, val, calib, notes
-
-
 def prepare(options: RunOptions, reporter: Reporter):
     """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
     torch.manual_seed(options.seed)
@@ -219,7 +205,9 @@ def prepare(options: RunOptions, reporter: Reporter):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine")
     loaded = load_model(options.model, options.arch, options.trust_pickle)
-    heldout, train, val, calib, notes = load_splits(options, loaded.input_names, options.seed, loaded.input_dtypes)
+    heldout, train, val, calib, notes = load_splits(options.data, options.train_data, options.val_data,
+                                                    options.calib_data, loaded.input_names, options.seed,
+                                                    loaded.input_dtypes)
     model = loaded.module.to(device)
     original = copy.deepcopy(model)
     for p in original.parameters():
@@ -242,9 +230,7 @@ def prepare(options: RunOptions, reporter: Reporter):
             if split is not None:
                 check_labels(split, reference.shape[1])
     reporter.log(f"metric: {choice.name} ({choice.reason})")
-    outputs_note = other_outputs_note(original, heldout.example(), device)
-    if outputs_note:
-        notes.append(outputs_note)
+    notes += other_outputs_notes(original, heldout.example(), device)
     baseline = score(reference, heldout, reference, choice)
     baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
     if (options.val_data is None and baseline_val is not None and choice.name == "accuracy"

@@ -78,3 +78,25 @@ class SizeFit:
             return f"{sizes}: not judged (no validation data)"
         how = f"fine-tuned bound {self.decision.bound:.2f}" if self.finetuned else f"bound {self.decision.bound:.2f}"
         return f"{sizes}: {how} {'within' if self.decision.accepted else 'over'}"
+
+
+def search_notes(fits: list[SizeFit], budget: float, confidence: float, run_max_drop: float, cfg) -> list[str]:
+    """The report's lines on the sizes tried, the rule that judged them, and a warning when nothing was saved."""
+    kept = fits[-1]
+    if kept.decision is None and not kept.unchanged:
+        return ["no validation data: the configured size is kept unjudged"]
+    rule = (f"size rule: a size is kept only if the {confidence:.0%} upper confidence bound on its paired "
+            f"validation drop is within {budget:.2f} points ("
+            + ("basis.max_drop" if cfg.max_drop is not None else "basis's default share") + f" of --max-drop "
+            f"{run_max_drop:.2f}); " + (f"K x {cfg.grow_factor:g} while over" if cfg.grow else
+                                        "basis.grow=false: K is not grown"))
+    notes = [rule, "sizes tried: " + "; ".join(f.describe() for f in fits)]
+    if kept.unchanged:
+        notes.append("WARNING: no size with fewer functions than blocks is within budget on validation: every "
+                     "stack is left as it was and basis saves nothing on this model and data (these blocks are "
+                     "not smooth in depth; a larger --max-drop or --val-data, or basis.finetune_epochs, leaves "
+                     "room)")
+    elif not kept.decision.accepted:
+        notes.append(f"WARNING: the size kept is over budget on validation ({kept.decision.describe()}); the "
+                     "run's gate reports the result")
+    return notes

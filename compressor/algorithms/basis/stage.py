@@ -22,7 +22,7 @@ from torch import nn
 from compressor.algorithms.basis.functions import Basis, projection_matrix, resolve_size, valid_size
 from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, block_layout, block_row, set_child
 from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
-from compressor.algorithms.basis.search import SizeFit, size_schedule
+from compressor.algorithms.basis.search import SizeFit, search_notes, size_schedule
 from compressor.algorithms.basis.stacks import Stack, detect_stacks
 from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.params import unique_param_count
@@ -232,7 +232,7 @@ class BasisStage(Stage):
             metrics["val_after_projection"] = kept.val_projection
         if kept.val_finetune is not None:
             metrics["val_after_finetune"] = kept.val_finetune
-        notes += self._search_notes(ctx, fits, budget)
+        notes += search_notes(fits, budget, ctx.confidence, ctx.max_drop, cfg)
         if kept.unchanged:
             metrics["dof"] = unique_param_count(ctx.model)
             return StageResult(model=ctx.model, notes=notes, metrics=metrics)
@@ -293,23 +293,3 @@ class BasisStage(Stage):
         elif fit.projection is not None and not fit.projection.accepted and cfg.finetune == "auto":
             fit.notes.append("the projection is over budget and there is no --train-data to fine-tune it")
         return fit
-
-    def _search_notes(self, ctx, fits: list[SizeFit], budget: float) -> list[str]:
-        cfg, kept = self.config, fits[-1]
-        if kept.decision is None and not kept.unchanged:
-            return ["no validation data: the configured size is kept unjudged"]
-        rule = (f"size rule: a size is kept only if the {ctx.confidence:.0%} upper confidence bound on its paired "
-                f"validation drop is within {budget:.2f} points ("
-                + ("basis.max_drop" if cfg.max_drop is not None else "basis's default share") + f" of --max-drop "
-                f"{ctx.max_drop:.2f}); " + (f"K x {cfg.grow_factor:g} while over" if cfg.grow else
-                                            "basis.grow=false: K is not grown"))
-        notes = [rule, "sizes tried: " + "; ".join(f.describe() for f in fits)]
-        if kept.unchanged:
-            notes.append("WARNING: no size with fewer functions than blocks is within budget on validation: every "
-                         "stack is left as it was and basis saves nothing on this model and data (these blocks are "
-                         "not smooth in depth; a larger --max-drop or --val-data, or basis.finetune_epochs, leaves "
-                         "room)")
-        elif not kept.decision.accepted:
-            notes.append(f"WARNING: the size kept is over budget on validation ({kept.decision.describe()}); the "
-                         "run's gate reports the result")
-        return notes

@@ -16,6 +16,8 @@ Transformer Quantization", EMNLP 2021). Weights quantize well everywhere. So, me
    (1, 2, 4, ... nodes), until the check-set output is within bounds; float only if even that fails;
 4. then MatMul weights go 4-bit block-wise on top of that choice where the check still holds (int4.py).
 Embedding lookups (Gather of a constant table) are stored int8 weight-only in steps 2-3. Every choice is in the notes.
+The check is the cosine bounds for outputs of 2 or more values a sample; a narrower output (regression, [N, 1]) is
+judged by its relative error instead (`output_error`, `checker`), and the notes name the check and its bounds.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ LISTED = 12  # node names spelled out in a note (worst first)
 
 
 def output_cosine(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """(min, mean) per-sample cosine of the outputs to the float graph's; a 1-wide output is compared as one column."""
+    """(min, mean) per-sample cosine of the outputs to the float graph's; a 1-wide output is compared as one column
+    (auto's check judges such outputs by `output_error` instead)."""
     out, ref = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
     if out.shape[1] == 1:
         out, ref = out.T, ref.T
@@ -133,20 +136,66 @@ Realize = Callable[[Forms, Path], None]
 Check = Callable[[Path], tuple[bool, str]]
 
 
-def checker(work: Path, check: Dataset, bounds: tuple[float, float],
-            on_check: Callable[[str], None] | None = None) -> Check:
-    """`passes(path)`: does the graph at `path` keep the check set's output within the cosine bounds of the float
-    graph `work`? With the measured cosines, for the notes; `on_check` hears each result (progress)."""
-    ref = onnx_predict(ort_session(work), check)
-    lo_min, lo_mean = bounds
+def output_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(mean squared error / variance, max |error| / standard deviation) of the outputs to the float graph's `ref`
+    over every value of the check set: the scale-aware error of an output with one value a sample, where a per-sample
+    cosine is only a sign and the cosine of the whole column is dominated by its mean (an offset of 4 hides an error
+    that doubles the error to the true targets). Variance and deviation are the float outputs', centred, so an offset
+    hides nothing; a constant output falls back to its mean square, a zero one to 1."""
+    err, ref = (out.double() - ref.double()).reshape(-1), ref.double().reshape(-1)
+    var = float(ref.var(unbiased=False)) if ref.numel() > 1 else 0.0
+    scale = var if var > 0 else (float(ref.square().mean()) or 1.0)
+    return float(err.square().mean()) / scale, float(err.abs().max()) / scale ** 0.5
 
-    def passes(path: Path) -> tuple[bool, str]:
-        cmin, cmean = output_cosine(onnx_predict(ort_session(path), check), ref)
-        ok, how = cmin >= lo_min and cmean >= lo_mean, f"cosine to float min {cmin:.4f} / mean {cmean:.4f}"
-        if on_check is not None:
-            on_check(f"{how} ({'holds' if ok else 'fails'})")
+
+def error_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    """The cosine bounds (min, mean) in the units of `output_error`, as strict as they are. For unit vectors
+    ||a - b||^2 = 2 (1 - cos a.b): mean cosine 0.995 is a mean squared error of 2 (1 - 0.995) = 0.01 of the squared
+    norm, and min cosine 0.985 bounds the worst sample's at 2 (1 - 0.985) = 0.03. A centred scalar output's squared
+    norm is its variance, so: mse / variance <= 2 (1 - mean) = 0.01 (RMS error within 10% of the spread), and
+    max |error| / std <= sqrt(2 (1 - min)) = 0.173. The worst case is what catches a calibrated range clipping the
+    largest outputs; it is measured against the deviation, not the range, since the range grows with the tail it
+    would have to expose (a clipped 5.40 -> 4.58 on validation is 0.084 of the range there, but 0.49 std)."""
+    lo_min, lo_mean = bounds
+    return 2 * (1 - lo_mean), (2 * max(1 - lo_min, 0.0)) ** 0.5
+
+
+class OutputCheck:
+    """`passes(path)`: does the graph at `path` keep the check set's output within bounds of the float graph `work`?
+    With the measured values, for the notes; `on_check` hears each result (progress). Outputs of 2 or more values a
+    sample: the cosine bounds (min, mean) of the per-sample cosine; narrower outputs (one value a sample,
+    regression): `output_error` within `error_bounds(bounds)`. `bounds` is the note naming the check's bounds."""
+
+    def __init__(self, work: Path, check: Dataset, bounds: tuple[float, float],
+                 on_check: Callable[[str], None] | None = None) -> None:
+        self.ref = onnx_predict(ort_session(work), check)
+        self.check, self.on_check, self.cosine = check, on_check, bounds
+        self.narrow = self.ref[0].numel() < 2 if len(self.ref) else False
+        self.limits = error_bounds(bounds)
+        self.bounds = f"bounds {bounds[0]} / {bounds[1]}" if not self.narrow else (
+            f"relative error bounds: mse / variance <= {self.limits[0]:.4g}, max |error| / std <= "
+            f"{self.limits[1]:.4g}, the cosine bounds {bounds[0]} / {bounds[1]} in squared-error units; "
+            f"{self.ref[0].numel()} output value a sample, so no per-sample cosine")
+
+    def __call__(self, path: Path) -> tuple[bool, str]:
+        out = onnx_predict(ort_session(path), self.check)
+        if self.narrow:
+            rel, worst = output_error(out, self.ref)
+            ok = rel <= self.limits[0] and worst <= self.limits[1]
+            how = f"relative error to float mse / variance {rel:.4f} / max |error| / std {worst:.4f}"
+        else:
+            cmin, cmean = output_cosine(out, self.ref)
+            ok, how = cmin >= self.cosine[0] and cmean >= self.cosine[1], \
+                f"cosine to float min {cmin:.4f} / mean {cmean:.4f}"
+        if self.on_check is not None:
+            self.on_check(f"{how} ({'holds' if ok else 'fails'})")
         return ok, how
-    return passes
+
+
+def checker(work: Path, check: Dataset, bounds: tuple[float, float],
+            on_check: Callable[[str], None] | None = None) -> OutputCheck:
+    """The check of auto's steps on `check` against the float graph `work` (OutputCheck)."""
+    return OutputCheck(work, check, bounds, on_check)
 
 
 def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -> tuple[list[str], Realize]:

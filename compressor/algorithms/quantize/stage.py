@@ -36,8 +36,10 @@ class QuantizeConfig:
         "auto", "auto: static where the check set's output stays within the cosine bounds, else per op dynamic "
         "or float (auto.py); static: int8 weights and activations (calibrated); dynamic: int8 weights, "
         "activations quantized at run time")
-    auto_min_cosine: float = option(0.985, "auto: least per-sample cosine to the float graph on the check set")
-    auto_mean_cosine: float = option(0.995, "auto: least mean cosine to the float graph on the check set")
+    auto_min_cosine: float = option(0.985, "auto: least per-sample cosine to the float graph on the check set (one "
+                                    "output value a sample: max |error| / std <= sqrt(2 (1 - this)), auto.py)")
+    auto_mean_cosine: float = option(0.995, "auto: least mean cosine to the float graph on the check set (one output "
+                                     "value a sample: mse / variance <= 2 (1 - this), auto.py)")
     format: Literal["QDQ", "QOperator"] = option("QDQ", "graph format of static quantization")
     per_channel: bool = option(True, "one scale per output channel of each weight (else per tensor)")
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
@@ -226,8 +228,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     check_set = check if check is not None else calib
                     passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check)
                     auto_notes, realize = choose(base, dst, check_set, passes, forms)
-                    notes += [f"{n} (bounds {config.auto_min_cosine} / {config.auto_mean_cosine})"
-                              if i == 0 else n for i, n in enumerate(auto_notes)]
+                    notes += [f"{n} ({passes.bounds})" if i == 0 else n for i, n in enumerate(auto_notes)]
                     if config.weight_bits == "auto":
                         notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
                                              lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir), d),
