@@ -64,11 +64,16 @@ def call_model_raw(model: nn.Module, batch: Dataset, device: torch.device | str 
         return calls[1]()
 
 
+def output_tensors(out: object) -> list[torch.Tensor]:
+    """Every tensor a forward returned, in the order the ONNX exporter flattens them (pytree leaves)."""
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
 @torch.no_grad()
 def other_outputs_notes(model: nn.Module, example: Dataset, device: torch.device | str = "cpu") -> list[str]:
     """A report line when the forward returns several tensors (only the main one is judged); else none."""
     out = call_model_raw(model, example, device)
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    leaves = output_tensors(out)
     if len(leaves) < 2:
         return []
     main = first_tensor(out)

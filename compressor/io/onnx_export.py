@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from compressor.errors import StageError
-from compressor.io.calls import first_tensor, set_train, takes_keywords
+from compressor.io.calls import first_tensor, output_tensors, set_train, takes_keywords
 from compressor.io.data import Dataset
 from compressor.io.threads import pinned_threads
 from compressor.version import __version__
@@ -89,7 +89,7 @@ def main_output_first(proto: onnx.ModelProto, model: nn.Module, args: tuple, kwa
     torch's side of every comparison is the logits. The other outputs stay, in their order."""
     with torch.no_grad():
         out = model(*args, **(kwargs or {}))
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    leaves = output_tensors(out)
     if len(leaves) < 2 or len(leaves) != len(proto.graph.output):
         return
     main = first_tensor(out)

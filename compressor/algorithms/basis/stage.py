@@ -205,7 +205,7 @@ class BasisStage(Stage):
         with ctx.reporter.task("basis size", None) as task:
             for i, sizes in enumerate(levels):
                 ctx.masks.masks = {k: v.clone() for k, v in masks.items()}  # each size starts from the input's masks
-                if all(k is None for k in sizes):
+                if SizeFit(sizes, None).unchanged:
                     fits.append(SizeFit(sizes, ctx.model))
                     task.advance(status="every stack left as it was")
                     break
