@@ -22,6 +22,7 @@ from typing import Callable, Literal
 import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
+from compressor.algorithms.quantize.gemm import gemms_as_matmul
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.errors import DataError, StageError
@@ -153,6 +154,10 @@ class _Forms:
     def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        graph, rewritten = gemms_as_matmul(onnx.load(str(src)), nodes)
+        if rewritten:  # ORT has no dynamic Gemm kernel: as MatMul + Add the same nodes are quantized (gemm.py)
+            src = self.tmp / "gemm_as_matmul.onnx"
+            onnx.save(graph, str(src))
         quantize_dynamic(str(src), str(dst), per_channel=self.config.per_channel, weight_type=QuantType.QInt8,
                          nodes_to_quantize=nodes, nodes_to_exclude=self.exclude,
                          extra_options={"MatMulConstBOnly": True, **self.extra})
