@@ -25,13 +25,14 @@ def gemms_as_matmul(model: onnx.ModelProto, names: list[str] | None = None) -> t
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
     wanted = None if names is None else set(names)
-    nodes, rewritten = [], 0
+    nodes, rewritten, replaced = [], 0, set()
     for node in graph.node:
         a = _attrs(node) if node.op_type == "Gemm" else {}
         if (node.op_type != "Gemm" or (wanted is not None and node.name not in wanted) or a.get("transA", 0)
                 or a.get("alpha", 1.0) != 1.0 or len(node.input) < 2 or node.input[1] not in inits):
             nodes.append(node)
             continue
+        replaced.add(node.input[1])
         weight = numpy_helper.to_array(inits[node.input[1]])
         if a.get("transB", 0):
             weight = np.ascontiguousarray(weight.T)
@@ -48,15 +49,18 @@ def gemms_as_matmul(model: onnx.ModelProto, names: list[str] | None = None) -> t
                     nodes[-1] = node
                     graph.initializer.pop()
                     continue
+                replaced.add(bias)
                 bias = f"{bias}__beta_{rewritten}"
                 graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[2]]) * beta,
                                                                  bias))
-            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}__bias"))
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name or node.output[0]}__bias"))
         rewritten += 1
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name in used or i.name in {o.name for o in graph.output}]
+    # drop only the Gemm weights (and scaled biases' sources) this left unread; a subgraph (If/Loop body) may read
+    # any other initializer of the outer graph without naming it in a top-level node's inputs
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used or i.name not in replaced]
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return out, rewritten
