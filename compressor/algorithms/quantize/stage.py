@@ -154,20 +154,28 @@ class _Forms:
     def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        graph, rewritten = gemms_as_matmul(onnx.load(str(src)), nodes)
-        if rewritten:  # ORT has no dynamic Gemm kernel: as MatMul + Add the same nodes are quantized (gemm.py)
-            src = self.tmp / "gemm_as_matmul.onnx"
-            onnx.save(graph, str(src))
+        src = self._as_matmul(src, nodes)  # ORT has no dynamic Gemm kernel: as MatMul + Add it quantizes them
         quantize_dynamic(str(src), str(dst), per_channel=self.config.per_channel, weight_type=QuantType.QInt8,
                          nodes_to_quantize=nodes, nodes_to_exclude=self.exclude,
                          extra_options={"MatMulConstBOnly": True, **self.extra})
+
+    def _as_matmul(self, src: Path, nodes: list[str] | None) -> Path:
+        """`src` with the Gemms among `nodes` (None: all) as MatMul + Add (gemm.py), or `src` if there are none."""
+        graph, rewritten = gemms_as_matmul(onnx.load(str(src)), nodes)
+        if not rewritten:
+            return src
+        dst = self.tmp / f"gemm_as_matmul_{src.stem}.onnx"
+        onnx.save(graph, str(dst))
+        return dst
 
     def static_all(self, dst: Path) -> None:
         self.static(dst)
 
     def mixed(self, dst: Path, static: list[str], dynamic: list[str], weight_only: list[str],
               tables: list[str]) -> None:
-        mid = self.base
+        # the dynamic and weight-only nodes as MatMul first: ORT's dynamic pass renames every Gemm it leaves (to
+        # "<name>_MatMul"), and the weight-only list would then match nothing and stay float
+        mid = self._as_matmul(self.base, dynamic + tables + weight_only) if dynamic or tables else self.base
         if static:
             mid = self.tmp / "static.onnx"
             self.static(mid, static)
