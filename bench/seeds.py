@@ -11,6 +11,8 @@ stopped and restarted unattended. Goals (issue 11): every run exits 0 (drop <= 1
 and >= 20x; CNN >= 80% and >= 10x.
 
     python -m bench.seeds [--models digits_mlp,...] [--seeds 0,1] [--pipelines shrink,prune,quantize] [--jobs 2]
+
+A variant of the defaults (`--set prune.max_drop=1 --tag full_share`) is stored apart, in seeds_<tag>.json/.md.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def key(model: str, pipeline: str, seed: int, val: str) -> str:
     return f"{model}|{pipeline}|{seed}|{val}"
 
 
-def run_one(model: str, pipeline: str, seed: int, val: str) -> dict:
+def run_one(model: str, pipeline: str, seed: int, val: str, overrides: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp:
         out = Path(tmp) / "out"
         cmd = [str(Path(sys.executable).parent / "compress"), str(SAMPLES / f"{model}.pt2"), "--pipeline", pipeline,
@@ -45,6 +47,9 @@ def run_one(model: str, pipeline: str, seed: int, val: str) -> dict:
                "--out", str(out), "--seed", str(seed), "--quiet"]
         if val == "val":
             cmd += ["--val-data", str(SAMPLES / "digits_val.npz")]
+        for override in overrides:  # only those naming a stage of this pipeline (compress refuses the others)
+            if override.split(".", 1)[0] in pipeline.split(","):
+                cmd += ["--set", override]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -86,15 +91,20 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--val", default=",".join(VAL_MODES), help="split (no --val-data), val (--val-data)")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once (one thread each)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="stage.option=value")
+    parser.add_argument("--tag", default="", help="name of a variant's results (required with --set)")
     args = parser.parse_args(argv)
-    store = RESULTS / "seeds.json"
+    if args.overrides and not args.tag:
+        parser.error("--set needs --tag: a variant's rows are stored apart from the defaults'")
+    stem = f"seeds_{args.tag}" if args.tag else "seeds"
+    store = RESULTS / f"{stem}.json"
     done = json.loads(store.read_text()) if store.is_file() else {}
     todo = [(model, pipeline, seed, val) for model in args.models.split(",") for pipeline in args.pipelines.split(";")
             for val in args.val.split(",") for seed in map(int, args.seeds.split(","))
             if key(model, pipeline, seed, val) not in done]
     # each row is its own one-thread `compress` process: --jobs of them at once, results stored as they finish
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for row in map(Future.result, as_completed([pool.submit(run_one, *t) for t in todo])):
+        for row in map(Future.result, as_completed([pool.submit(run_one, *t, tuple(args.overrides)) for t in todo])):
             done[key(row["model"], row["pipeline"], row["seed"], row["val"])] = row
             print(json.dumps(row), flush=True)
             RESULTS.mkdir(exist_ok=True)
@@ -103,10 +113,12 @@ def main(argv: list[str] | None = None) -> str:
             tmp.replace(store)
     text = table(list(done.values()))
     passed = sum(1 for r in done.values() if r.get("exit") == 0)
-    summary = (f"{len(done)} runs recorded, {passed} exit 0 (gate: drop <= 1 point). validation: split = a seeded "
-               "10% of digits_train.npz, val = --val-data digits_val.npz. smallest bytes = the smallest artifact "
+    variant = f"Variant {args.tag}: --set {' --set '.join(args.overrides)}. " if args.tag else ""
+    summary = (f"{variant}{len(done)} runs recorded, {passed} exit 0 (gate: drop <= 1 point). validation: split = a "
+               "seeded 10% of digits_train.npz, val = --val-data digits_val.npz. smallest bytes = the smallest artifact "
                "(smallest of raw and gzip); x smaller = fp32 weights / that.")
-    (RESULTS / "seeds.md").write_text(f"# bench/seeds.py\n\n{summary}\n\n{text}\n")
+    title = f"# bench/seeds.py{' --tag ' + args.tag if args.tag else ''}"
+    (RESULTS / f"{stem}.md").write_text(f"{title}\n\n{summary}\n\n{text}\n")
     print(text)
     return text
 

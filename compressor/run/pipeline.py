@@ -33,6 +33,7 @@ from compressor.verify.budget import (DEFAULT_CONFIDENCE, BudgetDecision, drop, 
 from compressor.verify.gates import KNOWN_METRICS
 from compressor.verify.kind import BUILTIN, MetricChoice, choose
 from compressor.verify.metrics import Metrics, check_labels, evaluate, score
+from compressor.verify.power import selection_gap_note
 from compressor.verify.saturation import (PROBABILITY_RULES, class_probability_scores, saturated, saturation_note,
                                          within_budget_both)
 
@@ -233,12 +234,9 @@ def prepare(options: RunOptions, reporter: Reporter):
     notes += other_outputs_notes(original, heldout.example(), device)
     baseline = score(reference, heldout, reference, choice)
     baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
-    if (options.val_data is None and baseline_val is not None and choice.name == "accuracy"
-            and baseline_val.value - baseline.value > 0.5):
-        # a note only (no decision uses the held-out figure): the split was likely part of the model's training
-        notes.append(f"WARNING: the original model scores {baseline_val.value:.2f} on the validation split of the "
-                     f"training data vs {baseline.value:.2f} held out: it has likely seen those samples, so stage "
-                     "decisions cannot see what compression costs; pass an independent --val-data")
+    if baseline_val is not None and choice.name == "accuracy":  # a note only: no decision reads held-out
+        notes += filter(None, [selection_gap_note(baseline_val.value, len(val), baseline.value, len(heldout),
+                                                  independent=options.val_data is not None)])
     if val is not None and choice.name in PROBABILITY_RULES:
         notes.append(saturation_note(sample_scores(val_reference, val.labels, val_reference, choice.name),
                                      choice.name))

@@ -30,6 +30,7 @@ from compressor.stage import config_as_dict
 from compressor.verify.artifacts import (baseline_latency_ms, file_sizes, ort_latency_ms, ort_peak_memory_bytes,
                                          slower_warnings)
 from compressor.verify.metrics import evaluate, score
+from compressor.verify.power import resolution_note
 from compressor.version import __version__
 
 EXIT_OK, EXIT_GATE = 0, 3
@@ -62,6 +63,9 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     started = time.perf_counter()
     ctx, heldout, baseline, reference, notes = prepare(options, reporter)
     ctx.stage_configs = {s.name: s.config for s in stages}
+    if ctx.val is not None and ctx.metric.counted:  # stages that judge with a share of --max-drop
+        shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages if hasattr(s.config, "max_drop")}
+        notes += filter(None, [resolution_note(shares, len(ctx.val), ctx.confidence, ctx.max_drop)])
     params, nonzeros = count_params(ctx.model)
     records = []
     model_stages = [s for s in stages if not s.export_time]
