@@ -5,7 +5,7 @@ counts samples, one validation sample that the candidate gets wrong and the orig
 changed) has drop 100/n and a bound of exactly 100 (1 + z) / n points (z = 0.674 at 75%): 0.93 points on 180 samples.
 A stage whose share of --max-drop is below that keeps nothing that loses a validation sample net, however little
 the loss would cost on fresh data (digits, issue 11: prune's half share of a 1-point gate is 0.50, so digits_mlp
-and digits_cnn stop at the first step that loses one of the 180 samples, 72-87% sparse). The run says so and says
+and digits_cnn stop at the first step that loses one of the 180 samples, 72-85% sparse). The run says so and says
 how many samples would admit one loss, instead of leaving the user to guess why a stage stopped early.
 
 A validation set that picked the original (early stopping on it) or that it was trained on flatters the original:
