@@ -47,13 +47,13 @@ def run_one(model: str, pipeline: str, seed: int, val: str, overrides: tuple[str
                "--out", str(out), "--seed", str(seed), "--quiet"]
         if val == "val":
             cmd += ["--val-data", str(SAMPLES / "digits_val.npz")]
-        for override in overrides:  # only those naming a stage of this pipeline (compress refuses the others)
-            if override.split(".", 1)[0] in pipeline.split(","):
-                cmd += ["--set", override]
+        applied = [o for o in overrides if o.split(".", 1)[0] in pipeline.split(",")]  # compress refuses others
+        for override in applied:
+            cmd += ["--set", override]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-        row = {"model": model, "pipeline": pipeline, "seed": seed, "val": val, "exit": proc.returncode,
+        row = {"model": model, "pipeline": pipeline, "seed": seed, "val": val, "set": applied, "exit": proc.returncode,
                "seconds": round(time.perf_counter() - start, 1)}
         report_path = out / "report.json"
         if not report_path.is_file():
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> str:
     todo = [(model, pipeline, seed, val) for model in args.models.split(",") for pipeline in args.pipelines.split(";")
             for val in args.val.split(",") for seed in map(int, args.seeds.split(","))
             if key(model, pipeline, seed, val) not in done]
+    stale = sorted({tuple(r.get("set", ())) for r in done.values()} - {()} - {tuple(args.overrides)})
+    if any(set(s) - set(args.overrides) for s in stale):  # a tag's stored rows were run with other overrides
+        parser.error(f"{store.name} holds rows run with --set {stale}: use another --tag or delete it")
     # each row is its own one-thread `compress` process: --jobs of them at once, results stored as they finish
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for row in map(Future.result, as_completed([pool.submit(run_one, *t, tuple(args.overrides)) for t in todo])):
@@ -113,10 +116,12 @@ def main(argv: list[str] | None = None) -> str:
             tmp.replace(store)
     text = table(list(done.values()))
     passed = sum(1 for r in done.values() if r.get("exit") == 0)
-    variant = f"Variant {args.tag}: --set {' --set '.join(args.overrides)}. " if args.tag else ""
+    variant = (f"Variant {args.tag}: " + " ".join(f"--set {o}" for o in args.overrides)
+               + " (each row's `set` in the JSON: the overrides naming a stage of its pipeline). "
+               if args.tag else "")
     summary = (f"{variant}{len(done)} runs recorded, {passed} exit 0 (gate: drop <= 1 point). validation: split = a "
-               "seeded 10% of digits_train.npz, val = --val-data digits_val.npz. smallest bytes = the smallest artifact "
-               "(smallest of raw and gzip); x smaller = fp32 weights / that.")
+               "seeded 10% of digits_train.npz, val = --val-data digits_val.npz. smallest bytes = the smallest "
+               "artifact (smallest of raw and gzip); x smaller = fp32 weights / that.")
     title = f"# bench/seeds.py{' --tag ' + args.tag if args.tag else ''}"
     (RESULTS / f"{stem}.md").write_text(f"{title}\n\n{summary}\n\n{text}\n")
     print(text)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from compressor.verify.budget import within_budget
-from compressor.verify.power import one_loss_bound, resolution_note, samples_to_lose_one, selection_gap_note
+from compressor.verify.power import (exact_gap_p, one_loss_bound, resolution_note, samples_to_lose_one,
+                                    selection_gap_note)
 
 
 def test_one_loss_bound_is_the_decision_rules_bound_for_one_lost_sample():
@@ -25,7 +26,7 @@ def test_samples_to_lose_one_is_the_smallest_set_that_admits_one_loss():
 
 def test_resolution_note_names_only_the_stages_below_one_sample():
     note = resolution_note({"shrink": 0.5, "prune": 0.5, "rpg": 1.0}, 180, 0.75, 1.0)
-    assert "shrink 0.50, prune 0.50" in note and "rpg" not in note and "0.93" in note
+    assert "shrink 0.50, prune 0.50 (of" in note and "rpg 1.00" not in note and "0.93" in note
     assert f"About {samples_to_lose_one(0.5, 0.75):,} validation samples" in note
     assert resolution_note({"prune": 1.0}, 180, 0.75, 1.0) is None
     assert resolution_note({"prune": 0.5}, 400, 0.75, 1.0) is None  # one sample of 400 bounds at 0.42
@@ -33,9 +34,17 @@ def test_resolution_note_names_only_the_stages_below_one_sample():
 
 def test_selection_gap_warns_only_beyond_chance():
     mlp_val, cnn_held, mlp_held = 100 * 179 / 180, 100 * 357 / 360, 100 * 349 / 360  # digits_mlp/cnn, measured
-    assert "2.4 standard errors" in selection_gap_note(mlp_val, 180, mlp_held, 360, independent=True)
-    assert selection_gap_note(mlp_val, 180, cnn_held, 360, independent=True) is None
-    assert selection_gap_note(100 * 177 / 180, 180, 100 * 358 / 360, 360, independent=True) is None
+    assert "exact p = 0.052" in selection_gap_note(mlp_val, 180, mlp_held, 360, independent=True)
+    assert abs(exact_gap_p(179, 180, 349, 360) - 0.05207) < 1e-4  # scipy.stats.fisher_exact, alternative="greater"
+    assert selection_gap_note(mlp_val, 180, cnn_held, 360, independent=True) is None  # a gap of 0.28: chance
+    # all 180 right on validation against 357/360 held out: p = 0.30 (a normal test with per-set variances would
+    # call it 1.7 standard errors, the validation term being zero)
+    assert selection_gap_note(100.0, 180, cnn_held, 360, independent=True) is None
+    assert selection_gap_note(100.0, 180, 100 * 340 / 360, 360, independent=True) is not None
     # a split of the training data: any gap over half a point (the model has seen those samples)
     assert "validation split of the training data" in selection_gap_note(100.0, 126, 99.44, 360, independent=False)
     assert selection_gap_note(99.6, 126, 99.44, 360, independent=False) is None
+
+
+def test_a_zero_share_is_not_told_to_get_more_samples():
+    assert resolution_note({"prune": 0.0}, 180, 0.75, 0.0) is None

@@ -64,7 +64,8 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     ctx, heldout, baseline, reference, notes = prepare(options, reporter)
     ctx.stage_configs = {s.name: s.config for s in stages}
     if ctx.val is not None and ctx.metric.counted and ctx.val_reference.ndim == 2:  # 0/1 scores, one per sample
-        shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages if hasattr(s.config, "max_drop")}
+        shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages  # plugins: a number or None
+                  if isinstance(getattr(s.config, "max_drop", ""), (int, float, type(None)))}
         notes += filter(None, [resolution_note(shares, len(ctx.val), ctx.confidence, ctx.max_drop)])
     params, nonzeros = count_params(ctx.model)
     records = []
