@@ -53,7 +53,8 @@ def run_one(model: str, pipeline: str, seed: int, val: str, overrides: tuple[str
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-        row = {"model": model, "pipeline": pipeline, "seed": seed, "val": val, "set": applied, "exit": proc.returncode,
+        row = {"model": model, "pipeline": pipeline, "seed": seed, "val": val, "requested": list(overrides),
+               "set": applied, "exit": proc.returncode,
                "seconds": round(time.perf_counter() - start, 1)}
         report_path = out / "report.json"
         if not report_path.is_file():
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="stage.option=value")
     parser.add_argument("--tag", default="", help="name of a variant's results (required with --set)")
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; available: {', '.join(MODELS)}")
     if args.overrides and not args.tag:
         parser.error("--set needs --tag: a variant's rows are stored apart from the defaults'")
     stem = f"seeds_{args.tag}" if args.tag else "seeds"
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> str:
     todo = [(model, pipeline, seed, val) for model in args.models.split(",") for pipeline in args.pipelines.split(";")
             for val in args.val.split(",") for seed in map(int, args.seeds.split(","))
             if key(model, pipeline, seed, val) not in done]
-    stale = sorted({tuple(r.get("set", ())) for r in done.values()} - {()} - {tuple(args.overrides)})
-    if any(set(s) - set(args.overrides) for s in stale):  # a tag's stored rows were run with other overrides
+    stale = sorted({tuple(r.get("requested", ())) for r in done.values()} - {tuple(args.overrides)})
+    if stale:  # rows run with other overrides must not be relabelled as this variant's
         parser.error(f"{store.name} holds rows run with --set {stale}: use another --tag or delete it")
     # each row is its own one-thread `compress` process: --jobs of them at once, results stored as they finish
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

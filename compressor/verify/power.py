@@ -30,7 +30,7 @@ def samples_to_lose_one(budget: float, confidence: float) -> int | None:
     """The fewest validation samples on which one lost sample is within `budget` points (None: no budget)."""
     if budget <= 0:
         return None
-    return max(2, math.ceil(100.0 * (1 + NormalDist().inv_cdf(confidence)) / budget - 1e-9))
+    return max(2, math.ceil(one_loss_bound(1, confidence) / budget - 1e-9))  # the bound is one_loss_bound(1) / n
 
 
 def resolution_note(shares: dict[str, float], n: int, confidence: float, max_drop: float) -> str | None:
