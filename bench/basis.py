@@ -18,7 +18,7 @@ from compressor.algorithms.basis.stage import BasisConfig, BasisStage
 from compressor.export.onnx import compact_int8, export_model
 from compressor.run.pipeline import RunOptions, prepare
 from compressor.run.progress import Reporter
-from compressor.verify.metrics import evaluate
+from compressor.judge.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -16,7 +16,7 @@ from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
 from compressor.verify.artifacts import ort_latency_ms
-from compressor.verify.metrics import evaluate_onnx
+from compressor.judge.metrics import evaluate_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -26,7 +26,7 @@ from compressor.io.onnx_export import export_onnx_proto, save_onnx
 from compressor.run.pipeline import RunOptions, prepare
 from compressor.run.progress import Reporter
 from compressor.run.runner import compress
-from compressor.verify.metrics import evaluate
+from compressor.judge.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -5,7 +5,7 @@ Both methods run the same schedule (10% of the remaining weights per step, the s
 same lr, the best epoch of each fine-tune selected on validation for both); ours spends its first
 `SHRINK_EPOCHS` on selective shrinkage, the baseline spends them on plain fine-tuning. Every decision — which
 pruning step is reported, whether our codebook is kept — is taken on the validation set (digits_val.npz) by the
-tool's own budget rule (`compressor.verify.budget`: the 90% upper bound on the paired drop within `MAX_DROP`
+tool's own budget rule (`compressor.judge.budget`: the 90% upper bound on the paired drop within `MAX_DROP`
 points), the same for both methods. The held-out set is only measured, once, on the selected state: we print
 its sparsity, the held-out accuracy, the remaining non-zeros, the shipped artifact's bytes (smallest of raw and
 gzip) and the wall time.
@@ -33,7 +33,7 @@ from compressor.io.safetensors_io import save_weights
 from compressor.run.pipeline import RunOptions, prepare
 from compressor.run.progress import Reporter
 from compressor.verify.artifacts import file_sizes
-from compressor.verify.metrics import evaluate
+from compressor.judge.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -2,7 +2,8 @@
 
 A stage declares ``name``, a one-line ``summary``, a ``Config`` dataclass (every field has a default and a
 ``help`` in its metadata), the stages it may follow, and ``apply(ctx) -> StageResult``; it never writes files or
-builds ONNX. Registration is in `compressor.registry` (decorator or entry point), never an if-chain.
+builds ONNX. A stage registers through the `compressor.stages` entry point of its package (pyproject.toml); the
+``register_stage`` decorator of `compressor.registry` is for stages defined in code (tests, notebooks).
 ``--set stage.key=value`` values are parsed from the field's type; an unknown key is a usage error naming the
 valid ones.
 """
@@ -31,21 +32,46 @@ class StageResult:
 
 
 class Stage:
-    """Base class. Subclasses set the class attributes and implement `apply(ctx) -> StageResult`; an export-time
-    stage implements `apply_onnx(ctx, src, dst, compact=False) -> StageResult` instead (the run hands it the
-    exported graph at `src`; `compact`: structures' own tensors are int8 already)."""
+    """Base class of a stage that transforms the working model: subclasses set the class attributes and implement
+    `apply(ctx) -> StageResult`, where `ctx` is the run's `StageContext` (`compressor.core.contract`: everything a
+    stage may read and call). A stage declares what data it needs (`requires_training_data`,
+    `requires_calibration`); the run checks them before anything runs."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Config: ClassVar[type] = object
     follows: ClassVar[frozenset[str]] = frozenset()  # stages allowed earlier in the pipeline
-    export_time: ClassVar[bool] = False  # runs on the exported ONNX graph, always last
+    export_time: ClassVar[bool] = False  # runs on the exported ONNX graph, always last (`ExportStage`)
     needs_training_data: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def requires_training_data(self) -> bool:
+        """Whether this configured stage fine-tunes, so the run needs --train-data (a stage set to 0 epochs
+        does not)."""
+        return self.needs_training_data and getattr(self.config, "epochs", 1) != 0
+
+    def requires_calibration(self) -> str | None:
+        """Why this configured stage needs calibration samples, with what to pass (the run refuses it without
+        --train-data or --calib-data), or None."""
+        return None
+
     def apply(self, ctx):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ExportStage(Stage):
+    """Base class of a stage that runs on the exported ONNX graph, always last: `apply_onnx(ctx, src, dst,
+    compact=False) -> StageResult` writes the transformed graph at `src` to `dst` (`compact`: the structures' own
+    tensors are int8 already)."""
+
+    export_time: ClassVar[bool] = True
+
+    def apply(self, ctx):  # pragma: no cover - an export-time stage has no torch-side step
+        raise NotImplementedError(f"{self.name} runs on the exported graph: apply_onnx")
+
+    def apply_onnx(self, ctx, src, dst, compact: bool = False) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
 
 

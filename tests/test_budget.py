@@ -1,4 +1,4 @@
-"""The one budget rule (verify/budget.py): a paired upper confidence bound on the validation drop, never widened."""
+"""The one budget rule (judge/budget.py): a paired upper confidence bound on the validation drop, never widened."""
 from __future__ import annotations
 
 import torch
@@ -7,9 +7,9 @@ from compressor.core.masks import MaskRegistry
 from compressor.io.data import Dataset
 from compressor.run.pipeline import RunContext
 from compressor.run.progress import Reporter
-from compressor.verify.budget import drop_bound, sample_scores, within_budget
-from compressor.verify.kind import MetricChoice
-from compressor.verify.saturation import (class_probability_scores, saturated, saturation_note,
+from compressor.judge.budget import drop_bound, sample_scores, within_budget
+from compressor.judge.kind import MetricChoice
+from compressor.judge.saturation import (class_probability_scores, saturated, saturation_note,
                                          within_budget_both)
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "compressor"
 MAX_LINES = 300
-ALGORITHMS = ("shrink", "prune", "rpg", "basis", "quantize")
+# every algorithm package is found from its folder (a new stage is one folder plus its entry point)
+ALGORITHMS = tuple(sorted(p.name for p in (PACKAGE / "algorithms").iterdir() if (p / "__init__.py").is_file()))
 
 
 def module_name(path: Path) -> str:
@@ -103,3 +104,89 @@ def test_each_algorithm_in_its_own_folder():
             if mod.startswith(prefix):
                 others = [d for d in deps if d.startswith("compressor.algorithms.") and not d.startswith(prefix)]
                 assert not others, (mod, others)
+
+
+# The floors of the house, lowest first (docs/DESIGN.md, "Layers"): a module imports only from its own floor or
+# below. Judging (judge/) sits below the algorithms that search with it; measuring written artifacts (verify/) sits
+# after export/.
+FLOORS = (
+    ("compressor.errors", "compressor.version"),
+    ("compressor.stage",),
+    ("compressor.registry",),
+    ("compressor.io",),
+    ("compressor.judge",),
+    ("compressor.core",),
+    ("compressor.algorithms",),
+    ("compressor.export",),
+    ("compressor.verify",),
+    ("compressor.report",),
+    ("compressor.run",),
+    ("compressor.inspect_model", "compressor.cli", "compressor"),
+)
+
+
+def floor_of(module: str) -> int:
+    best = None
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (level, len(prefix))
+    assert best is not None, f"{module} is on no floor: add its package to FLOORS and docs/DESIGN.md"
+    return best[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{mod} -> {dep}" for mod, deps in graph.items() for dep in deps if floor_of(dep) > floor_of(mod))
+
+
+def test_every_import_points_down_the_floors():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_floor_check_sees_an_upward_import():
+    assert upward_imports({"compressor.judge.budget": {"compressor.core.finetune"}}) == [
+        "compressor.judge.budget -> compressor.core.finetune"]
+
+
+CONTRACT_USERS = ("compressor.algorithms", "compressor.core")
+
+
+def ctx_attributes(tree: ast.AST) -> set[str]:
+    """The names read or set as `ctx.<name>` in a module."""
+    return {n.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ctx"}
+
+
+def test_stages_use_only_the_stage_contract():
+    from compressor.core.contract import CONTRACT
+
+    outside = {f"{name}: ctx.{attr}" for name, path in modules().items() if name.startswith(CONTRACT_USERS)
+               for attr in ctx_attributes(ast.parse(path.read_text())) - CONTRACT}
+    assert not outside, sorted(outside)
+
+
+def test_the_contract_check_sees_an_attribute_outside_it():
+    assert ctx_attributes(ast.parse("def f(ctx):\n    return ctx.heldout, ctx.model")) == {"heldout", "model"}
+
+
+def test_the_run_context_implements_the_contract():
+    from compressor.core.contract import CONTRACT
+    from compressor.run.pipeline import RunContext
+
+    fields = set(RunContext.__dataclass_fields__) | {n for n in dir(RunContext) if not n.startswith("_")}
+    assert CONTRACT <= fields, sorted(CONTRACT - fields)
+
+
+def test_each_algorithm_registers_through_its_entry_point():
+    """One registration path: a built-in stage is an entry point of the `compressor.stages` group (pyproject.toml),
+    never also a `register_stage` decorator."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    targets = project["entry-points"]["compressor.stages"].values()
+    assert len(ALGORITHMS) >= 5
+    for algo in ALGORITHMS:
+        assert any(t.startswith(f"compressor.algorithms.{algo}:") for t in targets), algo
+        for path in (PACKAGE / "algorithms" / algo).glob("*.py"):
+            assert "@register_stage" not in path.read_text(), path

@@ -15,9 +15,9 @@ from compressor.io.calls import predict
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.run.progress import Reporter
-from compressor.verify.budget import drop, is_better, sample_scores, value_within, within_budget
+from compressor.judge.budget import drop, is_better, sample_scores, value_within, within_budget
 from compressor.verify.gates import evaluate_gates
-from compressor.verify.kind import choose, detect
+from compressor.judge.kind import choose, detect
 from tests.conftest import HELDOUT, SAMPLES
 
 

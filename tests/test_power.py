@@ -1,10 +1,10 @@
-"""verify/power.py: a validation set's resolution against each stage's budget share, and the selection-gap warning."""
+"""judge/power.py: a validation set's resolution against each stage's budget share, and the selection-gap warning."""
 from __future__ import annotations
 
 import torch
 
-from compressor.verify.budget import within_budget
-from compressor.verify.power import (exact_gap_p, one_loss_bound, resolution_note, samples_to_lose_one,
+from compressor.judge.budget import within_budget
+from compressor.judge.power import (exact_gap_p, one_loss_bound, resolution_note, samples_to_lose_one,
                                     selection_gap_note)
 
 

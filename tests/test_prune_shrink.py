@@ -148,7 +148,7 @@ def dense_safetensors_bytes(tmp_path, model_file: str) -> int:
     return path.stat().st_size
 
 
-# measured with the budget rule of verify/budget.py and prune's default half share of it before quantize
+# measured with the budget rule of judge/budget.py and prune's default half share of it before quantize
 # (bench/results/seeds.md has every seed); issue 11's goals are MLP >= 90% and 20x, CNN >= 80% and 10x: the MLP
 # stops at 74.6% / 13.8x on seed 0 (it reached 86.5% / 18x with the whole budget, which failed resnet seeds)
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_default_shrink_prune_quantize_reaches_the_promised_sparsity_and_size(tm
     assert dense_safetensors_bytes(tmp_path, f"digits_{model}.pt") / smallest >= min_ratio
     assert (out / "sparsity.png").stat().st_size > 1000
     assert "| layer | weights | non-zeros | sparsity |" in (out / "report.md").read_text()
-    # why prune stopped where it did: half of a 1-point gate is below one of 180 validation samples (verify/power.py)
+    # why prune stopped where it did: half of a 1-point gate is below one of 180 validation samples (judge/power.py)
     assert any("one lost sample has a 75% bound of 0.93" in n and "prune 0.50" in n for n in report["notes"])
     # digits_val chose the MLP's epoch (99.44 there, 96.94 held out); the CNN's scores agree (99.44 / 99.17)
     assert any("more than chance easily explains" in n for n in report["notes"]) == (model == "mlp")

@@ -77,7 +77,7 @@ def test_each_metric_gate_fails_on_a_regression(tmp_path, model, data, extra, me
     heldout, train = (EMBED_HELDOUT, EMBED_SMALL) if data == "embed" else (TEXT_HELDOUT, TEXT_SMALL)
     heldout, train = _subset(tmp_path, heldout, 200, False), _subset(tmp_path, train, 300, False)
     out = tmp_path / "out"
-    # prune's own decisions never spend more than the run's budget (verify/budget.py), so the regression is one the
+    # prune's own decisions never spend more than the run's budget (judge/budget.py), so the regression is one the
     # user forces: a 1-bit codebook kept unconditionally (codebook=on), without fine-tuning
     res = run_cli(SAMPLES / model, "--pipeline", "prune", "--set", "prune.schedule=0.5", "--set", "prune.target=0.5",
                   "--set", "prune.epochs_per_step=0", "--set", "prune.codebook=on", "--set", "prune.codebook_bits=1",

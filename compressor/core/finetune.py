@@ -2,7 +2,7 @@
 
 Trains on the training set, selects on the validation set (never the held-out set, and by the run's metric in its
 direction) and restores the best state. With labels the loss is cross-entropy; without labels it is distillation
-towards the frozen original model's outputs, chosen by the run's metric (verify/kind.py): logits (agreement) ->
+towards the frozen original model's outputs, chosen by the run's metric (judge/kind.py): logits (agreement) ->
 KL divergence at temperature T, scaled by T^2 (Hinton et al. 2015, "Distilling the knowledge in a neural
 network"); embeddings or regression outputs (cosine, mse) -> (1 - cosine) + MSE relative to the target's mean
 square, so the direction and the scale of the vectors are both kept (a softmax of an embedding is meaningless). Masks are honoured after every optimizer step.
@@ -19,10 +19,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from compressor.core.contract import StageContext
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
-from compressor.verify.budget import is_better
-from compressor.verify.metrics import Metrics
+from compressor.judge.budget import is_better
+from compressor.judge.metrics import Metrics
 
 DISTILL_TEMPERATURE = 2.0
 GradHook = Callable[[nn.Module, int], dict[str, float] | None]  # after backward, before step; may return stats
@@ -69,7 +70,7 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Te
     return (1 - cos).mean() + mse
 
 
-def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch.Tensor:
+def task_loss(ctx: StageContext, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with labels when the run's metric is accuracy, else distillation (`distill_loss`)."""
     loss_kind = ctx.metric.loss
     if batch.labels is not None and loss_kind == "ce":
@@ -79,7 +80,7 @@ def task_loss(ctx, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch
     return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)
 
 
-def distill_hook(ctx, weight: float, temperature: float):
+def distill_hook(ctx: StageContext, weight: float, temperature: float):
     """Knowledge distillation (Hinton, Vinyals, Dean 2015) to the original model: weight * T^2 *
     KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss. Only for
     labelled data (class logits): without labels the task loss already matches the original's outputs. On a small
@@ -97,7 +98,7 @@ def distill_hook(ctx, weight: float, temperature: float):
     return hook
 
 
-def finetune(ctx, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
+def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *, desc: str = "fine-tune",
              params: Iterable[nn.Parameter] | None = None, grad_hook: GradHook | None = None,
              step_hook: StepHook | None = None, loss_hook: LossHook | None = None,
              select_best: bool = True, keep_start: bool = True,

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from compressor.core.contract import StageContext
 from compressor.core.features import FeatureTap, manifold_loss
 from compressor.core.finetune import FinetuneSettings, LossHook, finetune
 from compressor.core.layers import select_names
@@ -140,8 +141,8 @@ def shrink_targets(weights, cfg) -> list[str]:
     return select_names(weights, cfg.include, cfg.exclude)
 
 
-def run_shrinkage(ctx, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bool, max_steps_per_epoch: int = 0,
-                  extra_loss: LossHook | None = None):
+def run_shrinkage(ctx: StageContext, cfg: ShrinkConfig, epochs: int, desc: str, keep_start: bool,
+                  max_steps_per_epoch: int = 0, extra_loss: LossHook | None = None):
     """Fine-tune ctx.model with selective shrinkage (shared with prune's fine-tuning between steps); `extra_loss`
     (e.g. prune's distillation term) is added to the task loss and the manifold term."""
     train, _ = ctx.require_training(desc)

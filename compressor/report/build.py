@@ -1,7 +1,7 @@
 """The report: `report.json` (machine-readable), `report.md` (a CI job summary as is), a rich table.
 
 Sizes come from the files written (raw and gzip), never estimates; the metric is the run's (accuracy/agreement in
-percent, cosine in points of 100 x mean, mse raw); a drop is how much worse, in those units (verify/budget.py).
+percent, cosine in points of 100 x mean, mse raw); a drop is how much worse, in those units (judge/budget.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.table import Table
 from compressor.io.onnx_export import write_bytes_atomic
 from compressor.report.sparsity import markdown_lines
 from compressor.registry import plugin_metrics
-from compressor.verify.budget import drop
+from compressor.judge.budget import drop
 from compressor.verify.gates import evaluate_gates
 from compressor.version import __version__
 

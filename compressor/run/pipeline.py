@@ -17,26 +17,30 @@ from torch import nn
 from compressor.core.layers import WeightInfo, find_weights
 from compressor.core.masks import MaskRegistry
 from compressor.core.params import count_params
-from compressor.errors import CompressorError, DataError, ModelLoadError, StageError, UsageError
+from compressor.errors import (
+    CompressorError,
+    DataError,
+    ModelLoadError,
+    StageError,
+    UsageError,
+)
 from compressor.export.onnx import handler_of, verify_structure
 from compressor.io.calls import other_outputs_notes, predict
 from compressor.io.data import Dataset, load_splits
 from compressor.io.load import LoadedModel, load_model
 from compressor.io.safetensors_io import save_weights
+from compressor.judge.budget import DEFAULT_CONFIDENCE, BudgetDecision, sample_scores
+from compressor.judge.decide import judge_model, stage_budget
+from compressor.judge.kind import BUILTIN, MetricChoice, choose
+from compressor.judge.metrics import Metrics, check_labels, evaluate, score
+from compressor.judge.power import selection_gap_note
+from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
 from compressor.registry import get_stage, plugin_metrics, validate_order
 from compressor.run.progress import Reporter
 from compressor.run.ranges import check_ranges
 from compressor.stage import Stage, build_config, parse_overrides
 from compressor.verify.artifacts import file_sizes
-from compressor.verify.budget import (DEFAULT_CONFIDENCE, BudgetDecision, drop, sample_scores, value_within,
-                                      within_budget)
 from compressor.verify.gates import KNOWN_METRICS
-from compressor.verify.kind import BUILTIN, MetricChoice, choose
-from compressor.verify.metrics import Metrics, check_labels, evaluate, score
-from compressor.verify.power import selection_gap_note
-from compressor.verify.saturation import (PROBABILITY_RULES, class_probability_scores, saturated, saturation_note,
-                                         within_budget_both)
-
 
 
 @dataclass
@@ -90,7 +94,7 @@ class RunContext:
     structures: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
-    max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (verify/budget.py)
+    max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (judge/budget.py)
     confidence: float = DEFAULT_CONFIDENCE
     metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
 
@@ -114,42 +118,16 @@ class RunContext:
         return evaluate(model or self.model, self.val, self.val_reference, self.device, self.metric)
 
     def stage_budget(self, stage: str, own: float | None) -> float:
-        """A stage's share of the run's budget: its own max_drop if set (never above --max-drop), else half of
-        --max-drop when a later stage of the plan also spends points (int8 quantize on top of a pruned model, and
-        the gate's own held-out noise: a 75% bound passes a borderline candidate one time in four), else all."""
-        if own is not None:
-            return min(own, self.max_drop)
-        names = [p.strip() for p in self.plan if p.strip()]
-        later = names[names.index(stage) + 1:] if stage in names else []
-        return self.max_drop / 2 if later else self.max_drop
+        """A stage's share of the run's budget (`judge/decide.py`)."""
+        return stage_budget(self.plan, stage, own, self.max_drop)
 
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None) -> BudgetDecision:
-        """Is the model within budget on validation, in the run's metric? The budget is the run's gate, or a
-        stage's own stricter one; the rule is the paired upper confidence bound of `verify/budget.py`, the same
-        for every decision (a plugin metric without per-sample scores: its observed value against the budget)."""
+        """Is the model within budget on validation (the run's gate, or a stage's own stricter budget)?"""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
         budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
-        out = predict(model or self.model, self.val, self.device)
-        name, labels = self.metric.name, self.val.labels
-        base = sample_scores(self.val_reference, labels, self.val_reference, name)
-        if base is None:
-            value = score(out, self.val, self.val_reference, self.metric).value
-            d = drop(self.baseline_val.value, value, self.metric.higher_is_better)
-            return BudgetDecision(accepted=value_within(self.baseline_val.value, value, budget,
-                                                        self.metric.higher_is_better),
-                                  drop=d, bound=d, budget=budget, confidence=self.confidence, n=len(self.val))
-        if not bool(torch.isfinite(out).all()):  # NaN/inf outputs: no score of them means anything
-            return BudgetDecision(accepted=False, drop=float("inf"), bound=float("inf"), budget=budget,
-                                  confidence=self.confidence, n=len(self.val), rule="finite outputs",
-                                  other="the model gives NaN or inf on validation")
-        cand = sample_scores(out, labels, self.val_reference, name)
-        base_p = class_probability_scores(self.val_reference, labels, self.val_reference, name)
-        if base_p is None or not saturated(base) or not bool(torch.isfinite(base_p).all()):
-            return within_budget(base, cand, budget, self.confidence)
-        # a saturated validation set hides from 0/1 scores what fresh data loses: bound the class probability too
-        return within_budget_both(base, cand, base_p, class_probability_scores(out, labels, self.val_reference, name),
-                                  budget, self.confidence, name)
+        return judge_model(model or self.model, self.val, self.val_reference, self.baseline_val, self.metric,
+                           self.device, budget, self.confidence)
 
 
 def plan_stages(options: RunOptions) -> list[Stage]:
@@ -177,13 +155,11 @@ def plan_stages(options: RunOptions) -> list[Stage]:
     stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
               for n in names]
     for st in stages:
-        if (getattr(st, "needs_training_data", False) and options.train_data is None
-                and getattr(st.config, "epochs", 1) != 0):
+        if st.requires_training_data() and options.train_data is None:
             raise UsageError(f"stage {st.name!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
-        needs_calib = getattr(st.config, "mode", None) == "static" and st.name == "quantize"
-        if needs_calib and options.train_data is None and options.calib_data is None:
-            raise UsageError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
-                             "or use --set quantize.mode=dynamic")
+        reason = st.requires_calibration()
+        if reason and options.train_data is None and options.calib_data is None:
+            raise UsageError(f"{st.name}: {reason}")
     return stages
 
 

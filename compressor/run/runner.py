@@ -29,8 +29,8 @@ from compressor.run.recipe import resolved_recipe
 from compressor.stage import config_as_dict
 from compressor.verify.artifacts import (baseline_latency_ms, file_sizes, ort_latency_ms, ort_peak_memory_bytes,
                                          slower_warnings)
-from compressor.verify.metrics import evaluate, score
-from compressor.verify.power import resolution_note
+from compressor.judge.metrics import score
+from compressor.judge.power import resolution_note
 from compressor.version import __version__
 
 EXIT_OK, EXIT_GATE = 0, 3

@@ -1,1 +1,2 @@
-"""Verification: metrics on torch and ONNX Runtime outputs, the CI gates, measurements of the written artifacts."""
+"""Measuring the written artifacts, after export: bytes, latency and peak memory (artifacts.py) and the CI gates
+on the final numbers (gates.py). Judging candidates during the pipeline lives in `compressor.judge`."""

@@ -1,7 +1,7 @@
 """CI gates: each failed gate is named in the report and makes the exit code 3.
 
 - max_drop: the final artifact's metric may be at most this much worse than the baseline's (points for accuracy,
-  agreement and cosine = 100 x mean cosine; a rise of mse, in its own units), direction from verify/budget.py;
+  agreement and cosine = 100 x mean cosine; a rise of mse, in its own units), direction from judge/budget.py;
 - min_recovery: final / baseline metric at least this ratio (the recovery check llm-compressor's CI uses); for a
   lower-is-better metric baseline / final;
 - max_bytes: the ONNX artifact's size (smallest of raw and gzip bytes) at most this;
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from compressor.errors import UsageError
-from compressor.verify.budget import drop, value_within
+from compressor.judge.budget import drop, value_within
 
 KNOWN_METRICS = ("accuracy", "agreement", "cosine", "cosine_min", "cosine_mean", "mse")
 LOWER_IS_BETTER = {"mse"}

@@ -73,7 +73,7 @@ def named_forward(module: nn.Module, names: list[str], keywords: bool = False) -
 def example_inputs(model: nn.Module, data: Any, program: torch.export.ExportedProgram | None
                    ) -> tuple[tuple, dict] | None:
     """(args, kwargs) for one traced forward: two samples of a dataset (by keyword when the model's forward
-    names them, as `compressor.verify.metrics.call_model` does), else the `.pt2` program's example inputs."""
+    names them, as `compressor.judge.metrics.call_model` does), else the `.pt2` program's example inputs."""
     if data is not None:
         inputs = {k: v[:2] for k, v in data.example().inputs.items()}
         if isinstance(model, torch.fx.GraphModule) and takes_keywords(model, list(inputs)):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from compressor.verify.budget import BudgetDecision
+from compressor.judge.budget import BudgetDecision
 
 
 def next_size(kind: str, k: int, depth: int, factor: float) -> int | None:

@@ -24,10 +24,11 @@ from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, bloc
 from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
 from compressor.algorithms.basis.search import SizeFit, search_notes, size_schedule
 from compressor.algorithms.basis.stacks import Stack, detect_stacks
+from compressor.core.contract import StageContext
 from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
-from compressor.registry import register_stage
+from compressor.judge.search import first_within
 from compressor.stage import Stage, StageResult, option
 
 BasisKind = Literal["piecewise_constant", "piecewise_linear", "discontinuous_linear", "legendre"]
@@ -117,7 +118,7 @@ def project_stack(model: nn.Module, stack: Stack, basis: Basis, n_steps: int) ->
     return install_stack(model, stack.parent, stack.blocks, basis, n_steps, coef, stack.hidden_arg)
 
 
-def _remask(ctx, stack: Stack, module: BasisStack, path: str, remask: bool) -> str | None:
+def _remask(ctx: StageContext, stack: Stack, module: BasisStack, path: str, remask: bool) -> str | None:
     """Move the blocks' masks onto the coefficients (top-|c| per slice at the blocks' mean sparsity)."""
     names = [f"{p}.{n}" for p in stack.paths for n, _, _ in module.layout]
     old = {n: ctx.masks.masks.pop(n) for n in names if n in ctx.masks}
@@ -139,7 +140,7 @@ def _remask(ctx, stack: Stack, module: BasisStack, path: str, remask: bool) -> s
     return f"{path}: masks re-derived on the coefficients ({1 - keep.float().mean():.1%} zero)"
 
 
-def _project(ctx, work: nn.Module, stack: Stack, cfg, k: int) -> tuple[BasisStack, dict, list[str], int]:
+def _project(ctx: StageContext, work: nn.Module, stack: Stack, cfg, k: int) -> tuple[BasisStack, dict, list[str], int]:
     """Change one stack's basis to K functions in `work`: (its BasisStack, the structure record, notes, parameters
     after)."""
     problem = valid_size(cfg.basis, k)
@@ -169,14 +170,13 @@ def _freeze_stacks(model: nn.Module) -> None:
             m.eval()
 
 
-@register_stage
 class BasisStage(Stage):
     name = "basis"
     summary = "stacks of same-shaped blocks -> K basis coefficient sets per stack (L2 projection, no data)"
     Config = BasisConfig
     follows = frozenset({"shrink", "prune"})
 
-    def apply(self, ctx) -> StageResult:
+    def apply(self, ctx: StageContext) -> StageResult:
         cfg = self.config
         data = ctx.val or ctx.calib or ctx.train
         example = example_inputs(ctx.model, data, ctx.loaded.program)
@@ -200,24 +200,25 @@ class BasisStage(Stage):
         levels = size_schedule(cfg.basis, starts, [s.depth for s in chosen], cfg.grow and judged, cfg.grow_factor)
         before = ctx.validate(work) if judged else None
         masks = ctx.masks.state()
-        fits: list[SizeFit] = []
-        # no total: one plain line per size tried (a known total would rate-limit them, run/progress.py)
-        with ctx.reporter.task("basis size", None) as task:
+        def fitted(task):
             for i, sizes in enumerate(levels):
                 ctx.masks.masks = {k: v.clone() for k, v in masks.items()}  # each size starts from the input's masks
                 if SizeFit(sizes, None).unchanged:
-                    fits.append(SizeFit(sizes, ctx.model))
                     task.advance(status="every stack left as it was")
-                    break
+                    yield SizeFit(sizes, ctx.model)  # unjudged: the search ends here
+                    return
                 # a fresh copy of the input per size (an unflattened program cannot be deep-copied: rebuild it)
                 candidate = work if len(levels) == 1 else hierarchical_model(
                     copy.deepcopy(ctx.model), args, ctx.loaded.input_names, kwargs)
                 fit = self._fit(ctx, candidate, chosen, sizes, budget, task)
-                fits.append(fit)
                 task.advance(status=fit.describe())
-                if fit.decision is None or fit.decision.accepted or i == len(levels) - 1:
-                    break
-                fit.model = None  # over budget with a larger size still to try: free it
+                yield fit
+                if i < len(levels) - 1:
+                    fit.model = None  # over budget with a larger size still to try: free it
+
+        # no total: one plain line per size tried (a known total would rate-limit them, run/progress.py)
+        with ctx.reporter.task("basis size", None) as task:
+            fits = first_within(fitted(task), lambda fit: fit.decision)
         kept = fits[-1]
         if kept.unchanged:
             ctx.masks.masks = masks
@@ -247,7 +248,7 @@ class BasisStage(Stage):
         metrics["dof"] = unique_param_count(kept.model) - stats
         return StageResult(model=kept.model, notes=notes, metrics=metrics, structure=structure)
 
-    def _fit(self, ctx, work: nn.Module, chosen: list[Stack], sizes: list[int | None], budget: float,
+    def _fit(self, ctx: StageContext, work: nn.Module, chosen: list[Stack], sizes: list[int | None], budget: float,
              task) -> SizeFit:
         """Project every stack of `work` with a size onto its K functions, judge it; fine-tune the coefficients when
         asked (basis.finetune=true) or when the projection is over budget (auto, with training data), and judge

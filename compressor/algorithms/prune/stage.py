@@ -5,7 +5,7 @@ weights, fine-tune (with selective shrinkage when shrink precedes prune), repeat
 0.9^n. Saliency policies from Stier, Darji, Granitzer (arXiv 2107.12917) — class-blinded, class-uniform,
 class-distribution — plus LOBSTER's bisection threshold search (see `compressor.algorithms.prune.policies`). It stops at
 the target sparsity, or when a step's validation drop is over budget (the stricter of `max_drop` and the run's
---max-drop, judged by the upper confidence bound of `compressor.verify.budget`), in which case the last state
+--max-drop, judged by the upper confidence bound of `compressor.judge.budget`), in which case the last state
 within it is restored. Masks go through the shared `MaskRegistry`, so pruned
 weights stay exactly zero through all later fine-tuning and stages. Finally, optional weight sharing (Deep
 Compression's k-means codebook) is kept only if it is within the same budget. Optionally (prune.distill > 0) every
@@ -17,7 +17,6 @@ drop 0.28 both), but over seeds 0-4 x {mlp, cnn, resnet} the extra sparsity also
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,13 +24,14 @@ import torch
 
 from compressor.algorithms.prune.codebook import SharedWeights, share_weights
 from compressor.algorithms.prune.policies import lobster_masks, ranked_masks
+from compressor.core.contract import StageContext
 from compressor.core.finetune import FinetuneSettings, distill_hook, finetune, task_loss
 from compressor.core.layers import select_names
 from compressor.core.params import unique_param_count
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
 from compressor.io.calls import call_model, set_train
-from compressor.registry import register_stage
+from compressor.judge.search import Snapshot, attempt
 from compressor.stage import Stage, StageResult, option
 
 
@@ -111,7 +111,7 @@ def sparsity_of(masks: dict[str, torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def val_loss(ctx, model) -> float:
+def val_loss(ctx: StageContext, model) -> float:
     set_train(model, False)
     total, n = 0.0, 0
     for batch in ctx.val.batches(256):
@@ -121,7 +121,6 @@ def val_loss(ctx, model) -> float:
     return total / max(n, 1)
 
 
-@register_stage
 class PruneStage(Stage):
     name = "prune"
     summary = "iterative magnitude pruning (class-blinded/uniform/distribution, LOBSTER) with fine-tuning"
@@ -133,7 +132,7 @@ class PruneStage(Stage):
     def default_targets(cls, weights, model) -> list[str]:
         return prune_targets(weights, PruneConfig())
 
-    def budget(self, ctx) -> float:
+    def budget(self, ctx: StageContext) -> float:
         return ctx.stage_budget(self.name, self.config.max_drop)
 
     def _step_targets(self) -> list[float]:
@@ -148,7 +147,7 @@ class PruneStage(Stage):
                 break
         return out
 
-    def apply(self, ctx) -> StageResult:
+    def apply(self, ctx: StageContext) -> StageResult:
         cfg = self.config
         ctx.require_training("prune")
         names = prune_targets(ctx.weights, cfg)
@@ -163,9 +162,8 @@ class PruneStage(Stage):
         shrink_cfg = ctx.stage_configs.get("shrink")
         if use_shrink and shrink_cfg is None:
             shrink_cfg = ShrinkConfig()
-        good_state = copy.deepcopy(ctx.model.state_dict())
-        good_masks = ctx.masks.state()
-        history = [{"step": 0, "sparsity": sparsity_of(good_masks), "val": ctx.validate().value}]
+        good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
+        history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
         with ctx.reporter.task("prune", None) as task:
             for step, target in enumerate(self._step_targets(), 1):
@@ -194,7 +192,7 @@ class PruneStage(Stage):
                 sparsity = sparsity_of({n: ctx.masks.get(n) for n in names})
                 val = ctx.validate().value
                 # the crop loop never prunes further while over budget: fine-tune (up to 1 + patience rounds),
-                # then decide with the run's one budget rule (paired upper confidence bound, verify/budget.py)
+                # then decide with the run's one budget rule (paired upper confidence bound, judge/budget.py)
                 decision = None
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
                     if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
@@ -217,17 +215,14 @@ class PruneStage(Stage):
                         break
                     continue
                 rejected, kept = 0, sparsity
-                good_state = copy.deepcopy(ctx.model.state_dict())
-                good_masks = ctx.masks.state()
+                good = Snapshot(ctx.model, ctx.masks)
                 if ended:
                     stop_reason = "target reached" if sparsity >= cfg.target - 1e-9 else "LOBSTER found no threshold"
                     break
             else:
                 stop_reason = f"schedule or max_steps exhausted (kept {kept:.1%})"
         if rejected:
-            ctx.model.load_state_dict(good_state)
-            for n, m in good_masks.items():
-                ctx.masks.set(n, m)
+            good.restore()
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
         coverage = uncovered_note(ctx.model, names)
@@ -246,7 +241,7 @@ class PruneStage(Stage):
             "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,
             "prunable": names})
 
-    def _finetune(self, ctx, use_shrink: bool, shrink_cfg, desc: str) -> None:
+    def _finetune(self, ctx: StageContext, use_shrink: bool, shrink_cfg, desc: str) -> None:
         cfg = self.config
         if use_shrink:
             run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
@@ -256,32 +251,36 @@ class PruneStage(Stage):
                                                       max_steps_per_epoch=cfg.max_steps_per_epoch), desc=desc,
                      loss_hook=self._distill(ctx))
 
-    def _distill(self, ctx):
+    def _distill(self, ctx: StageContext):
         """The distillation term of prune's fine-tunes (prune.distill), or None."""
         cfg = self.config
         return distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
 
-    def _share(self, ctx, names: list[str]) -> list[str]:
+    def _share(self, ctx: StageContext, names: list[str]) -> list[str]:
         """Weight sharing at `codebook_bits`; in auto mode, if that is over budget, 8 bits (256 shared values per
         layer: still a quarter of float32, and nearly lossless) before giving up."""
         cfg = self.config
         if cfg.codebook == "off":
             return []
-        saved = copy.deepcopy(ctx.model.state_dict())
         notes = []
         for bits in dict.fromkeys((cfg.codebook_bits, 8) if cfg.codebook == "auto" else (cfg.codebook_bits,)):
-            sizes = share_weights(ctx.model, names, bits)
-            if cfg.codebook_epochs:
-                shared = SharedWeights(ctx.model, names)
-                finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
-                                                          batch_size=cfg.batch_size,
-                                                          max_steps_per_epoch=cfg.max_steps_per_epoch),
-                         desc="codebook fine-tune", step_hook=shared.step_hook, loss_hook=self._distill(ctx))
             # kept only under the same budget rule as every pruning step (relative to the original model)
-            decision = ctx.judge(self.budget(ctx))
-            if cfg.codebook == "on" or decision.accepted:
-                return notes + [f"{bits}-bit weight sharing kept ({max(sizes.values(), default=0)} shared values "
-                                f"per layer at most): validation {decision.describe()}"]
-            ctx.model.load_state_dict(saved)
-            notes.append(f"{bits}-bit weight sharing rejected: validation {decision.describe()}")
+            trial = attempt(lambda: self._shared(ctx, names, bits), lambda: ctx.judge(self.budget(ctx)),
+                            Snapshot(ctx.model), keep=lambda d: cfg.codebook == "on" or d.accepted)
+            if trial.kept:
+                return notes + [f"{bits}-bit weight sharing kept ({max(trial.value.values(), default=0)} shared "
+                                f"values per layer at most): validation {trial.decision.describe()}"]
+            notes.append(f"{bits}-bit weight sharing rejected: validation {trial.decision.describe()}")
         return notes
+
+    def _shared(self, ctx: StageContext, names: list[str], bits: int) -> dict[str, int]:
+        """Share the non-zeros of `names` through a 2^bits codebook and fine-tune the shared values."""
+        cfg = self.config
+        sizes = share_weights(ctx.model, names, bits)
+        if cfg.codebook_epochs:
+            shared = SharedWeights(ctx.model, names)
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
+                                                      batch_size=cfg.batch_size,
+                                                      max_steps_per_epoch=cfg.max_steps_per_epoch),
+                     desc="codebook fine-tune", step_hook=shared.step_hook, loss_hook=self._distill(ctx))
+        return sizes

@@ -25,10 +25,10 @@ from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
+from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
-from compressor.registry import register_stage
-from compressor.stage import Stage, StageResult, option
+from compressor.stage import ExportStage, StageResult, option
 
 
 @dataclass
@@ -255,21 +255,25 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
     return notes
 
 
-@register_stage
-class QuantizeStage(Stage):
+class QuantizeStage(ExportStage):
     name = "quantize"
     summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
                "else per op; 4-bit MatMul weights where verified)")
     Config = QuantizeConfig
     follows = frozenset({"shrink", "prune", "rpg", "basis"})
-    export_time = True
+
+    def requires_calibration(self) -> str | None:
+        if self.config.mode != "static":
+            return None
+        return ("static mode needs calibration samples: pass --train-data or --calib-data, or use --set "
+                "quantize.mode=dynamic")
 
     @classmethod
     def default_targets(cls, weights, model) -> list[str]:
         """Weights ONNX Runtime's quantizer stores as int8 (those of MatMul/Gemm/Conv nodes)."""
         return [w.name for w in weights if w.is_matrix_weight]
 
-    def apply_onnx(self, ctx, src: Path, dst: Path, compact: bool = False) -> StageResult:
+    def apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool = False) -> StageResult:
         """Quantize the graph at `src` into `dst`. `compact`: the export layer has already stored the structural
         stages' own compact tensors (rpg ring, basis coefficients) as int8 + scale with DequantizeLinear in the
         graph; ORT's quantizer then handles only the ordinary layers, without the pre-processing that would fold
@@ -277,7 +281,7 @@ class QuantizeStage(Stage):
         with ctx.reporter.task("quantize: auto checks", None) as task:
             return self._apply_onnx(ctx, src, dst, compact, lambda how: task.advance(status=how))
 
-    def _apply_onnx(self, ctx, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
+    def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         if not compact:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check)
             return StageResult(model=ctx.model, notes=notes)

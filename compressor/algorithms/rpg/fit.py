@@ -4,7 +4,7 @@ The paper (Wang et al., WACV 2023, docs/ALGORITHMS.md §3) fixes the ring size N
 post-processing adaptation projects a trained model onto the ring, so the cost of a given N is only known after
 projection and fine-tuning. A fixed fraction of the generated weights can therefore spend more than the run's
 budget on one seed and not on another (digits_cnn at 25%: held-out drop 0.0-1.9 points over seeds 0-4). The stage
-judges each fitted ring with the run's one rule (`RunContext.judge`, verify/budget.py: a one-sided upper
+judges each fitted ring with the run's one rule (`RunContext.judge`, judge/budget.py: a one-sided upper
 confidence bound on the paired validation drop within min(rpg's budget, --max-drop)) and, while it is over,
 grows N geometrically (rpg.grow_factor g, default 1.5), capped at the number of generated weights T:
 
@@ -29,8 +29,9 @@ from typing import Callable
 import torch
 
 from compressor.algorithms.rpg.ring import RingLayer, RingLayout, RingModel, affine_map_params, project, ring_model
+from compressor.core.contract import StageContext
 from compressor.core.finetune import FinetuneSettings, distill_hook, finetune
-from compressor.verify.budget import BudgetDecision
+from compressor.judge.budget import BudgetDecision
 
 
 def ring_schedule(n0: int, generated: int, grow: bool, factor: float = 1.5) -> list[int]:
@@ -61,7 +62,7 @@ class RingFit:
                 "bound": None if d is None else round(d.bound, 4), "accepted": None if d is None else d.accepted}
 
 
-def fit_ring(ctx, cfg, base: torch.nn.Module, layers: list[RingLayer], n: int, keep: torch.Tensor | None,
+def fit_ring(ctx: StageContext, cfg, base: torch.nn.Module, layers: list[RingLayer], n: int, keep: torch.Tensor | None,
              budget: float, status: Callable[[str], None] = lambda message: None) -> RingFit:
     """Project `base`'s generated weights onto a ring of N slots (closed form), fine-tune ring and ordinary
     parameters (training set, distillation to the original), and judge the result on validation data; `status`

@@ -30,10 +30,11 @@ import torch
 
 from compressor.algorithms.rpg.fit import RingFit, fit_ring, ring_schedule
 from compressor.algorithms.rpg.ring import RING_NAME, RingLayer
+from compressor.core.contract import StageContext
 from compressor.core.layers import WeightInfo, select
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
-from compressor.registry import register_stage
+from compressor.judge.search import first_within, lowest_bound
 from compressor.stage import Stage, StageResult, option
 
 
@@ -147,7 +148,7 @@ def layer_scale(weight: torch.Tensor, keep: torch.Tensor | None, how: str) -> fl
     return rms if rms > 0 else 1.0
 
 
-def take_masks(ctx, names: list[str]) -> torch.Tensor | None:
+def take_masks(ctx: StageContext, names: list[str]) -> torch.Tensor | None:
     """Move the masks of generated weights out of the registry into one keep-vector (None if none is pruned)."""
     if not any(n in ctx.masks for n in names):
         return None
@@ -159,7 +160,6 @@ def take_masks(ctx, names: list[str]) -> torch.Tensor | None:
     return torch.cat(parts)
 
 
-@register_stage
 class RpgStage(Stage):
     name = "rpg"
     summary = "recurrent parameter generator: weights generated from one shared ring (Wang et al., WACV 2023)"
@@ -167,7 +167,7 @@ class RpgStage(Stage):
     needs_training_data = True
     follows = frozenset({"shrink", "prune"})
 
-    def apply(self, ctx) -> StageResult:
+    def apply(self, ctx: StageContext) -> StageResult:
         cfg = self.config
         chosen = generated_weights(ctx.weights, cfg)
         if not chosen:
@@ -218,36 +218,45 @@ class RpgStage(Stage):
         ctx.weights = [w for w in ctx.weights if w.name not in set(names)] + [WeightInfo(RING_NAME, (n,), "other")]
         return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx)
 
-    def budget(self, ctx) -> float:
+    def budget(self, ctx: StageContext) -> float:
         """rpg's share of the run's budget (RunContext.stage_budget): rpg.max_drop, else half of --max-drop when a
         stage follows, else all."""
         return ctx.stage_budget(self.name, self.config.max_drop)
 
-    def _search(self, ctx, sizes: list[int], layers: list[RingLayer], keep: torch.Tensor | None,
+    def _search(self, ctx: StageContext, sizes: list[int], layers: list[RingLayer], keep: torch.Tensor | None,
                 generated: int, budget: float) -> tuple[list[RingFit], RingFit]:
         """Fit the ring sizes of the schedule in order until one is within budget (every fit starts from a copy of
         the stage's input model); if none is, the one with the lowest bound on its validation drop."""
-        fits: list[RingFit] = []
-        # no total: one plain line per ring size tried (a known total would rate-limit them, run/progress.py)
-        with ctx.reporter.task("rpg ring size", None) as task:
+        def decision_of(fit: RingFit):
+            return fit.decision
+
+        def fitted(task):
+            tried: list[RingFit] = []
             for n in sizes:
                 task.status(f"N={n:,} ({n / generated:.0%} of the generated weights, at most {len(sizes)} sizes): "
                             "projecting")
                 base = ctx.model if len(sizes) == 1 else copy.deepcopy(ctx.model)
                 fit = fit_ring(ctx, self.config, base, layers, n, keep, budget, task.status)
-                fits.append(fit)
                 task.advance(status=f"N={n:,}: " + ("no validation data" if fit.decision is None else
                                                     f"projection val {fit.projection_val:.4g}, fine-tuned val "
                                                     f"{fit.val:.4g}, {fit.decision.describe()}"))
-                if fit.decision is None or fit.decision.accepted:
-                    return fits, fit
-                best = min(fits, key=lambda f: f.decision.bound)  # the first (smallest N) among equal bounds
-                for other in fits:
+                tried.append(fit)
+                yield fit
+                best = lowest_bound(tried, decision_of)  # resumed: `fit` was over budget
+                for other in tried:
                     if other is not best:
                         other.model = None  # only the lowest bound can still be kept: free the others
-        return fits, best
 
-    def _search_notes(self, ctx, fits: list[RingFit], chosen: RingFit, generated: int, budget: float) -> list[str]:
+        # no total: one plain line per ring size tried (a known total would rate-limit them, run/progress.py)
+        with ctx.reporter.task("rpg ring size", None) as task:
+            fits = first_within(fitted(task), decision_of)
+        last = fits[-1]
+        if last.decision is None or last.decision.accepted:
+            return fits, last
+        return fits, lowest_bound(fits, decision_of)
+
+    def _search_notes(self, ctx: StageContext, fits: list[RingFit], chosen: RingFit, generated: int,
+                      budget: float) -> list[str]:
         cfg = self.config
         notes = [f"projection only: validation {chosen.projection_val:.4g}"] if chosen.projection_val is not None else []
         if cfg.epochs > 0 and chosen.epoch == 0:

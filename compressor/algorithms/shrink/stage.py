@@ -19,13 +19,12 @@ option does; off by default (measured in prune's docstring).
 """
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
+from compressor.core.contract import StageContext
 from compressor.core.finetune import distill_hook
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
-from compressor.registry import register_stage
+from compressor.judge.search import Snapshot, attempt
 from compressor.stage import Stage, StageResult
 
 INERT_LOW, INERT_HIGH = 0.01, 0.99
@@ -38,7 +37,6 @@ def small_fraction(model: nn.Module, names: list[str], threshold: float = 1e-3) 
     return small / total if total else 0.0
 
 
-@register_stage
 class ShrinkStage(Stage):
     name = "shrink"
     summary = "fine-tune with selective shrinkage: irrelevant weights decay, relevant ones get a classic update"
@@ -50,17 +48,15 @@ class ShrinkStage(Stage):
     def default_targets(cls, weights, model) -> list[str]:
         return shrink_targets(weights, ShrinkConfig())
 
-    def apply(self, ctx) -> StageResult:
+    def apply(self, ctx: StageContext) -> StageResult:
         cfg = self.config
         before = small_fraction(ctx.model, shrink_targets(ctx.weights, cfg))
-        start = copy.deepcopy(ctx.model.state_dict())
         distill = distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
-        result, names = run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False, extra_loss=distill)
-        # the selected epoch must be within shrink's share of the run's budget (verify/budget.py), else the stage
+        # the selected epoch must be within shrink's share of the run's budget (judge/budget.py), else the stage
         # spends nothing: a later prune that rejects every step keeps shrink's state without judging it again
-        decision = ctx.judge(ctx.stage_budget(self.name, cfg.max_drop))
-        if not decision.accepted:
-            ctx.model.load_state_dict(start)
+        trial = attempt(lambda: run_shrinkage(ctx, cfg, cfg.epochs, "shrink", keep_start=False, extra_loss=distill),
+                        lambda: ctx.judge(ctx.stage_budget(self.name, cfg.max_drop)), Snapshot(ctx.model))
+        (result, names), decision = trial.value, trial.decision
         after = small_fraction(ctx.model, names)
         relevant = [h.get("relevant", 0.0) for h in result.history[1:]]
         notes = [f"{cfg.rule} rule on {len(names)} tensors; best validation {result.best.name} {result.best.value:.4g} at epoch "

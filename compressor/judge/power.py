@@ -1,6 +1,6 @@
 """What a validation set can show: its resolution against each stage's budget, and signs it is not fresh.
 
-Every stage decision is the paired upper confidence bound of `verify/budget.py` on validation. For a metric that
+Every stage decision is the paired upper confidence bound of `judge/budget.py` on validation. For a metric that
 counts samples, one validation sample that the candidate gets wrong and the original got right (and nothing else
 changed) has drop 100/n and a bound of exactly 100 (1 + z) / n points (z = 0.674 at 75%): 0.93 points on 180 samples.
 A stage whose share of --max-drop is below that keeps nothing that loses a validation sample net, however little

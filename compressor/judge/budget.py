@@ -39,7 +39,7 @@ class BudgetDecision:
     budget: float
     confidence: float
     n: int
-    rule: str = ""       # which per-sample score decided (verify/saturation.py), "" = the metric's own
+    rule: str = ""       # which per-sample score decided (judge/saturation.py), "" = the metric's own
     other: str = ""      # the other score's bound, when two were judged
 
     def describe(self) -> str:

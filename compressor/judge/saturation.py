@@ -1,6 +1,6 @@
 """When 0/1 validation scores cannot see a cost: also bound the drop of the probability of the right class.
 
-The budget rule (`verify/budget.py`) bounds the paired drop of per-sample 0/1 correctness. It sees a cost only
+The budget rule (`judge/budget.py`) bounds the paired drop of per-sample 0/1 correctness. It sees a cost only
 through discordant pairs: samples the original gets right and the candidate wrong. When the validation set is
 saturated -- the original is right on all of it, as on a split of the data it was trained on, or always
 for `agreement`, where the original agrees with itself on every sample -- pruning moves the samples towards the
@@ -42,7 +42,7 @@ from dataclasses import replace
 
 import torch
 
-from compressor.verify.budget import BudgetDecision, within_budget
+from compressor.judge.budget import BudgetDecision, within_budget
 
 PROBABILITY_RULES = {"accuracy": "true-class probability", "agreement": "probability of the original's class"}
 
@@ -73,7 +73,7 @@ def saturation_note(baseline_scores: torch.Tensor, metric: str) -> str:
     if saturated(baseline_scores):
         return (f"validation saturated: the original is right on all {n} validation samples, so 0/1 {metric} sees "
                 "no cost before a prediction flips; every budget decision (shrink's epoch, prune's steps and codebook, "
-                f"rpg's ring, basis's size) also bounds the drop of the {PROBABILITY_RULES[metric]} (verify/saturation.py)"
+                f"rpg's ring, basis's size) also bounds the drop of the {PROBABILITY_RULES[metric]} (judge/saturation.py)"
                 + ("; under agreement the original is right on every sample by definition, so always"
                    if metric == "agreement" else ""))
     wrong = int((torch.as_tensor(baseline_scores) < 1).sum())

@@ -1,6 +1,6 @@
 """Metrics on torch modules and on ONNX Runtime sessions, computed the same way for both.
 
-The primary metric is the run's `MetricChoice` (verify/kind.py): top-1 accuracy (percent) with labels; without
+The primary metric is the run's `MetricChoice` (judge/kind.py): top-1 accuracy (percent) with labels; without
 labels, agreement of the predicted class with the original model's (percent) for logits, 100 x the mean cosine
 similarity to the original's outputs (points) for embeddings, or their mean squared error (lower is better).
 Cosine min/mean and mse are always reported beside it.
@@ -17,7 +17,7 @@ from compressor.errors import DataError
 from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import Dataset
 from compressor.registry import plugin_metrics
-from compressor.verify.kind import MetricChoice, detect
+from compressor.judge.kind import MetricChoice, detect
 
 
 @dataclass
