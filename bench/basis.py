@@ -16,7 +16,8 @@ import torch
 
 from compressor.algorithms.basis.stage import BasisConfig, BasisStage
 from compressor.export.onnx import compact_int8, export_model
-from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.pipeline import RunOptions
+from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
 from compressor.judge.metrics import evaluate
 

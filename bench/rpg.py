@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 
 from compressor.algorithms.rpg.stage import RpgConfig, RpgStage
 from compressor.io.onnx_export import export_onnx_proto, save_onnx
-from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.pipeline import RunOptions
+from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
 from compressor.run.runner import compress
 from compressor.judge.metrics import evaluate

@@ -30,7 +30,8 @@ from compressor.algorithms.prune.stage import PruneConfig, prune_targets
 from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.io.safetensors_io import save_weights
-from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.pipeline import RunOptions
+from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
 from compressor.verify.artifacts import file_sizes
 from compressor.judge.metrics import evaluate

@@ -14,7 +14,8 @@ from compressor.algorithms.shrink.stage import small_fraction
 from compressor.core.features import FeatureTap, manifold_loss
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
 from compressor.io.calls import call_model
-from compressor.run.pipeline import RunOptions, prepare
+from compressor.run.pipeline import RunOptions
+from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, VAL
 

@@ -190,3 +190,23 @@ def test_each_algorithm_registers_through_its_entry_point():
         assert any(t.startswith(f"compressor.algorithms.{algo}:") for t in targets), algo
         for path in (PACKAGE / "algorithms" / algo).glob("*.py"):
             assert "@register_stage" not in path.read_text(), path
+
+
+MAX_RUN_FUNCTION_LINES = 40
+
+
+def long_functions(prefix: str, limit: int) -> dict[str, int]:
+    """Functions of the modules under `prefix` longer than `limit` lines (decorators and docstring included)."""
+    long = {}
+    for name, path in modules().items():
+        if name.startswith(prefix):
+            for fn in ast.walk(ast.parse(path.read_text())):
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    if (n := fn.end_lineno - fn.lineno + 1) > limit:
+                        long[f"{name}.{fn.name}"] = n
+    return long
+
+
+def test_the_run_is_short_phases():
+    """The run drives phases (run/runner.py); no function of run/ grows into a hub again."""
+    assert long_functions("compressor.run", MAX_RUN_FUNCTION_LINES) == {}

@@ -1,12 +1,11 @@
-"""The runner: load, baseline, stages in order (evaluated after each), export, measure the artifacts, report.
+"""The run's state: `RunOptions` (what the user asked for) and `RunContext` (the run's implementation of the stage
+contract, `compressor.core.contract.StageContext`, plus what only the run reads: the seed, the plan, the
+structures and notes collected).
 
-Stages get a `RunContext` and never write files; the runner owns every output (see DESIGN.md).
+Stages get the context and never write files; the runner owns every output (see DESIGN.md).
 """
 from __future__ import annotations
 
-import copy
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,33 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.core.layers import WeightInfo, find_weights
+from compressor.core.layers import WeightInfo
 from compressor.core.masks import MaskRegistry
-from compressor.core.params import count_params
-from compressor.errors import (
-    CompressorError,
-    DataError,
-    ModelLoadError,
-    StageError,
-    UsageError,
-)
-from compressor.export.onnx import handler_of, verify_structure
-from compressor.io.calls import other_outputs_notes, predict
-from compressor.io.data import Dataset, load_splits
-from compressor.io.load import LoadedModel, load_model
-from compressor.io.safetensors_io import save_weights
-from compressor.judge.budget import DEFAULT_CONFIDENCE, BudgetDecision, sample_scores
+from compressor.errors import DataError
+from compressor.io.data import Dataset
+from compressor.io.load import LoadedModel
+from compressor.judge.budget import DEFAULT_CONFIDENCE, BudgetDecision
 from compressor.judge.decide import judge_model, stage_budget
-from compressor.judge.kind import BUILTIN, MetricChoice, choose
-from compressor.judge.metrics import Metrics, check_labels, evaluate, score
-from compressor.judge.power import selection_gap_note
-from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
-from compressor.registry import get_stage, plugin_metrics, validate_order
+from compressor.judge.kind import MetricChoice
+from compressor.judge.metrics import Metrics, evaluate
 from compressor.run.progress import Reporter
-from compressor.run.ranges import check_ranges
-from compressor.stage import Stage, build_config, parse_overrides
-from compressor.verify.artifacts import file_sizes
-from compressor.verify.gates import KNOWN_METRICS
 
 
 @dataclass
@@ -128,136 +110,3 @@ class RunContext:
         budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
         return judge_model(model or self.model, self.val, self.val_reference, self.baseline_val, self.metric,
                            self.device, budget, self.confidence)
-
-
-def plan_stages(options: RunOptions) -> list[Stage]:
-    """Resolve names and `--set` values into configured stages; all errors before anything runs."""
-    known = (*KNOWN_METRICS, *plugin_metrics())
-    for name in options.floors:
-        if name not in known:
-            raise UsageError(f"--floor {name}: unknown metric; available: {', '.join(known)}")
-    check_ranges(options)
-    if options.metric not in (None, "auto", *BUILTIN, *plugin_metrics()):
-        raise UsageError(f"--metric {options.metric}: unknown; available: {', '.join((*BUILTIN, *plugin_metrics()))}")
-    names = [n.strip() for n in options.pipeline if n.strip()]
-    validate_order(names)
-    overrides = parse_overrides(options.overrides)
-    for stage in overrides:
-        if stage not in names:
-            get_stage(stage)
-            raise UsageError(f"--set {stage}.*: stage {stage!r} is not in the pipeline ({','.join(names)})")
-    if not Path(options.model).exists():
-        raise ModelLoadError(f"model file not found: {options.model}")
-    for flag, path in (("--data", options.data), ("--train-data", options.train_data),
-                       ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
-        if path is not None and not Path(path).is_file():
-            raise DataError(f"data file not found: {path} ({flag})")
-    stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
-              for n in names]
-    for st in stages:
-        if st.requires_training_data() and options.train_data is None:
-            raise UsageError(f"stage {st.name!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
-        reason = st.requires_calibration()
-        if reason and options.train_data is None and options.calib_data is None:
-            raise UsageError(f"{st.name}: {reason}")
-    return stages
-
-
-def measured_bytes(model: nn.Module) -> int:
-    """Size of the model's weights as compressor stores them (encoded safetensors; smallest of raw and gzip),
-    measured from a file actually written, never estimated."""
-    with tempfile.TemporaryDirectory(prefix="compressor-sz-") as tmp:
-        path = Path(tmp) / "w.safetensors"
-        save_weights(model.state_dict(), path, {})
-        return file_sizes(path)["size"]
-
-
-def prepare(options: RunOptions, reporter: Reporter):
-    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
-    torch.manual_seed(options.seed)
-    try:
-        device = torch.device(options.device)
-    except RuntimeError:
-        raise UsageError(f"--device {options.device!r}: not a torch device (cpu, cuda, cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine")
-    loaded = load_model(options.model, options.arch, options.trust_pickle)
-    heldout, train, val, calib, notes = load_splits(options.data, options.train_data, options.val_data,
-                                                    options.calib_data, loaded.input_names, options.seed,
-                                                    loaded.input_dtypes)
-    model = loaded.module.to(device)
-    original = copy.deepcopy(model)
-    for p in original.parameters():
-        if p.is_leaf:
-            p.requires_grad_(False)
-    reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
-    reference = predict(original, heldout, device)
-    val_reference = predict(original, val, device) if val is not None else None
-    # the output kind is decided on validation data when there is some (decisions never look at held-out)
-    probe, probe_out = (val, val_reference) if val is not None else (heldout, reference)
-    try:
-        choice = choose(probe_out, probe.labels, options.metric)
-    except DataError as exc:  # name the file whose labels or outputs decided it
-        raise DataError(f"{probe.source}: {exc}") from None
-    if choice.name == "accuracy" and heldout.labels is None:
-        raise DataError(f"{heldout.source}: no labels `y`, but the run's metric is accuracy ({choice.reason})")
-    if choice.name == "accuracy":
-        check_labels(heldout, reference.shape[1] if reference.ndim == 2 else 0)
-        for split in (train, val, calib):  # name the file, not torch's IndexError
-            if split is not None:
-                check_labels(split, reference.shape[1])
-    reporter.log(f"metric: {choice.name} ({choice.reason})")
-    notes += other_outputs_notes(original, heldout.example(), device)
-    baseline = score(reference, heldout, reference, choice)
-    baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
-    if baseline_val is not None and choice.name == "accuracy":  # a note only: no decision reads held-out
-        notes += filter(None, [selection_gap_note(baseline_val.value, len(val), baseline.value, len(heldout),
-                                                  independent=options.val_data is not None)])
-    if val is not None and choice.name in PROBABILITY_RULES:
-        notes.append(saturation_note(sample_scores(val_reference, val.labels, val_reference, choice.name),
-                                     choice.name))
-    if loaded.exported:
-        notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
-    weights = find_weights(model, heldout.example(), loaded.program)
-    ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
-                     seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
-                     val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
-                     reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice)
-    return ctx, heldout, baseline, reference, notes
-
-
-def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: torch.Tensor) -> dict[str, Any]:
-    """Apply one torch-side stage and measure it on the held-out set."""
-    ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
-    torch.manual_seed(ctx.stage_seed)
-    start = time.perf_counter()
-    try:
-        result = stage.apply(ctx)
-        if result.structure is not None and result.verify_onnx:
-            check_structure(ctx, result)
-    except CompressorError:
-        raise
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise StageError(f"stage {stage.name!r} failed: {type(exc).__name__}: {msg}") from exc
-    if result.structure is not None:
-        ctx.structures.append(result.structure)
-    seconds = time.perf_counter() - start
-    ctx.model = result.model
-    ctx.masks.apply(ctx.model)
-    metric = evaluate(ctx.model, heldout, reference, ctx.device, ctx.metric)
-    params, nonzeros = count_params(ctx.model)
-    result.metrics.setdefault("bytes", measured_bytes(ctx.model))
-    return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,
-            "nonzeros": nonzeros, "dof": int(result.metrics.pop("dof", params)), "seconds": round(seconds, 3),
-            "notes": result.notes, **result.metrics}
-
-
-def check_structure(ctx: RunContext, result) -> None:
-    """A stage asked for one export of its structure, compared with torch in ONNX Runtime (`verify_onnx`)."""
-    data = ctx.val if ctx.val is not None else ctx.train
-    check = verify_structure(result.model, result.structure, data, ctx.device)
-    result.metrics.update(check)
-    describe = handler_of(result.structure).describe_check
-    if describe is not None:
-        result.notes.append(describe(check, result.metrics))

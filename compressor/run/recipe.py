@@ -100,27 +100,42 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(raw_stages, list) or not raw_stages:
         raise UsageError(f"{recipe.where('stages')}: 'stages' must be a non-empty list of stages")
     for i, item in enumerate(raw_stages):
-        key = f"stages[{i}]"
-        if isinstance(item, str):
-            name, opts = item, {}
-        elif isinstance(item, dict) and len(item) == 1:
-            name, opts = next(iter(item.items()))
-            opts = opts or {}
-            key = f"{key}.{name}"
-        else:
-            raise UsageError(f"{recipe.where(key)}: each stage is a name or a one-key mapping 'stage: {{options}}'")
-        if not isinstance(opts, dict):
-            raise UsageError(f"{recipe.where(key)}: options of stage {name!r} must be a mapping")
-        try:
-            cls = get_stage(name)
-        except UsageError as exc:
-            raise UsageError(f"{recipe.where(key)}: {exc}")
-        for opt, value in opts.items():  # validate each option with its own line number
-            build_config(cls, {opt: value}, where=recipe.where(f"{key}.{opt}"))
-        recipe.stages.append((name, dict(opts), lines.get(key)))
+        recipe.stages.append(_stage_entry(recipe, f"stages[{i}]", item))
     recipe.settings["data"] = _check_keys(data.get("data"), DATA_KEYS, "data", recipe, "data")
-    gates = _check_keys(data.get("gates"), GATE_KEYS, "gates", recipe, "gates")
-    recipe.settings["gates"] = gates
+    recipe.settings["gates"] = _check_gates(recipe, _check_keys(data.get("gates"), GATE_KEYS, "gates", recipe,
+                                                                "gates"))
+    for key, value in recipe.settings["data"].items():
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
+    _check_run_settings(recipe, data)
+    for key in ("seed", "device", "threads", "metric"):
+        if key in data:
+            recipe.settings[key] = data[key]
+    return recipe
+
+
+def _stage_entry(recipe: Recipe, key: str, item: Any) -> tuple[str, dict, int | None]:
+    """One entry of `stages`: a name, or a one-key mapping `stage: {options}`, each option checked on its line."""
+    if isinstance(item, str):
+        name, opts = item, {}
+    elif isinstance(item, dict) and len(item) == 1:
+        name, opts = next(iter(item.items()))
+        opts = opts or {}
+        key = f"{key}.{name}"
+    else:
+        raise UsageError(f"{recipe.where(key)}: each stage is a name or a one-key mapping 'stage: {{options}}'")
+    if not isinstance(opts, dict):
+        raise UsageError(f"{recipe.where(key)}: options of stage {name!r} must be a mapping")
+    try:
+        cls = get_stage(name)
+    except UsageError as exc:
+        raise UsageError(f"{recipe.where(key)}: {exc}")
+    for opt, value in opts.items():  # validate each option with its own line number
+        build_config(cls, {opt: value}, where=recipe.where(f"{key}.{opt}"))
+    return name, dict(opts), recipe.lines.get(key)
+
+
+def _check_gates(recipe: Recipe, gates: dict) -> dict:
     for key, value in gates.items():
         if key == "floors":
             if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -128,9 +143,10 @@ def load_recipe(path: Path) -> Recipe:
                 raise UsageError(f"{recipe.where('gates.floors')}: floors must map metric names to numbers")
         elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UsageError(f"{recipe.where('gates.' + key)}: gates.{key} must be a number, got {value!r}")
-    for key, value in recipe.settings["data"].items():
-        if value is not None and not isinstance(value, str):
-            raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
+    return gates
+
+
+def _check_run_settings(recipe: Recipe, data: dict) -> None:
     if "device" in data and not (isinstance(data["device"], str) and
                                  data["device"].split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
         raise UsageError(f"{recipe.where('device')}: device must be cpu, cuda, cuda:N (got {data['device']!r})")
@@ -139,12 +155,8 @@ def load_recipe(path: Path) -> Recipe:
         raise UsageError(f"{recipe.where('threads')}: threads must be an integer >= 1")
     if "metric" in data and not isinstance(data["metric"], str):
         raise UsageError(f"{recipe.where('metric')}: metric must be a name (accuracy, agreement, cosine, mse, plugin)")
-    for key in ("seed", "device", "threads", "metric"):
-        if key in data:
-            recipe.settings[key] = data[key]
     if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
         raise UsageError(f"{recipe.where('seed')}: seed must be an integer")
-    return recipe
 
 
 def resolved_recipe(options, stages) -> str:

@@ -1,0 +1,79 @@
+"""The run's export phase: the final model exported to ONNX once (fp32), compared with torch in ONNX Runtime, the
+fp32 baseline latency measured, and the export-time stage (quantize) applied to that graph."""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from compressor.export.onnx import compact_int8, export_model
+from compressor.io.calls import onnx_predict, predict
+from compressor.io.data import Dataset
+from compressor.io.onnx_export import max_abs_diff, ort_session, save_onnx
+from compressor.judge.metrics import score
+from compressor.run.pipeline import RunContext
+from compressor.stage import ExportStage
+from compressor.verify.artifacts import baseline_latency_ms, file_sizes
+
+
+@dataclass
+class Exported:
+    """model.onnx as written, its outputs on held-out, and the fp32 export it was measured against."""
+
+    onnx_path: Path
+    session: Any                 # ONNX Runtime session of model.onnx
+    onnx_out: torch.Tensor       # model.onnx's outputs on held-out
+    final_torch: torch.Tensor    # the final torch model's outputs on held-out
+    parity: float                # max |fp32 ONNX - torch|
+    fp32_sizes: dict[str, int]
+    base_latency: float          # ms, the fp32 original in ONNX Runtime
+    record: dict[str, Any] | None  # the export-time stage's record, if one ran
+
+
+def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset, reference: torch.Tensor,
+                    onnx_path: Path, sizes: dict[str, int]) -> Exported:
+    """Write model.onnx: the fp32 export, or the export-time stage's graph made from it. `sizes`: params,
+    nonzeros and dof of the model going in (the export-time stage's record repeats them)."""
+    ctx.reporter.log("exporting to ONNX")
+    final_torch = predict(ctx.model, heldout, ctx.device)
+    with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
+        fp32_path = Path(tmp) / "model.fp32.onnx"
+        save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
+        fp32_session = ort_session(fp32_path)
+        fp32_out = onnx_predict(fp32_session, heldout)
+        parity = max_abs_diff(fp32_out, final_torch)
+        fp32_sizes = file_sizes(fp32_path)
+        base_latency = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
+        if stage is None:
+            onnx_path.write_bytes(fp32_path.read_bytes())
+            return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes, base_latency, None)
+        record, session, q_out = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout, reference,
+                                                    fp32_out, sizes)
+    return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record)
+
+
+def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onnx_path: Path, tmp: Path,
+                       heldout: Dataset, reference: torch.Tensor, fp32_out: torch.Tensor, sizes: dict[str, int]):
+    """Run the export-time stage on the fp32 graph (after the structures' own tensors are made int8, if any);
+    returns (its record, the session of model.onnx, model.onnx's held-out outputs)."""
+    ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
+    t0 = time.perf_counter()
+    compact = compact_int8(onnx.load(str(fp32_path)), ctx.structures, ctx.model)
+    if compact is None:
+        result = stage.apply_onnx(ctx, fp32_path, onnx_path)
+    else:  # the structures' own tensors are int8 already; ORT's quantizer handles the ordinary layers
+        mid = tmp / "structured-int8.onnx"
+        save_onnx(compact, mid)
+        result = stage.apply_onnx(ctx, mid, onnx_path, compact=True)
+    session = ort_session(onnx_path)
+    q_out = onnx_predict(session, heldout)
+    metric = score(q_out, heldout, reference, ctx.metric)
+    record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
+              "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes,
+              "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out), "bytes": file_sizes(onnx_path)["size"]}
+    return record, session, q_out

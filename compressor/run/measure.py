@@ -1,0 +1,45 @@
+"""The run's verify phase: both artifacts measured as written. model.safetensors is reloaded through
+`compressor.load` and compared with torch; model.onnx's metric, bytes, latency and peak memory are measured beside
+the fp32 original's."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor.export.rebuild import load as load_artifact
+from compressor.io.calls import predict
+from compressor.io.data import Dataset
+from compressor.io.load import file_sha256
+from compressor.io.onnx_export import max_abs_diff
+from compressor.judge.metrics import score
+from compressor.run.export_onnx import Exported
+from compressor.run.pipeline import RunContext, RunOptions
+from compressor.verify.artifacts import file_sizes, ort_latency_ms, ort_peak_memory_bytes
+
+
+def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldout: Dataset,
+                      reference: torch.Tensor, exported: Exported, final_torch: torch.Tensor, st_path: Path,
+                      onnx_sha256: str, encodings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's artifact rows: model.onnx, then model.safetensors reloaded from the staged output."""
+    # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
+    reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
+                             trust_code=ctx.loaded.format == "state_dict")
+    st_out = predict(reloaded, heldout, "cpu")
+    ctx.model.to("cpu")
+    onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
+    st_metric = score(st_out, heldout, reference, ctx.metric)
+    onnx_path = exported.onnx_path
+    return [
+        {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
+         "metric_extra": onnx_metric.extra, "latency_ms": ort_latency_ms(exported.session, heldout),
+         "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
+         "fp32_baseline_latency_ms": exported.base_latency,
+         "fp32_export_bytes": exported.fp32_sizes["bytes"], "fp32_export_gzip_bytes": exported.fp32_sizes["gzip_bytes"],
+         "parity_max_abs_diff_fp32_vs_torch": exported.parity},
+        {"path": "model.safetensors", **file_sizes(st_path), "sha256": file_sha256(st_path),
+         "metric_value": st_metric.value, "latency_ms": None,
+         "peak_memory_bytes": None, "reload_max_abs_diff_vs_torch": max_abs_diff(st_out, final_torch),
+         "encodings": {k: v["encoding"] for k, v in encodings.items()}},
+    ]

@@ -1,0 +1,48 @@
+"""The run's store phase: model.safetensors written with the run's metadata (source, stages, structures), its
+quantized weights stored exactly as model.onnx holds them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from compressor.export.int8_weights import match_int8
+from compressor.export.rebuild import source_record
+from compressor.io.safetensors_io import save_weights
+from compressor.run.pipeline import RunContext, RunOptions
+from compressor.stage import Stage, config_as_dict
+from compressor.version import __version__
+
+
+def store_weights(ctx: RunContext, options: RunOptions, stages: list[Stage], st_path: Path, onnx_path: Path,
+                  onnx_sha256: str, quantized: bool) -> tuple[dict[str, Any], bool]:
+    """Write model.safetensors; returns (its encodings by tensor, whether the torch model took stored int8 weights,
+    so its outputs changed)."""
+    ctx.reporter.log("writing and verifying model.safetensors")
+    meta = {"source": source_record(ctx.loaded), "compressor_version": __version__, "seed": options.seed,
+            "stages": [{"name": s.name, "config": config_as_dict(s.config)} for s in stages],
+            "structures": ctx.structures}
+    state = ctx.model.state_dict()
+    int8 = match_int8(onnx.load(str(onnx_path)), state) if quantized else None
+    encodings = save_weights(state, st_path, meta, onnx_sha256=onnx_sha256, int8=int8)
+    if int8:
+        take_stored_int8(ctx, state, int8, encodings)
+    return encodings, bool(int8)
+
+
+def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict, encodings: dict) -> None:
+    """The torch model takes the stored int8 weights, so the reload check after stays exact; a note says which
+    weights stay float."""
+    with torch.no_grad():
+        for name, weight in int8.items():
+            if encodings.get(name, {}).get("encoding") == "int8":  # a tied alias keeps its stored twin's values
+                state[name].copy_(weight.dequantize())
+    floats = [w.name for w in ctx.weights if w.name in state and w.name not in int8]
+    four = sum(1 for w in int8.values() if w.bits == 4)
+    ctx.notes.append(f"model.safetensors: {len(int8)} weights stored as model.onnx holds them ("
+                     + (f"{four} 4-bit block-wise, {len(int8) - four} int8; " if four else "int8; ")
+                     + "dequantized on load)"
+                     + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded into another "
+                        "op, e.g. conv + batch norm, or kept float by quantize)" if floats else ""))
