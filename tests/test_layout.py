@@ -103,3 +103,9 @@ def test_each_algorithm_in_its_own_folder():
             if mod.startswith(prefix):
                 others = [d for d in deps if d.startswith("compressor.algorithms.") and not d.startswith(prefix)]
                 assert not others, (mod, others)
+
+
+def test_readme_fits_one_screen():
+    """README.md says what compressor is, how to install and start, and links to docs/ for the rest."""
+    readme = PACKAGE.parent / "README.md"
+    assert len(readme.read_text().splitlines()) <= 120, "README.md over 120 lines: move the detail into docs/"

@@ -1,6 +1,6 @@
 """Which metric a run uses: detected from the model's outputs and the data, or chosen with `--metric`.
 
-The rule (README, "Metrics"), on the original model's outputs:
+The rule (docs/metrics.md), on the original model's outputs:
 1. labels present and the output is [N, C] with C > 1 (labels in range)  -> `accuracy` (class logits);
 2. no labels, the output is a single column (or 1-D)                      -> `mse` (a regression);
 3. no labels, every row has unit L2 norm (a normalised embedding)         -> `cosine`;
