@@ -1,4 +1,4 @@
-"""Issue 12: every bad input gives one line on stderr, the documented exit code (2 usage/option value, 1 bad file),
+"""Every bad input gives one line on stderr, the documented exit code (2 usage/option value, 1 bad file),
 leaves its inputs byte-for-byte unchanged and leaves no output (no --out, no `.<out>.*` staging sibling).
 
 Only the public surface is used: the `compress` CLI (`compressor.cli.entrypoint`, in-process with sys.argv patched,
@@ -391,7 +391,7 @@ def _force_failing_run(tmp, fx):
 SHRINK1 = ("--pipeline", "shrink", "--set", "shrink.epochs=1")
 
 CASES = [
-    # --- option values: exit 2 before any work (issue: these ran the whole pipeline, then exit 3 / exit 1)
+    # --- option values: exit 2 before any work, not a whole pipeline run ending in exit 3 / exit 1
     Case("max-drop-negative", 2, _std("--max-drop", "-1"), ("--max-drop",)),
     Case("max-drop-nan", 2, _std("--max-drop", "nan"), ("--max-drop",)),
     Case("max-drop-inf", 2, _std("--max-drop", "inf"), ("--max-drop",)),

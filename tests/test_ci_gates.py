@@ -19,7 +19,7 @@ def passing_run(tmp_path_factory):
 
 
 # a run that really loses accuracy (an RPG ring barely trained): the drop gates fail with in-range limits
-# (out-of-range limits such as --max-drop -0.5 are usage errors, exit 2, since issue 12)
+# (out-of-range limits such as --max-drop -0.5 are usage errors, exit 2)
 LOSSY = (SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg", "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5",
          "--set", "rpg.grow=false",  # the ring is kept whatever it costs: the gate must see the loss
          "--train-data", TRAIN, "--data", HELDOUT, "--quiet")

@@ -1,13 +1,14 @@
 """Same seed, same bytes: pinned sha256 of model.onnx and model.safetensors for three short runs.
 
 Refactors must not change these digests. Each run is a fresh `compress` process; the tool pins its own threads
-(--threads, default 1), and the environment pins OMP too. Behaviour changes (issue 11: the budget rule) re-pin them.
+(--threads, default 1), and the environment pins OMP too. A change of behaviour (a stage's decision rule) re-pins
+them, and its commit says why.
 
 A run may have more than one pinned pair: the same seed and threads give the same bytes on one machine, but a
 convolution's float32 sums come out differently on another CPU (oneDNN and ONNX Runtime's MLAS pick kernels by
-CPU model), so the conv run was measured on two: the first pair on the machine the digests were pinned on
-through session 17, the second on an AMD EPYC (AVX512, session 18), where the MLP and ODE-net runs matched the first
-machine's bytes and the CNN's did not. A run matching none of its pairs fails, whichever machine it is on.
+CPU model), so the conv run was measured on two: the first pair on the machine the digests were first pinned on,
+the second on an AMD EPYC (AVX512), where the MLP and ODE-net runs matched the first machine's bytes and the CNN's
+did not. A run matching none of its pairs fails, whichever machine it is on.
 """
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_stages_and_inspect_commands():
 def test_gate_failure_exits_3_and_still_reports(tmp_path):
     out = tmp_path / "gate"
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--set", "quantize.mode=dynamic", "--data", HELDOUT, "--out", out,
-                  "--floor", "cosine_min=1.0", "--quiet")  # --max-drop -1 is a usage error (exit 2) since issue 12
+                  "--floor", "cosine_min=1.0", "--quiet")  # --max-drop -1 is a usage error (exit 2)
     assert res.code == 3, res
     report = read_report(out)
     assert report["gate"]["passed"] is False and report["gate"]["failed"] == ["floor:cosine_min"]

@@ -126,7 +126,7 @@ def test_non_empty_out_refused_unless_force(tmp_path):
     assert_clean_error(compress(*args, out=out), 1, "not empty", "--force")
     res = compress(*args, "--force", out=out)
     assert res.code == 0, res
-    # --force replaces the directory wholesale (an atomic swap, issue 12): a user's file in it is not kept
+    # --force replaces the directory wholesale (an atomic swap): a user's file in it is not kept
     assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
 
 

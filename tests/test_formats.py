@@ -72,7 +72,7 @@ def test_pt_dict_data_and_multi_input_transformer_without_labels(tmp_path):
                   "--train-data", tmp_path / "train.npz", "--set", "quantize.mode=dynamic", "--max-drop", "5", "--out", out, "--quiet")
     assert res.code == 0, res
     report = read_report(out)
-    # an untrained encoder's outputs are not confident class scores: compared by cosine (issue 10), in points
+    # an untrained encoder's outputs are not confident class scores: compared by cosine, in points
     assert report["baseline"]["metric"] == "cosine"
     assert report["artifacts"][0]["metric_value"] >= 95.0
     assert abs(report["baseline"]["cosine_min"] - 1.0) < 1e-5

@@ -1,4 +1,4 @@
-"""Issue 12: fuzzing the two file formats compressor reads, through its public surface only.
+"""Fuzzing the two file formats compressor reads, through its public surface only.
 
 - model.safetensors (`compressor.load`): >= 300 mutants of a codebook-encoded artifact (a fast prune run on
   digits_mlp with its k-means codebook) plus mutants of a dense one (a quantize run): byte flips, truncations,

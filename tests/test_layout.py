@@ -210,3 +210,23 @@ def long_functions(prefix: str, limit: int) -> dict[str, int]:
 def test_the_run_is_short_phases():
     """The run drives phases (run/runner.py); no function of run/ grows into a hub again."""
     assert long_functions("compressor.run", MAX_RUN_FUNCTION_LINES) == {}
+
+
+def test_readme_fits_one_screen():
+    """README.md says what compressor is, how to install and start, and links to docs/ for the rest."""
+    readme = PACKAGE.parent / "README.md"
+    assert len(readme.read_text().splitlines()) <= 120, "README.md over 120 lines: move the detail into docs/"
+
+
+def test_no_work_log_history_in_code_tests_or_docs():
+    """Code, tests and docs say what the code does and why; which session or issue changed it belongs in commit
+    messages and bench/results (CONTRIBUTING.md)."""
+    import re
+    history = re.compile(r"\b(?:session|issue)s?\s*#?\d|\(#\d{1,3}\)", re.IGNORECASE)  # the pattern's own line
+    root = PACKAGE.parent
+    files = [p for folder in ("compressor", "tests", "docs") for p in sorted((root / folder).rglob("*"))
+             if p.suffix in {".py", ".md", ".txt", ".yaml", ".toml"}]
+    hits = [f"{p.relative_to(root)}:{n}: {line.strip()}" for p in files
+            for n, line in enumerate(p.read_text().splitlines(), 1)
+            if history.search(line) and "the pattern's own line" not in line]
+    assert len(files) > 50 and not hits, "\n".join(hits)

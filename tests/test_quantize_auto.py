@@ -76,7 +76,7 @@ def assert_reload_equals_graph(out, names):
 
 
 def test_auto_on_text_embedder_keeps_cosine_at_a_fifth_of_the_bytes_and_reloads_exactly(tmp_path):
-    """Issue 10's bound under the default gate: cosine min >= 0.98, mean >= 0.99 at <= 0.21x the fp32 weights."""
+    """The bound under the default gate: cosine min >= 0.98, mean >= 0.99 at <= 0.21x the fp32 weights."""
     out = tmp_path / "emb"
     res = run_cli(SAMPLES / "text_embedder.pt2", "--pipeline", "quantize", "--data", SAMPLES / "embed_heldout.npz",
                   "--train-data", SAMPLES / "embed_train.npz", "--val-data", SAMPLES / "embed_val.npz",

@@ -112,7 +112,7 @@ def test_auto_refuses_static_qdq_that_clips_a_regression_output(tmp_path):
     assert any("dynamic int8" in n or "weight-only" in n for n in notes[1:]), notes
 
     out = _onnx_outputs(tmp_path / "auto" / "model.onnx", x[held])
-    top = np.argsort(ref[held])[-6:]  # the largest 1% of held-out outputs: no longer clipped
+    top = np.argsort(ref[held])[-6:]  # the largest 1% of held-out outputs: not clipped
     assert np.abs(out[top] - ref[held][top]).max() < 0.05 * (ref[held].max() - ref[held].min())
     float_err = np.mean((ref[held] - t[held]) ** 2)
     assert np.mean((out - t[held]) ** 2) < 1.5 * float_err  # the error to the true targets does not double

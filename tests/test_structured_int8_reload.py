@@ -1,5 +1,5 @@
-"""After quantize, model.safetensors holds the structures' own tensors as the int8 graph does (README, "Weight
-encodings"): the rpg ring and a basis stack's coefficients reload bit for bit equal to what ONNX Runtime's
+"""After quantize, model.safetensors holds the structures' own tensors as the int8 graph does (docs/encodings.md,
+"int8"): the rpg ring and a basis stack's coefficients reload bit for bit equal to what ONNX Runtime's
 DequantizeLinear computes from model.onnx, and the ring / coefficients are stored in the `int8` encoding (one scale
 per 128-slot row of the ring; one scale per block of columns of each coefficient set) so the file shrinks."""
 from __future__ import annotations

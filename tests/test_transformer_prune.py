@@ -1,4 +1,4 @@
-"""prune on the sample transformers (issue 10): attention/FFN Linear weights found in a `.pt2`, tied weights pruned
+"""prune on the sample transformers: attention/FFN Linear weights found in a `.pt2`, tied weights pruned
 once and kept tied, the run's metric driving the gate (a regression fails with exit 3 for each metric)."""
 from __future__ import annotations
 

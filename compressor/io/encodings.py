@@ -1,4 +1,4 @@
-"""Lossless tensor encodings for `model.safetensors` (byte layout documented in the README, "Weight encodings").
+"""Lossless tensor encodings for `model.safetensors` (byte layout documented in docs/encodings.md).
 
 Each tensor is stored in the smallest of:
 - ``dense``: the tensor itself, under its own name;

@@ -1,5 +1,5 @@
-"""The `int8` encoding of `model.safetensors`: a weight stored as ONNX Runtime quantized it (README, "Weight
-encodings").
+"""The `int8` encoding of `model.safetensors`: a weight stored as ONNX Runtime quantized it (docs/encodings.md,
+"int8").
 
 Stored tensors: ``NAME::q`` (int8, or uint8 for an asymmetric table, in the module's own layout),
 ``NAME::scale`` (float32, one per channel along ``axis`` or a scalar for per-tensor) and ``NAME::zero_point``

@@ -1,14 +1,14 @@
 """Which metric a run uses: detected from the model's outputs and the data, or chosen with `--metric`.
 
-The rule (README, "Metrics"), on the original model's outputs:
+The rule (docs/metrics.md), on the original model's outputs:
 1. labels present and the output is [N, C] with C > 1 (labels in range)  -> `accuracy` (class logits);
 2. no labels, the output is a single column (or 1-D)                      -> `mse` (a regression);
 3. no labels, every row has unit L2 norm (a normalised embedding)         -> `cosine`;
 4. no labels, the output looks like confident class scores: on average the softmax of a row puts at least
    `LOGIT_CONFIDENCE` on its argmax, and at least two different classes are predicted       -> `agreement`;
 5. otherwise (unsure: raw embeddings, hidden states, anything else)       -> `cosine`.
-Agreement with the original's argmax is meaningless on an embedding (issue 10: a 384-d sentence embedding scored
-by argmax), so when in doubt cosine is preferred. The chosen metric also picks the label-free fine-tuning loss:
+Agreement with the original's argmax is meaningless on an embedding (the argmax of a 384-d sentence embedding
+is no class), so when in doubt cosine is preferred. The chosen metric also picks the label-free fine-tuning loss:
 agreement -> KL distillation of logits, cosine/mse -> cosine + MSE distillation of outputs (core/finetune.py).
 """
 from __future__ import annotations

@@ -4,14 +4,14 @@ Every stage decision is the paired upper confidence bound of `judge/budget.py` o
 counts samples, one validation sample that the candidate gets wrong and the original got right (and nothing else
 changed) has drop 100/n and a bound of exactly 100 (1 + z) / n points (z = 0.674 at 75%): 0.93 points on 180 samples.
 A stage whose share of --max-drop is below that keeps nothing that loses a validation sample net, however little
-the loss would cost on fresh data (digits, issue 11: prune's half share of a 1-point gate is 0.50, so digits_mlp
-and digits_cnn stop at the first step that loses one of the 180 samples, 72-85% sparse). The run says so and says
+the loss would cost on fresh data (prune's half share of a 1-point gate is 0.50: on 180 samples it stops at the
+first step that loses one; docs/ALGORITHMS.md §2). The run says so and says
 how many samples would admit one loss, instead of leaving the user to guess why a stage stopped early.
 
 A validation set that picked the original (early stopping on it) or that it was trained on flatters the original:
-every compressed candidate then looks worse on validation than it is (digits_mlp: 99.44 on digits_val, which chose
-its epoch, against 96.94 held out). The report warns when the original's validation score is above its held-out
-score by more than chance easily explains (one-sided Fisher exact p < 0.10; digits_mlp: p = 0.052). That compares
+every compressed candidate then looks worse on validation than it is (an example in docs/metrics.md). The report
+warns when the original's validation score is above its held-out score by more than chance easily explains
+(one-sided Fisher exact p < 0.10). That compares
 figures the report shows anyway; no decision reads held-out.
 """
 from __future__ import annotations

@@ -23,18 +23,14 @@ model's own predictive distribution, no tuned constant. A candidate is accepted 
 the budget, so the rule is never looser than the 0/1 rule alone. The decision says which bound decided (the
 larger one).
 
-Tried and not kept (session 17): reading the candidate's probability at the one logit scale s that best reproduces
-the original's softmax (argmin_s KL(p_orig || softmax(s z)), no labels), since shrinkage's decay between prune
-steps shrinks logits and a global rescale moves no prediction (digits_mlp, memorised split, seed 2, --max-drop 100:
-bound 20.9 points at 90% sparsity, 1.3 matched, held-out accuracy unchanged). On the split rows of the seeds bench
-it raised kept sparsity (mlp seed 4 34% -> 77%, cnn seeds 2-4 47-57% -> 72-83%, all still within the gate) but
-digits_resnet shrink,prune,quantize then pruned to 41-69% and failed the gate on 4 of 5 seeds (1.11-2.22 against
-2 of 5 before): on a memorised split the unmatched probability is the only brake on a ResNet, so it stays.
+The candidate's probability is read as it is, not at a logit scale fitted to the original's softmax (which would
+discount shrinkage's decay of the logits, a change that moves no prediction): on a memorised split the unmatched
+probability is the only brake on a ResNet (what a fitted scale did: docs/ALGORITHMS.md §2).
 
 Only on a saturated set (the original right on every validation sample), where 0/1 correctness certainly cannot
 discriminate. Where the original errs on some validation samples the set reaches the decision boundary and the
-0/1 bound alone decides: p is a proxy that also falls when a candidate is merely less confident; applied there
-too (digits_cnn, seed 0, --val-data: 1 error in 180) it stopped prune at 72% instead of 83% sparsity.
+0/1 bound alone decides: p is a proxy that also falls when a candidate is merely less confident, and applied there
+too it stops prune early (docs/ALGORITHMS.md §2).
 """
 from __future__ import annotations
 

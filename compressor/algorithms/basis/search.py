@@ -1,9 +1,8 @@
 """basis: how many functions each stack keeps, chosen on validation with the run's budget rule.
 
 Queiruga et al. (Stateful ODE-Nets, docs/ALGORITHMS.md §4) change the basis without retraining, which holds for
-blocks trained smooth in depth (refinement training). A pretrained ResNet stage or transformer is not smooth:
-all-MiniLM-L6-v2's 6 layers projected onto 3 piecewise-constant sets fell to validation cosine 26.8 points, 49.1
-after the fine-tune, so a fixed K = half of the depth can spend any amount of the user's budget. The stage judges each
+blocks trained smooth in depth (refinement training). A pretrained ResNet stage or transformer is not smooth
+(docs/ALGORITHMS.md §4), so a fixed K = half the depth can spend any amount of the user's budget. The stage judges each
 size with the run's one rule (`RunContext.judge`: a one-sided upper confidence bound on the paired validation drop,
 within basis's share of --max-drop) and, while over, grows every stack's K geometrically (basis.grow_factor g):
 

@@ -9,11 +9,10 @@ the target sparsity, or when a step's validation drop is over budget (the strict
 within it is restored. Masks go through the shared `MaskRegistry`, so pruned
 weights stay exactly zero through all later fine-tuning and stages. Finally, optional weight sharing (Deep
 Compression's k-means codebook) is kept only if it is within the same budget. Optionally (prune.distill > 0) every
-fine-tune adds distillation to the original (Hinton et al. 2015). It is off by default, as measured: a label-only
-fine-tune fixes and breaks a few validation samples at every step and the paired stop rule counts each swap, so
-distillation (fewer swaps) lets the rule prune further (digits_resnet --val-data seed 1: 0% -> 90% sparse, held-out
-drop 0.28 both), but over seeds 0-4 x {mlp, cnn, resnet} the extra sparsity also spent more held-out points (3 of
-23 rows over the 1-point gate against 1 of the same 23 without; bench/results/seeds.md).
+fine-tune adds distillation to the original (Hinton et al. 2015). It is off by default: a label-only fine-tune
+fixes and breaks a few validation samples at every step and the paired stop rule counts each swap, so distillation
+(fewer swaps) lets the rule prune further, but the extra sparsity also spends more held-out points (measured in
+docs/ALGORITHMS.md §2).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ to padded keys, so a MinMax range spans 1e38 and every real value rounds to zero
 et al., "LLM.int8()", 2022; Bondarenko et al., "Understanding and Overcoming the Challenges of Efficient
 Transformer Quantization", EMNLP 2021). Weights quantize well everywhere. So, measured rather than guessed:
 
-1. static QDQ on every op ONNX Runtime quantizes (today's `mode=static`); kept if the output on the check set (the
+1. static QDQ on every op ONNX Runtime quantizes (as `mode=static` does); kept if the output on the check set (the
    validation split, else the calibration set — never held-out) stays within the cosine bounds of the float graph;
 2. otherwise only the weighted nodes (MatMul/Gemm/Conv with a constant weight) are quantized statically, the other
    ops (Softmax, LayerNormalization, Add, Where, ...) keep float activations; each weighted node's input is scored by

@@ -2,8 +2,8 @@
 
 The dynamic quantizer (`onnxruntime.quantization.quantize_dynamic`) only has integer kernels for the ops in its
 IntegerOpsRegistry (MatMul, Conv, Gather, Attention, LSTM, ...); Gemm is not one of them, so a Linear layer that
-the exporter wrote as Gemm stayed float while the report said "dynamic int8" (the regression MLP of
-tests/test_quantize_regression.py under auto: 0.97x the fp32 weights; rewritten, 0.37x). The rewrite is exact:
+the exporter wrote as Gemm would stay float under "dynamic int8" (a measured case: docs/ALGORITHMS.md §5). The
+rewrite is exact:
 Y = A @ B' + beta * C with B' = B^T when transB, as a MatMul (named as the Gemm was, so node lists still select it)
 and an Add. Gemms with transA, alpha != 1, a non-constant B, or a computed C with beta != 1 are left as they are.
 """

@@ -1,7 +1,7 @@
 """int8 weight-only: a weighted node's constant weight stored int8 and dequantized in the graph, activations float.
 
 Why: auto's last resort for a node whose activation range defeats int8 (static: calibrated range; dynamic: the
-per-batch range of an outlier-heavy FFN input, docs/ALGORITHMS.md §5, Bondarenko et al. 2021) used to be float,
+per-batch range of an outlier-heavy FFN input, docs/ALGORITHMS.md §5, Bondarenko et al. 2021) would otherwise be float,
 which keeps all its bytes. Storing only the weight as int8 costs nothing in accuracy that matters — per-channel
 weight rounding, no activation error — and keeps the file at int8 size. Written as standard ONNX (int8
 initializer + per-axis DequantizeLinear, opset >= 13) with ONNX Runtime's names (``W_quantized``, ``W_scale``,

@@ -3,7 +3,7 @@
 The paper (Wang et al., WACV 2023, docs/ALGORITHMS.md §3) fixes the ring size N before training from scratch; our
 post-processing adaptation projects a trained model onto the ring, so the cost of a given N is only known after
 projection and fine-tuning. A fixed fraction of the generated weights can therefore spend more than the run's
-budget on one seed and not on another (digits_cnn at 25%: held-out drop 0.0-1.9 points over seeds 0-4). The stage
+budget on one seed and not on another (measured in docs/ALGORITHMS.md §3). The stage
 judges each fitted ring with the run's one rule (`RunContext.judge`, judge/budget.py: a one-sided upper
 confidence bound on the paired validation drop within min(rpg's budget, --max-drop)) and, while it is over,
 grows N geometrically (rpg.grow_factor g, default 1.5), capped at the number of generated weights T:

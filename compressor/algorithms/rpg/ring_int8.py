@@ -1,8 +1,8 @@
 """The ring as int8 rows with one scale per row: the encoding of the quantized ring in the ONNX graph (and the one
 any int8 weights file should use for it).
 
-One scale for the whole ring let a few large slots set the step for all of them (it cost digits_resnet 0.8 points
-after quantize). The ring is cut into rows of `RING_INT8_BLOCK` consecutive slots (the last row zero-padded), each
+One scale for the whole ring lets a few large slots set the step for all of them (what that cost:
+docs/ALGORITHMS.md §3). The ring is cut into rows of `RING_INT8_BLOCK` consecutive slots (last row zero-padded), each
 quantized symmetrically with its own scale (`compressor.core.int8.symmetric_int8`: scale = max|row| / 127, zero
 point 0); dequantization is q * scale, row by row, then the padding is dropped. Cost: 4 / RING_INT8_BLOCK bytes per
 slot on top of the int8 value (3%).

@@ -38,9 +38,7 @@ from compressor.judge.search import first_within, lowest_bound
 from compressor.stage import Stage, StageResult, option
 
 
-# N = 25% of the generated weights (digits_cnn: DoF 27% of the model). Chosen with distill=1 on validation data
-# (digits_val, digits_cnn.pt2 rpg,quantize, seeds 0-2: mean validation 99.63% against 99.07% for 0.16 without
-# distillation, 99.26% for 0.25 without, 99.07% for 0.16 with; lr 5e-3 x 30 epochs was worse).
+# N = 25% of the generated weights, chosen with distill=1 on validation data (the comparison: docs/ALGORITHMS.md §3).
 DEFAULT_RING_FRACTION = 0.25
 
 

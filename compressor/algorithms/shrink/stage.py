@@ -15,7 +15,7 @@ Networks 2022), w <- w - lambda * w * max(0, 1 - |g|) after the step. Optional m
 (ours, seeded by Sartipi & Bernal, arXiv 2305.17119): mu * sum_l ||G(H_l) - G(F_l)||^2 / B^2 between the
 row-normalised Gram matrices of chosen layers' features in the compressed (H) and frozen original (F) model.
 Optionally (shrink.distill > 0) the loss adds distillation to the original (Hinton, Vinyals, Dean 2015), as prune's
-option does; off by default (measured in prune's docstring).
+option does; off by default (docs/ALGORITHMS.md §2).
 """
 from __future__ import annotations
 
