@@ -18,6 +18,7 @@ from compressor.report.sparsity import markdown_lines
 from compressor.registry import plugin_metrics
 from compressor.judge.budget import drop
 from compressor.verify.gates import evaluate_gates
+from compressor.report.cpu import cpu_info
 from compressor.version import __version__
 
 
@@ -30,7 +31,7 @@ def environment() -> dict[str, str]:
     import torch
 
     return {"compressor": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(), **cpu_info()}
 
 
 def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, base_stored_bytes: int,

@@ -15,58 +15,20 @@ import fnmatch
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
+from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
-from compressor.stage import ExportStage, StageResult, option
-
-
-@dataclass
-class QuantizeConfig:
-    mode: Literal["auto", "static", "dynamic"] = option(
-        "auto", "auto: static where the check set's output stays within the cosine bounds, else per op dynamic "
-        "or float (auto.py); static: int8 weights and activations (calibrated); dynamic: int8 weights, "
-        "activations quantized at run time")
-    auto_min_cosine: float = option(0.985, "auto: least per-sample cosine to the float graph on the check set (one "
-                                    "output value a sample: max |error| / std <= sqrt(2 (1 - this)), auto.py)")
-    auto_mean_cosine: float = option(0.995, "auto: least mean cosine to the float graph on the check set (one output "
-                                     "value a sample: mse / variance <= 2 (1 - this), auto.py)")
-    format: Literal["QDQ", "QOperator"] = option("QDQ", "graph format of static quantization")
-    per_channel: bool = option(True, "one scale per output channel of each weight (else per tensor)")
-    calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
-    percentile: float = option(99.999, "percentile kept by the Percentile calibrator")
-    calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
-    calib_batch: int = option(32, "batch size fed to the calibrator")
-    weight_bits: Literal["auto", "8", "4"] = option(
-        "auto", "auto: with mode=auto, MatMul weights go 4-bit block-wise (weight-only) where the check set's output "
-        "stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every MatMul weight 4-bit, "
-        "unchecked, in any mode")
-    int4_block: int = option(32, "4-bit weights: input rows sharing one scale (a power of two, at least 16)")
-    exclude: tuple[str, ...] = option((), "glob patterns of weight or node names left in float (e.g. fc3.*)")
-    preprocess: bool = option(True, "run ONNX Runtime's quant_pre_process (shape inference, graph optimisation)")
-
-    def validate(self) -> str | None:
-        if self.calib_samples < 1:
-            return "calib_samples must be at least 1"
-        if self.calib_batch < 1:
-            return "calib_batch must be at least 1"
-        if not (-1 <= self.auto_min_cosine <= 1 and -1 <= self.auto_mean_cosine <= 1):
-            return "auto_min_cosine and auto_mean_cosine must be in [-1, 1]"
-        if self.int4_block < 16 or self.int4_block & (self.int4_block - 1):
-            return "int4_block must be a power of two, at least 16"
-        if not 0 < self.percentile <= 100:
-            return "percentile must be in (0, 100]"
-        return None
+from compressor.stage import ExportStage, StageResult
 
 
 class _Reader:
@@ -149,6 +111,7 @@ class _Forms:
                         quant_format=QuantFormat.QDQ if cfg.format == "QDQ" else QuantFormat.QOperator,
                         per_channel=cfg.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, cfg.calibration),
+                        reduce_range=cfg.reduce_range,
                         nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra))
 
     def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
@@ -156,6 +119,7 @@ class _Forms:
 
         src = self._as_matmul(src, nodes)  # ORT has no dynamic Gemm kernel: as MatMul + Add it quantizes them
         quantize_dynamic(str(src), str(dst), per_channel=self.config.per_channel, weight_type=QuantType.QInt8,
+                         reduce_range=self.config.reduce_range,
                          nodes_to_quantize=nodes, nodes_to_exclude=self.exclude,
                          extra_options={"MatMulConstBOnly": True, **self.extra})
 
@@ -190,9 +154,19 @@ class _Forms:
         onnx.save(int8_weight_only(onnx.load(str(mid)), [n for n in weight_only if n not in matmuls]), str(dst))
 
 
+def _weights_note(config: QuantizeConfig) -> str:
+    """How the int8 weights are stored, and whether their numbers hold on every x86 CPU (docs/ALGORITHMS.md §5)."""
+    grain = "per-channel" if config.per_channel else "per-tensor"
+    if config.reduce_range:
+        return f"{grain} 7-bit weights (reduce_range: the same numbers on x86 CPUs with or without VNNI)"
+    return (f"{grain} 8-bit weights (WARNING: on x86 CPUs without VNNI, e.g. AVX2 only, ONNX Runtime's u8s8 kernels "
+            "can saturate and compute other numbers than verified on a CPU with VNNI; quantize.reduce_range=true "
+            "avoids it)")
+
+
 def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | None:
     return sample and (f"{config.calibration} calibration on {len(sample)} samples from {sample.source}, "
-                       f"{'per-channel' if config.per_channel else 'per-tensor'} weights")
+                       + _weights_note(config))
 
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
@@ -233,7 +207,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                 forms = _Forms(base, config, sample, exclude, tmp_dir)
                 if mode == "dynamic":
                     forms.dynamic(base, dst)
-                    notes.append(f"dynamic int8, {'per-channel' if config.per_channel else 'per-tensor'} weights")
+                    notes.append(f"dynamic int8, {_weights_note(config)}")
                 elif mode == "static":
                     forms.static(dst)
                     notes.append(f"static int8 {config.format}, {_calibration_note(config, sample)}")
