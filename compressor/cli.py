@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from compressor.errors import CompressorError, Terminated, UsageError
 from compressor.inspect_model import inspect_model
 from compressor.io.threads import DEFAULT_THREADS
+from compressor.judge.budget import DEFAULT_CONFIDENCE
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
 from compressor.report.diff import diff_markdown, diff_rows, read_report
@@ -145,6 +146,9 @@ def run(
                                          "cuda:1) [default: cpu]."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Gate: largest allowed metric drop in points "
                                              "(exit 3) [default: 1.0]."),
+    confidence: Optional[float] = typer.Option(None, "--confidence", help="One-sided confidence of the upper bound "
+                                               "on the validation drop that every stage decision uses "
+                                               f"(0.5 to below 1) [default: {DEFAULT_CONFIDENCE}]."),
     min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help="Gate: final/baseline metric ratio "
                                                   "at least this (e.g. 0.99)."),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Gate: model.onnx size (smallest of raw and "
@@ -189,6 +193,7 @@ def run(
                          force=force, seed=int(pick(seed, settings.get("seed"), 0)),
                          device=str(pick(device, settings.get("device"), "cpu")), quiet=quiet,
                          max_drop=float(pick(max_drop, gates.get("max_drop"), 1.0)),
+                         confidence=float(pick(confidence, settings.get("confidence"), DEFAULT_CONFIDENCE)),
                          min_recovery=pick(min_recovery, gates.get("min_recovery")),
                          max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
                          recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,

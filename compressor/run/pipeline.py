@@ -49,6 +49,7 @@ class RunOptions:
     resume: bool = False
     keep_checkpoints: bool = False
     threads: int = 1
+    confidence: float = DEFAULT_CONFIDENCE  # --confidence: of the one-sided bound every stage decision uses
     metric: str | None = None  # --metric: accuracy | agreement | cosine | mse | a plugin's name (None: detected)
 
 

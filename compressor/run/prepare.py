@@ -47,7 +47,8 @@ def prepare(options: RunOptions, reporter: Reporter):
     ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
-                     reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice)
+                     reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice,
+                     confidence=options.confidence)
     return ctx, heldout, baseline, reference, notes
 
 

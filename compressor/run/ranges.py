@@ -27,6 +27,8 @@ def check_ranges(options) -> None:
         raise UsageError(f"--seed {seed!r}: expected an integer from 0 to {SEED_MAX}")
     if not 0.0 <= _number(options.max_drop, "--max-drop") <= 100.0:
         raise UsageError(f"--max-drop {options.max_drop}: expected points from 0 to 100")
+    if not 0.5 <= _number(options.confidence, "--confidence") < 1.0:
+        raise UsageError(f"--confidence {options.confidence}: expected a probability from 0.5 to below 1 (e.g. 0.9)")
     if options.min_recovery is not None and not 0.0 < _number(options.min_recovery, "--min-recovery") <= 1.0:
         raise UsageError(f"--min-recovery {options.min_recovery}: expected a ratio in (0, 1] (e.g. 0.99)")
     if options.max_bytes is not None and (isinstance(options.max_bytes, bool) or not isinstance(options.max_bytes, int)

@@ -27,7 +27,7 @@ from compressor.registry import get_stage
 from compressor.stage import build_config, config_as_dict
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("seed", "device", "threads", "metric", "data", "gates", "stages")
+TOP_KEYS = ("seed", "device", "threads", "metric", "confidence", "data", "gates", "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
 GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
 
@@ -108,7 +108,7 @@ def load_recipe(path: Path) -> Recipe:
         if value is not None and not isinstance(value, str):
             raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
     _check_run_settings(recipe, data)
-    for key in ("seed", "device", "threads", "metric"):
+    for key in ("seed", "device", "threads", "metric", "confidence"):
         if key in data:
             recipe.settings[key] = data[key]
     return recipe
@@ -155,6 +155,9 @@ def _check_run_settings(recipe: Recipe, data: dict) -> None:
         raise UsageError(f"{recipe.where('threads')}: threads must be an integer >= 1")
     if "metric" in data and not isinstance(data["metric"], str):
         raise UsageError(f"{recipe.where('metric')}: metric must be a name (accuracy, agreement, cosine, mse, plugin)")
+    if "confidence" in data and (isinstance(data["confidence"], bool)
+                                 or not isinstance(data["confidence"], (int, float))):
+        raise UsageError(f"{recipe.where('confidence')}: confidence must be a number (e.g. 0.9)")
     if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
         raise UsageError(f"{recipe.where('seed')}: seed must be an integer")
 
@@ -169,6 +172,7 @@ def resolved_recipe(options, stages) -> str:
         "device": options.device,
         "threads": options.threads,
         **({"metric": options.metric} if options.metric else {}),
+        "confidence": options.confidence,
         "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
                  "calib": s(options.calib_data)},
         "gates": {"max_drop": options.max_drop, "min_recovery": options.min_recovery,

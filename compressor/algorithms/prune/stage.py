@@ -16,6 +16,7 @@ docs/ALGORITHMS.md §2).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +50,9 @@ def uncovered_note(model: torch.nn.Module, names: list[str]) -> str | None:
               "them too)")
 
 
+DEFAULT_LR, DEFAULT_BATCH = 1e-3, 64  # fine-tunes without selective shrinkage, and the codebook's (lr / 2)
+
+
 @dataclass
 class PruneConfig:
     policy: Literal["blinded", "uniform", "distribution", "lobster"] = option(
@@ -63,8 +67,10 @@ class PruneConfig:
     epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
     max_steps: int = option(40, "upper bound on pruning steps")
     lookahead: int = option(2, "steps pruned past an over-budget one before stopping at the last step within it")
-    lr: float = option(1e-3, "fine-tuning learning rate")
-    batch_size: int = option(64, "fine-tuning batch size")
+    lr: float | None = option(None, "fine-tuning learning rate (default: shrink's with selective shrinkage, else "
+                                    "1e-3)")
+    batch_size: int | None = option(None, "fine-tuning batch size (default: shrink's with selective shrinkage, "
+                                          "else 64)")
     max_steps_per_epoch: int = option(0, "cap on optimizer steps per fine-tuning epoch (0: a full pass; a large "
                                       "training set on a transformer: e.g. 100)")
     shrinkage: Literal["auto", "on", "off"] = option("auto", "fine-tune with selective shrinkage between steps "
@@ -91,7 +97,8 @@ class PruneConfig:
             return "codebook_bits must be 1, 2, 4 or 8"
         if self.epochs_per_step < 0 or self.max_steps < 1 or self.lookahead < 0:
             return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
-        if self.batch_size < 1 or self.lr <= 0 or self.patience < 0 or self.codebook_epochs < 0:
+        if (self.batch_size or 1) < 1 or (self.lr is not None and self.lr <= 0) or self.patience < 0 \
+                or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
         if self.distill < 0 or self.temperature <= 0:
             return "distill must be >= 0 and temperature > 0"
@@ -161,6 +168,9 @@ class PruneStage(Stage):
         shrink_cfg = ctx.stage_configs.get("shrink")
         if use_shrink and shrink_cfg is None:
             shrink_cfg = ShrinkConfig()
+        if use_shrink:  # prune's own lr / batch_size, when set, apply to its fine-tunes with shrinkage too
+            shrink_cfg = dataclasses.replace(shrink_cfg, lr=cfg.lr or shrink_cfg.lr,
+                                             batch_size=cfg.batch_size or shrink_cfg.batch_size)
         good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
@@ -246,7 +256,8 @@ class PruneStage(Stage):
             run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
                           max_steps_per_epoch=cfg.max_steps_per_epoch, extra_loss=self._distill(ctx))
         else:
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr, batch_size=cfg.batch_size,
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr or DEFAULT_LR,
+                                                      batch_size=cfg.batch_size or DEFAULT_BATCH,
                                                       max_steps_per_epoch=cfg.max_steps_per_epoch), desc=desc,
                      loss_hook=self._distill(ctx))
 
@@ -278,8 +289,8 @@ class PruneStage(Stage):
         sizes = share_weights(ctx.model, names, bits)
         if cfg.codebook_epochs:
             shared = SharedWeights(ctx.model, names)
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=cfg.lr / 2,
-                                                      batch_size=cfg.batch_size,
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=(cfg.lr or DEFAULT_LR) / 2,
+                                                      batch_size=cfg.batch_size or DEFAULT_BATCH,
                                                       max_steps_per_epoch=cfg.max_steps_per_epoch),
                      desc="codebook fine-tune", step_hook=shared.step_hook, loss_hook=self._distill(ctx))
         return sizes
