@@ -39,9 +39,9 @@ PINNED_ON = {"cpu": "Intel(R) Xeon(R) Processor (x86_64)",
              "cpu_features": "avx2 avx512f avx512bw avx512_vnni avx_vnni amx_int8"}
 PINS = {
     "mlp_shrink_prune_quantize": ("666667dec18a630352f27b55ecc2aaf395b81ebd4bf5b5dd18ccde2616e0c34e",
-                                 "01f9e2e93286512f0f84bd668be57262db4114db55333089bd78e71beb2fe8de"),
-    "cnn_rpg_quantize": ("661d2cb72e59026e045db7093558d7b7a98af1a70b8138b26e557bbd435ead02",
-                        "3aee91d57aca237fae6cc5d83b8ffa7965a8c6841514f956c9e8756065c2c709"),
+                                 "14a3a2ae11eb4b6ff9bceb80874a3b55cf0d0661a0e0c2652a718e7a0095c8cc"),
+    "cnn_rpg_quantize": ("1be051f7745d40106da5643c470d974d01f7b01b7dc19f9a0c81587a11010b5c",
+                        "0b9650d01696bf5f7bd62d36726136caf5b605fec8784ec456beb99f13b44ae9"),
     "odenet_basis": ("0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
                     "560d5c28fc7c1965f842db45562a4a14409017e4950098834c0372c4234c9318"),
 }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from compressor.report.cpu import cpu_info
-from tests.conftest import HELDOUT, read_report
+from tests.conftest import HELDOUT, SAMPLES, read_report, run_cli
 
 RUN = """
 import sys, numpy as np, onnxruntime as ort
@@ -54,3 +54,17 @@ def test_default_int8_gives_the_same_numbers_on_an_avx2_cpu(cnn_quantized, tmp_p
                            str(avx2)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert np.array_equal(np.load(here), np.load(avx2)), np.abs(np.load(here) - np.load(avx2)).max()
+
+
+def test_dynamic_int8_reports_how_outputs_move_with_the_batch(tmp_path, cnn_quantized):
+    out = tmp_path / "out"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--set", "quantize.mode=dynamic",
+                  "--data", HELDOUT, "--out", out, "--quiet")
+    assert res.code in (0, 3), res
+    report = read_report(out)
+    batch = report["artifacts"][0]["batch_dependence"]
+    assert batch["samples"] == 360 and batch["max_abs_diff_batch1_vs_batch"] >= 0
+    assert abs(batch["metric_value_batched"] - report["artifacts"][0]["metric_value"]) < 1e-6  # all 360 samples
+    assert any("depend on the batch" in n for n in report["notes"])
+    # static int8 fixes every scale at calibration: nothing to report
+    assert "batch_dependence" not in read_report(cnn_quantized)["artifacts"][0]

@@ -82,10 +82,11 @@ def _ort_tensors(out: Path, names: list[str], data) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, feed)))
 
 
-def _numpy_dequantized(out: Path, q: str, scale: str, zero: str) -> np.ndarray:
-    """(q - zero point) * scale in float32, one scale per row, from model.onnx's initializers."""
+def _numpy_dequantized(out: Path, q: str, scale: str) -> np.ndarray:
+    """q * scale in float32, one scale per row (a [rows, 1] column), from model.onnx's initializers."""
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "model.onnx")).graph.initializer}
-    return (inits[q].astype(np.float32) - inits[zero].astype(np.float32)[:, None]) * inits[scale][:, None]
+    assert inits[scale].shape == (inits[q].shape[0], 1)
+    return inits[q].astype(np.float32) * inits[scale]
 
 
 def _bitwise_equal(a: torch.Tensor, b: np.ndarray) -> bool:
@@ -104,7 +105,7 @@ def _graph_coef(out: Path, data) -> tuple[str, np.ndarray]:
     parts = []
     for name, _, kind in stack["layout"]:
         if kind == "param":
-            numpy_side = _numpy_dequantized(out, f"{pre}/{name}/q", f"{pre}/{name}/scale", f"{pre}/{name}/zero")
+            numpy_side = _numpy_dequantized(out, f"{pre}/{name}/q", f"{pre}/{name}/dequantize/scale")
             assert np.array_equal(deq[f"{pre}/{name}/deq"], numpy_side)  # ORT's DequantizeLinear is (q - zp) * s
             parts.append(deq[f"{pre}/{name}/deq"])
         else:
@@ -137,7 +138,7 @@ def test_rpg_quantize_stores_the_graphs_int8_ring(cnn_rpg):
 
     held = load_dataset(HELDOUT, ["x"])
     graph_ring = _ort_tensors(cnn_rpg, ["rpg_ring"], held)["rpg_ring"]
-    numpy_ring = _numpy_dequantized(cnn_rpg, "rpg_ring_int8", "rpg_ring_scale", "rpg_ring_zero_point")
+    numpy_ring = _numpy_dequantized(cnn_rpg, "rpg_ring_int8", "rpg_gen/dequantize_ring/scale")
     assert np.array_equal(graph_ring, numpy_ring.reshape(-1)[:n])
     loaded = compressor.load(cnn_rpg).state_dict()["rpg_ring"]  # checks the re-pinned ring checksum too
     assert float(np.abs(loaded.numpy() - graph_ring).max()) == 0.0 and _bitwise_equal(loaded, graph_ring)

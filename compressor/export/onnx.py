@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ArtifactError
-from compressor.export.int8_weights import compact_values
+from compressor.export.structured_int8 import compact_values
 from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import Dataset
 from compressor.io.onnx_export import export_onnx_proto, max_abs_diff, ort_session, save_onnx

@@ -75,26 +75,37 @@ def _s(p) -> str | None:
 
 
 def human_bytes(n: int | None) -> str:
+    """Bytes in SI units (1 kB = 1000 B), everywhere the tool prints a size."""
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return str(n)
+
+
+def size_headline(artifact: dict[str, Any], fp32_bytes: int) -> str:
+    """An artifact's raw bytes over the fp32 weights first, gzip beside it, labelled; when only gzip saves (pruned
+    zeros stored densely in the graph), it says so."""
+    raw, gz = artifact["bytes"], artifact["gzip_bytes"]
+    ratio = (lambda n: n / fp32_bytes if fp32_bytes else 0.0)
+    text = f"{human_bytes(raw)} = {ratio(raw):.2f}x the fp32 weights (gzip {human_bytes(gz)}, {ratio(gz):.2f}x"
+    if ratio(raw) >= 0.9 and ratio(gz) < 0.75 * ratio(raw):
+        text += ": the saving is in gzip and model.safetensors only, the raw graph stores zeros densely"
+    return text + ")"
 
 
 def verdict_line(report: dict[str, Any]) -> str:
     g = report["gate"]
     onnx_art = report["artifacts"][0]
-    ratio = onnx_art["size"] / report["baseline"]["bytes"] if report["baseline"]["bytes"] else 0
     word = "PASS" if g["passed"] else "FAIL (" + ", ".join(g.get("failed", [])) + ")"
     unit = UNITS.get(g["metric"], "")
     change = "drop" if g.get("higher_is_better", True) else "rise"
     fmt = ".2f" if unit else ".4g"
     return (f"{word}: {g['metric']} {g['baseline']:{fmt}}{unit} -> {g['final']:{fmt}}{unit} ({change} "
             f"{g['drop']:{fmt}}{' points' if unit else ''}, max {g['max_drop']:.2f}); model.onnx "
-            f"{human_bytes(onnx_art['size'])} = {ratio:.2f}x the fp32 weights")
+            + size_headline(onnx_art, report["baseline"]["bytes"]))
 
 
 def metric_text(name: str, value: float | None) -> str:

@@ -6,15 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
 from compressor.export.rebuild import load as load_artifact
-from compressor.io.calls import predict
+from compressor.io.calls import EVAL_BATCH, onnx_predict, predict
 from compressor.io.data import Dataset
 from compressor.io.load import file_sha256
 from compressor.io.onnx_export import max_abs_diff
 from compressor.judge.metrics import score
 from compressor.run.export_onnx import Exported
+from compressor.judge.kind import MetricChoice
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.verify.artifacts import file_sizes, ort_latency_ms, ort_peak_memory_bytes
 
@@ -31,15 +33,41 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
     onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
     st_metric = score(st_out, heldout, reference, ctx.metric)
     onnx_path = exported.onnx_path
+    batch = batch_dependence(exported, heldout, reference, ctx.metric)
+    if batch is not None:
+        ctx.notes.append(f"model.onnx quantizes activations at run time (dynamic int8), so a sample's outputs depend "
+                         f"on the batch it runs in: on {batch['samples']} held-out samples one at a time, max |output "
+                         f"difference| {batch['max_abs_diff_batch1_vs_batch']:.3g} and {ctx.metric.name} "
+                         f"{batch['metric_value_batch1']:.4g}, against {batch['metric_value_batched']:.4g} in batches "
+                         f"of {EVAL_BATCH}")
     return [
         {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
          "metric_extra": onnx_metric.extra, "latency_ms": ort_latency_ms(exported.session, heldout),
          "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_baseline_latency_ms": exported.base_latency,
          "fp32_export_bytes": exported.fp32_sizes["bytes"], "fp32_export_gzip_bytes": exported.fp32_sizes["gzip_bytes"],
-         "parity_max_abs_diff_fp32_vs_torch": exported.parity},
+         "parity_max_abs_diff_fp32_vs_torch": exported.parity, **({"batch_dependence": batch} if batch else {})},
         {"path": "model.safetensors", **file_sizes(st_path), "sha256": file_sha256(st_path),
          "metric_value": st_metric.value, "latency_ms": None,
          "peak_memory_bytes": None, "reload_max_abs_diff_vs_torch": max_abs_diff(st_out, final_torch),
          "encodings": {k: v["encoding"] for k, v in encodings.items()}},
     ]
+
+
+BATCH_CHECK_SAMPLES = 512
+
+
+def batch_dependence(exported: Exported, heldout: Dataset, reference: torch.Tensor,
+                     metric: MetricChoice) -> dict[str, Any] | None:
+    """For a graph that quantizes activations at run time (DynamicQuantizeLinear: one scale per call, over the
+    whole batch), the same held-out samples run one at a time beside the batched run; None for any other graph."""
+    graph = onnx.load(str(exported.onnx_path), load_external_data=False).graph
+    if not any(node.op_type == "DynamicQuantizeLinear" for node in graph.node):
+        return None
+    n = min(len(heldout), BATCH_CHECK_SAMPLES)
+    data = heldout.subset(torch.arange(n))
+    one = onnx_predict(exported.session, data, batch_size=1)
+    return {"samples": n, "batch": EVAL_BATCH,
+            "max_abs_diff_batch1_vs_batch": float((one - exported.onnx_out[:n]).abs().max()),
+            "metric_value_batch1": score(one, data, reference[:n], metric).value,
+            "metric_value_batched": score(exported.onnx_out[:n], data, reference[:n], metric).value}

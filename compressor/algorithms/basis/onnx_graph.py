@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compressor.algorithms.basis.stack import VAR_FLOOR
-from compressor.core.int8 import symmetric_int8
+from compressor.core.int8 import dequantize_rows, symmetric_int8
 from compressor.errors import StageError
 
 Rewrite = Callable[[onnx.ModelProto], onnx.ModelProto]
@@ -190,11 +190,9 @@ def make_int8_rewrite(modules: list[tuple[str, object]]) -> Rewrite:
                     parts.append(f"{tag}/float")
                     continue
                 q, scale = symmetric_int8(seg)
-                graph.initializer.extend([numpy_helper.from_array(q, f"{tag}/q"),
-                                          numpy_helper.from_array(scale, f"{tag}/scale"),
-                                          numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{tag}/zero")])
-                nodes.append(helper.make_node("DequantizeLinear", [f"{tag}/q", f"{tag}/scale", f"{tag}/zero"],
-                                              [f"{tag}/deq"], name=f"{tag}/dequantize", axis=0))
+                dequantize, column = dequantize_rows(f"{tag}/q", scale, f"{tag}/deq", f"{tag}/dequantize")
+                graph.initializer.extend([numpy_helper.from_array(q, f"{tag}/q"), column])
+                nodes += dequantize
                 parts.append(f"{tag}/deq")
             graph.initializer.remove(init)
             phi = product.input[0]

@@ -73,6 +73,18 @@ def computed_weight_nodes(model: onnx.ModelProto) -> list[str]:
             if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in inits | consts]
 
 
+def constant_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes computed from initializers and constants only (a ring's or basis's weight generation):
+    ONNX Runtime folds them once per session unless a quantizer puts Q/DQ pairs on them, so they stay float."""
+    known = {i.name for i in model.graph.initializer} | {""}
+    names = []
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type == "Constant" or all(i in known for i in node.input):
+            known.update(node.output)
+            names.append(node.name)
+    return names
+
+
 @contextlib.contextmanager
 def _quiet():
     logger = logging.getLogger()
@@ -190,7 +202,8 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                 if config.exclude and not exclude:
                     raise StageError(f"quantize: exclude patterns {list(config.exclude)} match no node or weight")
                 if exclude:
-                    notes.append(f"left in float: {', '.join(exclude)}")
+                    shown = ", ".join(exclude[:6]) + (f" and {len(exclude) - 6} more" if len(exclude) > 6 else "")
+                    notes.append(f"left in float: {len(exclude)} nodes ({shown})")
                 mode = config.mode
                 if mode == "auto" and calib is None:
                     notes.append("auto: no calibration data (--train-data or --calib-data), so dynamic int8")
@@ -261,7 +274,8 @@ class QuantizeStage(ExportStage):
             return StageResult(model=ctx.model, notes=notes)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
-            computed = computed_weight_nodes(onnx.load(str(src)))  # weights generated in-graph stay out of ORT's
+            graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
+            computed = computed_weight_nodes(graph) + constant_nodes(graph)
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
             notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check)

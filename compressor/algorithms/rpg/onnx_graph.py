@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.algorithms.rpg.ring import MASK_NAME, RING_NAME, RingLayout, SIGNS_NAME, SLOTS_NAME
 from compressor.algorithms.rpg.ring_int8 import quantize_ring
+from compressor.core.int8 import dequantize_rows
 from compressor.algorithms.rpg.sign_hash import BITWISE_XOR_OPSET, CONSTANTS, onnx_sign_spec
 from compressor.errors import StageError
 
@@ -198,21 +199,21 @@ def packed_mask_nodes(graph: onnx.GraphProto, mask: onnx.TensorProto, k: str) ->
 
 
 def ring_to_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Store the ring as int8 rows with one scale per row; DequantizeLinear (axis 0) + Reshape + Slice restore
-    `rpg_ring` in-graph, exactly as `compressor.algorithms.rpg.ring_int8.dequantize_ring` does in torch."""
+    """Store the ring as int8 rows with one scale per row; Cast + Mul (`core/int8.dequantize_rows`: folded once per
+    session) + Reshape + Slice restore `rpg_ring` in-graph, exactly as
+    `compressor.algorithms.rpg.ring_int8.dequantize_ring` does in torch."""
     graph = proto.graph
     ring = numpy_helper.to_array(_pop_initializer(graph, RING_NAME)).astype(np.float32)
     q, scales = quantize_ring(ring)
     p = PREFIX
-    names = (RING_NAME + "_int8", RING_NAME + "_scale", RING_NAME + "_zero_point")
+    dequantize, column = dequantize_rows(RING_NAME + "_int8", scales, p + "ring_rows", p + "dequantize_ring")
     graph.initializer.extend([
-        numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scales, names[1]),
-        numpy_helper.from_array(np.zeros(len(scales), dtype=np.int8), names[2]),
+        numpy_helper.from_array(q, RING_NAME + "_int8"), column,
         numpy_helper.from_array(np.array([-1], dtype=np.int64), p + "ring_flat"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), p + "ring_start"),
         numpy_helper.from_array(np.array([ring.size], dtype=np.int64), p + "ring_end")])
     _prepend(graph, [
-        helper.make_node("DequantizeLinear", list(names), [p + "ring_rows"], name=p + "dequantize_ring", axis=0),
+        *dequantize,
         helper.make_node("Reshape", [p + "ring_rows", p + "ring_flat"], [p + "ring_padded"], name=p + "ring_reshape"),
         helper.make_node("Slice", [p + "ring_padded", p + "ring_start", p + "ring_end"], [RING_NAME],
                          name=p + "ring_slice")])
