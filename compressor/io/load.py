@@ -22,6 +22,7 @@ from torch import nn
 
 from compressor.errors import ModelLoadError, UsageError
 from compressor.io.archive import quiet_loaders, zip_names
+from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.registry import loader_for
 
 FORMATS_ACCEPTED = (
@@ -210,11 +211,11 @@ def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = 
     try:
         fmt = detect_format(path)
         if fmt == "pt2":
-            program = torch.export.load(str(path))
+            program = load_program(path, trust_pickle, checked=True)
             module = retie_shared(program.module())
             return LoadedModel(module, "pt2", str(path), digest, None, forward_input_names(module, program), program)
         if fmt == "torchscript":
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = load_torchscript(path, checked=True)
             module.eval()
             return LoadedModel(module, "torchscript", str(path), digest, None, forward_input_names(module))
         if fmt == "safetensors":
