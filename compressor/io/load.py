@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.errors import ModelLoadError, UsageError
+from compressor.errors import ModelLoadError, Terminated, UsageError
 from compressor.io.archive import quiet_loaders, zip_names
 from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.registry import loader_for
@@ -129,15 +129,19 @@ def resolve_arch(spec: str) -> nn.Module:
             module = importlib.import_module(target)
     except ModelLoadError:
         raise
-    except Exception as exc:
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # SystemExit(0) included: code that exits is a failed import, never a success
         raise ModelLoadError(f"--arch {spec!r}: cannot import {target}: {type(exc).__name__}: {exc}")
     factory = getattr(module, attr, None)
     if factory is None:
         raise ModelLoadError(f"--arch {spec!r}: {target} has no attribute {attr!r}")
     try:
         model = factory()
-    except Exception as exc:
-        raise ModelLoadError(f"--arch {spec!r}: calling {attr}() failed: {type(exc).__name__}: {exc}")
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:
+        raise ModelLoadError(f"--arch {spec!r}: calling {attr}() failed: {type(exc).__name__}({exc})")
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"--arch {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
     return model

@@ -172,6 +172,8 @@ def plan_stages(options: RunOptions) -> list[Stage]:
         raise ModelLoadError(f"model file not found: {options.model}")
     for flag, path in (("--data", options.data), ("--train-data", options.train_data),
                        ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
+        if path is not None and Path(path).is_dir():
+            raise DataError(f"{flag} {path} is a directory, not a data file (.npz or .pt)")
         if path is not None and not Path(path).is_file():
             raise DataError(f"data file not found: {path} ({flag})")
     stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
@@ -184,6 +186,9 @@ def plan_stages(options: RunOptions) -> list[Stage]:
         if needs_calib and options.train_data is None and options.calib_data is None:
             raise UsageError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
                              "or use --set quantize.mode=dynamic")
+    if options.resume and all(st.export_time for st in stages):
+        raise UsageError(f"--resume: nothing to resume: {','.join(names)} runs at export only and keeps no "
+                         "checkpoints; run again without --resume")
     return stages
 
 
