@@ -49,11 +49,11 @@ def pickled(marker: Path) -> bytes:
 
 
 def rewrite(dst: Path, replace: dict[str, bytes] | None = None, add: dict[str, bytes] | None = None,
-            rename: dict[str, str] | None = None, src: Path = PT2) -> Path:
+            rename: dict[str, str] | None = None, src: Path = PT2, compression: int = zipfile.ZIP_STORED) -> Path:
     """A copy of `src` with members (named below the archive's root folder) replaced, renamed or added; every
     CRC valid, so the archive check alone passes it."""
     replace, add, rename = replace or {}, add or {}, rename or {}
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
         for info in zin.infolist():
             root, _, tail = info.filename.partition("/")
             zout.writestr(f"{root}/{rename.get(tail, tail)}", replace.get(tail, zin.read(info)))

@@ -153,6 +153,8 @@ def safe_expression(expr: str) -> bool:
 
 def safe_target(target: str) -> bool:
     """A graph node may call a torch operator, a math function, an arithmetic operator or a few torch helpers."""
+    if target.startswith("#"):  # an extension operator: resolved by registered plugins of torch, refused
+        return False
     if target.startswith("torch.ops."):
         parts = target.split(".")[2:]
         return 2 <= len(parts) <= 3 and all(IDENT.fullmatch(p) and not p.startswith("__") for p in parts)
