@@ -379,3 +379,38 @@ def test_file_too_large_names_the_file(tmp_path):
     line = assert_one_line(res, 1, "file too large", tmp=tmp_path)
     assert ".onnx" in line or ".safetensors" in line, line
     assert not out.exists() and not staging_siblings(out)
+
+
+# ----------------------------------------------------------------------------------------------- the rules
+
+def test_every_sample_program_passes_the_check():
+    from compressor.io.pt2_check import check_pt2
+
+    for path in sorted(SAMPLES.glob("*.pt2")):
+        check_pt2(path)
+
+
+@pytest.mark.parametrize("expr,ok", [
+    ("Symbol('s53', positive=True, integer=True)", True),
+    ("Mul(Integer(4), Pow(Symbol('s53', positive=True, integer=True), Integer(2)))", True),
+    ("CeilToInt(IntTrueDiv(s0, 2)) + Max(1, u3) - Float('1.5', precision=53)", True),
+    ("Piecewise((s0, Eq(s1, 1)), (-oo, True))", True),
+    ("__import__('os').system('x')", False), ("s0.__class__", False), ("S('1')", False), ("open('m', 'w')", False),
+    ("lambda: 1", False), ("\"s0\"", False), ("[s0]", False), ("s0; s1", False), ("Symbol('a b')", False),
+])
+def test_symbolic_expressions(expr, ok):
+    from compressor.io.pt2_check import safe_expression
+
+    assert safe_expression(expr) is ok
+
+
+@pytest.mark.parametrize("target,ok", [
+    ("torch.ops.aten.linear.default", True), ("torch.ops.higher_order.cond", True), ("_operator.getitem", True),
+    ("math.ceil", True), ("torch.sym_max", True),
+    ("torch.serialization.os.system", False), ("_operator.call", False), ("torch.ops.load_library", False),
+    ("torch.ops.aten.__class__.x", False), ("math.__loader__", False), ("#ns.op", False), ("torchvision.x", False),
+])
+def test_node_targets(target, ok):
+    from compressor.io.pt2_check import safe_target
+
+    assert safe_target(target) is ok
