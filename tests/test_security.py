@@ -216,31 +216,33 @@ def bomb_pt2(dst: Path, size: int = 1 << 30) -> Path:
     return dst
 
 
-RSS_WRAPPER = ("import resource, sys\nfrom compressor.cli import entrypoint\nreport = sys.argv.pop(1)\ntry:\n"
-               "    entrypoint()\nfinally:\n"
-               "    open(report, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
-PEAK_CEILING_MB = 700  # the clean file's inspect peaks near 350 MB; inflating the 1 GiB member needs more than this
+# VmHWM: this process's own peak (ru_maxrss would carry the forking pytest worker's peak across exec), read once
+# compressor and torch are imported and again at exit: what the run itself added
+RSS_WRAPPER = ("import sys\nfrom compressor.cli import entrypoint\nreport = sys.argv.pop(1)\n"
+               "def peak():\n    return int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+               "imported = peak()\ntry:\n    entrypoint()\nfinally:\n"
+               "    open(report, 'w').write(f'{imported} {peak()}')\n")
+ADDED_CEILING_MB = 64  # loading the clean digits_mlp.pt2 alone adds about 110 MB; inflating the member, 1 GiB
 
 
 def test_zip_bomb_refused_fast_within_a_memory_ceiling(tmp_path):
     bomb = bomb_pt2(tmp_path / "bomb.pt2")
     assert bomb.stat().st_size < 2 << 20
-    before, rss_file = sha(bomb), tmp_path / "rss"
+    before, rss_file, out = sha(bomb), tmp_path / "rss", tmp_path / "o"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", RSS_WRAPPER, str(rss_file), "inspect", str(bomb)], capture_output=True,
-                       text=True, timeout=120, env=env)
+    p = subprocess.run([sys.executable, "-c", RSS_WRAPPER, str(rss_file), str(bomb), *DYN, "--data", str(HELDOUT),
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=120, env=env)
     seconds = time.perf_counter() - t0
-    peak_mb = int(rss_file.read_text()) / 1024
+    imported_kb, peak_kb = map(int, rss_file.read_text().split())
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 1 and len(lines) == 1 and "zip bomb" in lines[0] and ".data/pad" in lines[0], p.stderr
-    assert peak_mb < PEAK_CEILING_MB, peak_mb
-    assert seconds < 30, seconds
-    assert sha(bomb) == before
-    # the same file through a run and through compressor's limits raised: the limit names its variable
-    res = cli(bomb, *DYN, "--data", HELDOUT, "--out", tmp_path / "o", "--quiet")
-    assert "COMPRESSOR_MAX_ZIP_RATIO" in assert_one_line(res, 1, "zip bomb", tmp=tmp_path)
-    assert not (tmp_path / "o").exists() and not staging_siblings(tmp_path / "o")
+    assert "COMPRESSOR_MAX_ZIP_RATIO" in lines[0]
+    assert (peak_kb - imported_kb) / 1024 < ADDED_CEILING_MB, (imported_kb, peak_kb)
+    assert seconds < 60, seconds  # a cold start of torch on a busy machine; the refusal itself takes milliseconds
+    assert sha(bomb) == before and not out.exists() and not staging_siblings(out)
+    res = cli("inspect", bomb)
+    assert_one_line(res, 1, "zip bomb", tmp=tmp_path)
 
 
 def test_zip_bomb_limits_are_configurable(tmp_path, monkeypatch):
