@@ -2,15 +2,14 @@
 `inspect` and `stages` beside it (a group whose default command is `run`, so the plain form keeps working).
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed, 130 interrupted (SIGINT), 143 terminated (SIGTERM: handled
-like SIGINT, the staging directory removed). Errors print one line, never a traceback, and third-party warnings
-and logs stay off stderr (`--debug` or COMPRESSOR_DEBUG=1 shows them, and the traceback).
+like SIGINT, the staging directory removed). Errors print one line, never a traceback (`cli_errors.py`), and
+third-party warnings and logs stay off stderr (`--debug` or COMPRESSOR_DEBUG=1 shows them, and the traceback).
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,7 +17,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from compressor.errors import CompressorError, Terminated, UsageError
+from compressor.cli_errors import err, framework_errors_as_one_line, guard
+from compressor.errors import Terminated, UsageError
 from compressor.inspect_model import inspect_model
 from compressor.io.threads import DEFAULT_THREADS
 from compressor.judge.budget import DEFAULT_CONFIDENCE
@@ -40,6 +40,7 @@ class DefaultCommandGroup(TyperGroup):
     """Route `compress MODEL ...` to the `run` command when the first word is not a sub-command."""
 
     default_command = "run"
+    main = framework_errors_as_one_line(TyperGroup.main)  # `--seed abc`: one `error:` line, exit 2
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
@@ -57,7 +58,6 @@ app = typer.Typer(cls=DefaultCommandGroup, add_completion=False, no_args_is_help
                   help="Compress a PyTorch model and prove on held-out data what it cost. "
                        "Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed, 130 interrupted, 143 terminated.",
                   context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False)
-err = Console(stderr=True)
 out = Console()
 
 
@@ -85,45 +85,8 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def _fail(exc: BaseException) -> None:
-    code = getattr(exc, "exit_code", 1)
-    if os.environ.get("COMPRESSOR_DEBUG"):  # --debug: the cause behind the one line (e.g. the exporter's error)
-        traceback.print_exception(exc, file=sys.stderr)
-    err.print(f"error: {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _guard(fn):
-    """Turn CompressorErrors (and anything unexpected) into one line and an exit code."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except CompressorError as exc:
-            _fail(exc)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130)
-        except Terminated:
-            err.print("error: terminated (SIGTERM)")
-            raise typer.Exit(143)
-        except Exception as exc:
-            if os.environ.get("COMPRESSOR_DEBUG"):
-                raise
-            msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            err.print(f"error: unexpected {type(exc).__name__}: {msg} (set COMPRESSOR_DEBUG=1 for a traceback)",
-                      highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
-
-    return wrapper
-
-
 @app.command("run")
-@_guard
+@guard
 def run(
     model: Path = typer.Argument(..., help="Checkpoint: .pt2, TorchScript, state_dict (+ --arch), pickle (+ --trust-pickle)."),
     pipeline: str = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Comma-separated stages, in order, "
@@ -209,7 +172,7 @@ def run(
 
 
 @app.command("stages")
-@_guard
+@guard
 def stages_cmd() -> None:
     """List every stage with its options, defaults and one line of help."""
     import typing
@@ -228,7 +191,7 @@ def stages_cmd() -> None:
 
 
 @app.command("inspect")
-@_guard
+@guard
 def inspect_cmd(
     model: Path = typer.Argument(..., help="Checkpoint to inspect."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict."),
@@ -242,7 +205,7 @@ def inspect_cmd(
 
 
 @app.command("diff")
-@_guard
+@guard
 def diff_cmd(
     report_a: Path = typer.Argument(..., help="report.json of the reference run."),
     report_b: Path = typer.Argument(..., help="report.json of the new run."),

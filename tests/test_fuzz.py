@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import os
+import pickle
 import shutil
 import struct
 import zipfile
@@ -416,3 +417,100 @@ def test_fuzz_pt2_inputs(tmp_path):
 
     run()
     assert next(counter) >= 100
+
+
+# ----------------------------------------------------------------------------------------------- crafted archives
+
+CRAFTED_EXAMPLES = 60
+PICKLE_FLAGS = [True, 1, "yes", "false", [1], {"x": 1}]
+EXPRESSIONS = ["__import__('os').system('true')", "open('m', 'w')", "s0.__class__", "S('open(1)')",
+               "lambdify(s0, 'x')", "Symbol('s0').func", "eval('1')", "[c for c in s0]", "s0 if s0 else 2",
+               "\"s0\"", "(lambda: 1)()", "getattr(s0, 'x')", "Integer(1).__reduce__()", "exec", "Mul(s0, open)"]
+TARGETS = ["torch.serialization.os.system", "_operator.call", "_operator.methodcaller", "_operatorX.call",
+           "math.__class__", "torch.ops.__class__.x.y", "torch.ops.aten.__init__.__globals__", "torchvision.io.x",
+           "torch.save", "torch.hub.load", "torch.ops.load_library", "#ext.op", "torch._dynamo.eval_frame.x"]
+
+
+@st.composite
+def crafted_mutant(draw, tmp: Path, marker: Path) -> tuple[str, Path]:
+    """A copy of digits_mlp.pt2 with a payload wherever torch would run code, in a random guise."""
+    from tests import test_security as sec
+
+    def case(tail: str) -> str:
+        return "".join(c.upper() if draw(st.booleans()) else c for c in tail) if draw(st.booleans()) else tail
+
+    kind = draw(st.sampled_from(["weight", "constant", "sample_inputs", "legacy_weights", "legacy_constants",
+                                 "old_format", "expression", "target", "aotinductor"]))
+    compression = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
+    dst, payload = tmp / "crafted.pt2", sec.pickled(marker)
+    replace, add, rename, desc = {}, {}, {}, kind
+    if kind == "weight":
+        cfg = sec.member_json(sec.WEIGHTS_CONFIG)
+        fqn = draw(st.sampled_from(sorted(cfg["config"])))
+        flag = draw(st.sampled_from(PICKLE_FLAGS))
+        cfg["config"][fqn]["use_pickle"] = flag
+        member = f"data/weights/{cfg['config'][fqn]['path_name']}"
+        replace = {sec.WEIGHTS_CONFIG: json.dumps(cfg).encode(), member: payload}
+        rename = {sec.WEIGHTS_CONFIG: case(sec.WEIGHTS_CONFIG)}
+        desc = f"{kind} {fqn} use_pickle={flag!r}"
+    elif kind == "constant":
+        name = draw(st.sampled_from(["tensor_0", "custom_obj_0", "opaque_obj_0"]))
+        entry = {"path_name": name, "is_param": False, "use_pickle": name == "tensor_0", "tensor_meta": None}
+        replace = {sec.CONSTANTS_CONFIG: json.dumps({"config": {"c": entry}}).encode()}
+        add = {case(f"data/constants/{name}"): pickle.dumps(sec.Payload(marker)) if "obj" in name else payload}
+        desc = f"{kind} {name}"
+    elif kind in ("sample_inputs", "legacy_weights", "legacy_constants"):
+        tail = {"sample_inputs": "data/sample_inputs/model.pt", "legacy_weights": "data/weights/model.pt",
+                "legacy_constants": "data/constants/model.pt"}[kind]
+        (replace if kind == "sample_inputs" else add)[tail] = payload
+        rename = {tail: case(tail)}
+        if kind != "sample_inputs":
+            add = {case(tail): payload}
+    elif kind == "old_format":
+        add = {"version": b"8.13", case("serialized_state_dict.pt"): payload}
+    elif kind == "expression":
+        doc = sec.member_json("models/model.json")
+        values = doc["graph_module"]["graph"]["tensor_values"]
+        name, expr = draw(st.sampled_from(sorted(values))), draw(st.sampled_from(EXPRESSIONS))
+        values[name]["sizes"][0] = {"as_expr": {"expr_str": expr, "hint": {"as_int": 4}}}
+        replace, desc = {"models/model.json": json.dumps(doc).encode()}, f"{kind} {expr!r} in {name}"
+    elif kind == "target":
+        doc = sec.member_json("models/model.json")
+        nodes = doc["graph_module"]["graph"]["nodes"]
+        i, target = draw(st.integers(0, len(nodes) - 1)), draw(st.sampled_from(TARGETS))
+        nodes[i]["target"] = target
+        replace, desc = {"models/model.json": json.dumps(doc).encode()}, f"{kind} {target} at node {i}"
+    else:
+        add = {case("data/aotinductor/model/model.so"): b"\x7fELF" + bytes(60)}
+    sec.rewrite(dst, replace, add, rename, compression=compression)
+    return f"{desc} ({'deflated' if compression else 'stored'})", dst
+
+
+def test_fuzz_crafted_archives_never_run_code(tmp_path):
+    """Every crafted archive is refused (exit 1, one line naming the file, no traceback, no 'unexpected') by
+    `compress inspect`; the payload never runs (its marker file never appears) and the file is never changed."""
+    marker, counter, executions = tmp_path / "MARKER", itertools.count(), []
+
+    @settings(max_examples=CRAFTED_EXAMPLES, **FUZZ)
+    @given(st.data())
+    def run(data):
+        desc, mutant = data.draw(crafted_mutant(tmp_path, marker), label="crafted")
+        next(counter)
+        before = sha(mutant)
+        res = cli("inspect", mutant)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        problem = None
+        if marker.exists():
+            executions.append(desc)
+            marker.unlink()
+            problem = "the payload ran"
+        elif sha(mutant) != before:
+            problem = "the input was modified"
+        elif res.code != 1 or len(lines) != 1 or "Traceback" in res.stderr:
+            problem = f"exit {res.code}, {len(lines)} stderr lines: {res.stderr[:200]!r}"
+        elif mutant.name not in lines[0] or "unexpected" in lines[0]:
+            problem = f"error line: {lines[0][:200]!r}"
+        record("crafted", desc, problem)
+
+    run()
+    assert next(counter) >= CRAFTED_EXAMPLES and not executions, executions

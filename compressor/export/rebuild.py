@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from compressor.errors import ArtifactError, CompressorError
-from compressor.io.archive import quiet_loaders
+from compressor.io.archive import quiet_loaders, zip_names
 from compressor.io.load import file_sha256, load_state_dict_into, resolve_arch
+from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.io.safetensors_io import check_onnx, read_weights
 from compressor.registry import structure_handler
 
@@ -68,14 +69,15 @@ def rebuild_architecture(source: dict[str, Any], file: Path, trust_pickle: bool 
     if file_sha256(path) != source.get("sha256"):
         raise ArtifactError(f"{file}: the source model {path} changed since compression (sha256 differs); "
                             "pass the architecture: compressor.load(dir, model=...)")
-    if fmt == "pt2":
-        return torch.export.load(str(path)).module()
+    if fmt == "pt2":  # checked as on the way in: archive limits, and nothing in it runs code unless trusted
+        return load_program(path, trust_pickle).module()
     if fmt == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu")
+        return load_torchscript(path)
     if fmt == "pickle":
         if not trust_pickle:
             raise ArtifactError(f"{file}: the source {path} is a pickled module; pass trust_pickle=True to "
                                 "rebuild from it")
+        zip_names(path)
         return torch.load(str(path), map_location="cpu", weights_only=False)
     raise ArtifactError(f"{file}: unknown source format {fmt!r} in the metadata")
 

@@ -1,6 +1,7 @@
 """Data splits from files: held-out (report only), training, validation, calibration.
 
-A data file is a ``.npz`` or a ``.pt`` dict of tensors (loaded with ``weights_only=True``). The model inputs are
+A data file is a ``.npz`` or a ``.pt`` dict of tensors (loaded with ``weights_only=True``; either is a zip,
+held to the archive limits of `compressor.io.archive` before anything is inflated). The model inputs are
 ``x``, or several arrays named after the model's forward arguments (``input_ids``, ``attention_mask``, ...);
 ``y``, when present, holds integer labels. Integer inputs (token ids) keep their dtype; float64 becomes float32.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from compressor.errors import DataError
+from compressor.io.archive import check_limits
 
 LABEL_KEY = "y"
 
@@ -57,6 +59,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"data path is not a file: {path}")
     suffix = path.suffix.lower()
     try:
+        if suffix in (".npz", ".pt", ".pth") and zipfile.is_zipfile(path):  # zip bombs: refused before inflating
+            with zipfile.ZipFile(path) as zf:
+                check_limits(zf, f"data file {path}", path.stat().st_size, DataError)
         if suffix == ".npz":
             # our own handle: np.load leaks the one it opens when the zip is corrupt (a ResourceWarning)
             with open(path, "rb") as fh:

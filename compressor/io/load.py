@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.errors import ModelLoadError, UsageError
+from compressor.errors import ModelLoadError, Terminated, UsageError
 from compressor.io.archive import quiet_loaders, zip_names
+from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.registry import loader_for
 
 FORMATS_ACCEPTED = (
@@ -128,15 +129,19 @@ def resolve_arch(spec: str) -> nn.Module:
             module = importlib.import_module(target)
     except ModelLoadError:
         raise
-    except Exception as exc:
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # SystemExit(0) included: code that exits is a failed import, never a success
         raise ModelLoadError(f"--arch {spec!r}: cannot import {target}: {type(exc).__name__}: {exc}")
     factory = getattr(module, attr, None)
     if factory is None:
         raise ModelLoadError(f"--arch {spec!r}: {target} has no attribute {attr!r}")
     try:
         model = factory()
-    except Exception as exc:
-        raise ModelLoadError(f"--arch {spec!r}: calling {attr}() failed: {type(exc).__name__}: {exc}")
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:
+        raise ModelLoadError(f"--arch {spec!r}: calling {attr}() failed: {type(exc).__name__}({exc})")
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"--arch {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
     return model
@@ -210,11 +215,11 @@ def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = 
     try:
         fmt = detect_format(path)
         if fmt == "pt2":
-            program = torch.export.load(str(path))
+            program = load_program(path, trust_pickle, checked=True)
             module = retie_shared(program.module())
             return LoadedModel(module, "pt2", str(path), digest, None, forward_input_names(module, program), program)
         if fmt == "torchscript":
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = load_torchscript(path, checked=True)
             module.eval()
             return LoadedModel(module, "torchscript", str(path), digest, None, forward_input_names(module))
         if fmt == "safetensors":

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from compressor.errors import StageError
+from compressor.errors import OutputError, StageError
 from compressor.io.calls import first_tensor, output_tensors, set_train, takes_keywords
 from compressor.io.data import Dataset
 from compressor.io.threads import pinned_threads
@@ -147,12 +147,17 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write beside, then rename; an OS error (a full disk, `ulimit -f`) names the file and leaves no temp."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
 def ort_session(path_or_bytes: Path | bytes, threads: int = 0):

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from compressor.errors import ArtifactError
+from compressor.errors import ArtifactError, OutputError
 from compressor.io.encodings import decode_state, encode_state
 from compressor.io.int8_encoding import Int8Weight, encode_int8
 
@@ -88,8 +88,10 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, meta: dict[str, Any
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
     return records
 

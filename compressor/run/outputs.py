@@ -1,13 +1,20 @@
 """The output directory: refuse to clobber, stage every file in a sibling temp dir, swap it in at the end.
 
 A crash leaves nothing half-written in ``--out``: the run writes into ``.<out>.tmp-<pid>`` beside it, and only
-a complete directory is renamed into place. With ``--force`` over an existing ``--out`` the commit is
-rename(out -> ``.<out>.old-<pid>``), rename(staging -> out), then remove the old one: a failure at any point
-leaves the old directory whole (and no debris); ``--force`` replaces the directory wholesale, so files a user put
-in it are not kept. Staging and old siblings of a crashed run (their pid dead) are removed by the next run.
+a complete directory is renamed into place. A run claims ``--out`` first by creating ``.<out>.lock`` beside it
+exclusively (O_EXCL, holding its pid), and only then looks at ``--out``: a second run into the same path while
+one is under way is refused with one line, whether or not it has --force; a lock whose pid is dead is taken
+over. A symbolic link as ``--out`` (to a directory, or dangling) is refused before any work: replacing it
+would replace the link, not the directory it names. Without ``--force`` the new directory is renamed onto an
+absent or empty ``--out`` (a directory that filled up meanwhile is never replaced). With ``--force`` (or
+``--resume``) over an existing ``--out`` the commit is rename(out -> ``.<out>.old-<pid>``), rename(staging ->
+out), then remove the old one: a failure at any point leaves the old directory whole (and no debris);
+``--force`` replaces the directory wholesale, so files a user put in it are not kept. Staging and old siblings
+of a crashed run (their pid dead) are removed by the next run.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -42,10 +49,52 @@ def _read_only(path: Path) -> bool:
     return not (path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
 
 
+def claim(lock: Path, out: Path) -> None:
+    """Create the lock beside --out exclusively (a dead run's lock is taken over once)."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                pid = lock.read_text().strip()
+            except OSError:
+                pid = ""
+            if pid and not _alive(pid):
+                lock.unlink(missing_ok=True)
+                continue
+            raise OutputError(f"--out {out} is being written by another compress run (pid {pid or '?'}, lock "
+                              f"{lock}); wait for it or choose another --out")
+        except OSError as exc:
+            raise OutputError(f"--out {out}: its directory is not writable (cannot create {lock.name}: "
+                              f"{exc.strerror})") from exc
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return
+    raise OutputError(f"--out {out}: cannot take over the stale lock {lock}")
+
+
 class OutputDir:
     def __init__(self, out: Path, force: bool, inputs: list[Path], resume: bool = False) -> None:
         self.out = out
-        self.force = force
+        self.force = force or resume
+        if out.is_symlink():
+            raise OutputError(f"--out {out} is a symbolic link (to {os.readlink(out)}); pass the directory itself "
+                              "or another path")
+        parent = out.resolve().parent
+        if not parent.exists():
+            try:
+                parent.mkdir(parents=True)
+            except OSError as exc:
+                raise OutputError(f"--out {out}: cannot create parent directory ({exc.strerror})")
+        self.lock = parent / f".{out.name}.lock"
+        claim(self.lock, out)
+        try:
+            self._check(out, force, inputs, resume)
+        except BaseException:
+            self.lock.unlink(missing_ok=True)
+            raise
+
+    def _check(self, out: Path, force: bool, inputs: list[Path], resume: bool) -> None:
         if out.exists() and not out.is_dir():
             raise OutputError(f"--out {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not (force or resume):
@@ -58,11 +107,6 @@ class OutputDir:
             if p.resolve().parent == resolved_out:
                 raise OutputError(f"--out {out} holds the input {p.name}; choose another output directory")
         parent = resolved_out.parent
-        if not parent.exists():
-            try:
-                parent.mkdir(parents=True)
-            except OSError as exc:
-                raise OutputError(f"--out {out}: cannot create parent directory ({exc.strerror})")
         self.staging = parent / f".{out.name}.tmp-{os.getpid()}"
         self.old = parent / f".{out.name}.old-{os.getpid()}"
         remove_dead_debris(parent, f".{out.name}.tmp-*")
@@ -78,13 +122,26 @@ class OutputDir:
         return self.staging / name
 
     def commit(self) -> None:
-        """Swap the complete staging directory in for --out (see the module docstring)."""
+        """Swap the complete staging directory in for --out (see the module docstring); release the lock."""
+        try:
+            self._commit()
+        finally:
+            self.lock.unlink(missing_ok=True)
+
+    def _commit(self) -> None:
         if not self.out.exists():
-            os.replace(self.staging, self.out)
+            self._rename_in()
             return
         ckpt = self.out / CKPT_DIR
         if ckpt.is_dir():  # the checkpoints of this run: the runner removes them after, unless kept
             os.replace(ckpt, self.staging / CKPT_DIR)
+        if not any(self.out.iterdir()) or not self.force:  # empty: renamed over atomically, no old directory
+            try:
+                self._rename_in()
+            except BaseException:
+                self._put_back_checkpoints()
+                raise
+            return
         try:
             os.replace(self.out, self.old)
         except OSError as exc:
@@ -100,9 +157,20 @@ class OutputDir:
             raise
         shutil.rmtree(self.old, ignore_errors=True)
 
+    def _rename_in(self) -> None:
+        """rename(staging -> out): onto an absent or empty directory only, never over files."""
+        try:
+            os.rename(self.staging, self.out)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise OutputError(f"--out {self.out} was filled by something else while this run worked; it is "
+                                  "left as it is (pass --force to replace it)") from exc
+            raise OutputError(f"--out {self.out}: cannot move the new directory in ({exc.strerror})") from exc
+
     def _put_back_checkpoints(self) -> None:
         if (self.staging / CKPT_DIR).is_dir() and not (self.out / CKPT_DIR).exists():
             os.replace(self.staging / CKPT_DIR, self.out / CKPT_DIR)
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        self.lock.unlink(missing_ok=True)

@@ -29,6 +29,9 @@ def plan_stages(options: RunOptions) -> list[Stage]:
     stages = [get_stage(n)(build_config(get_stage(n), {**options.recipe_options.get(n, {}), **overrides.get(n, {})}))
               for n in names]
     check_stage_needs(options, stages)
+    if options.resume and all(st.export_time for st in stages):
+        raise UsageError(f"--resume: nothing to resume: {','.join(names)} runs at export only and keeps no "
+                         "checkpoints; run again without --resume")
     return stages
 
 
@@ -49,6 +52,8 @@ def check_input_files(options: RunOptions) -> None:
         raise ModelLoadError(f"model file not found: {options.model}")
     for flag, path in (("--data", options.data), ("--train-data", options.train_data),
                        ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
+        if path is not None and Path(path).is_dir():
+            raise DataError(f"{flag} {path} is a directory, not a data file (.npz or .pt)")
         if path is not None and not Path(path).is_file():
             raise DataError(f"data file not found: {path} ({flag})")
 

@@ -10,7 +10,9 @@
       - quantize
 
 Everything is validated before anything runs: an unknown stage, an unknown or mistyped option, or a bad value is
-a usage error naming the file, the line (YAML), the key and the valid choices. `--set stage.key=value` overrides
+a usage error naming the file, the line (YAML), the key and the valid choices. YAML is read by the safe rules
+(a `!!python/...` tag is a usage error with its line), a recipe is at most 1 MiB, and at most 10,000 values are
+built from it, aliases followed: an alias bomb fails at once. `--set stage.key=value` overrides
 recipe values; command-line options override run-level settings. The resolved recipe (every default filled in)
 is written next to the artifacts as `recipe.yaml`; running it again reproduces the run.
 """
@@ -30,6 +32,9 @@ RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
 TOP_KEYS = ("seed", "device", "threads", "metric", "confidence", "data", "gates", "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
 GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
+MAX_RECIPE_BYTES = 1 << 20
+MAX_VALUES = 10_000  # values built from the YAML, aliases followed
+PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 @dataclass
@@ -48,22 +53,51 @@ def is_recipe(pipeline: str) -> bool:
     return pipeline.strip().lower().endswith(RECIPE_SUFFIXES)
 
 
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+def _yaml_error(path: Path, exc: Exception, mark=None, key: str = "") -> UsageError:
+    """A YAML problem as a usage error naming the file, the line and (when known) the key."""
+    mark = mark or getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}" + (f" line {mark.line + 1}" if mark is not None else "") + (f" ({key})" if key else "")
+    why = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+    return UsageError(f"{where}: not a valid recipe ({' '.join(str(why).split())[:200]})")
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int], file: Path, budget: list[int]) -> Any:
+    """Plain values from the composed YAML, each key's line noted. Aliases are followed, but no more than
+    MAX_VALUES values are built in all (an alias bomb fails at once instead of expanding)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UsageError(f"{file} line {node.start_mark.line + 1}: the recipe expands to more than {MAX_VALUES:,} "
+                         "values (nested YAML aliases?); write it out plainly")
     lines[path] = node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in PLAIN_TAGS:
+        raise UsageError(f"{file} line {node.start_mark.line + 1} ({path}): not a valid recipe (tag {node.tag!r}: "
+                         "a recipe holds plain mappings, lists and values)")
     if isinstance(node, yaml.MappingNode):
         out = {}
         for k, v in node.value:
-            key = str(yaml.safe_load(yaml.serialize(k)))
-            out[key] = _to_python(v, f"{path}.{key}" if path else key, lines)
+            if not isinstance(k, yaml.ScalarNode):
+                raise UsageError(f"{file} line {k.start_mark.line + 1}: a recipe key must be a plain name")
+            key = str(_scalar(k, file, path))
+            out[key] = _to_python(v, f"{path}.{key}" if path else key, lines, file, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, f"{path}[{i}]", lines) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+        return [_to_python(v, f"{path}[{i}]", lines, file, budget) for i, v in enumerate(node.value)]
+    return _scalar(node, file, path)
+
+
+def _scalar(node: yaml.Node, file: Path, key: str) -> Any:
+    """A scalar by YAML's safe rules: a tag such as !!python/name is a usage error naming file, line and key."""
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as exc:
+        raise _yaml_error(file, exc, node.start_mark, key) from exc
 
 
 def _parse(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     if not path.is_file():
         raise UsageError(f"recipe not found: {path}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise UsageError(f"{path}: {path.stat().st_size:,} bytes, larger than a recipe can be ({MAX_RECIPE_BYTES:,})")
     lines: dict[str, int] = {}
     try:
         if path.suffix.lower() == ".toml":
@@ -71,11 +105,11 @@ def _parse(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
 
             return tomllib.loads(path.read_text()), lines
         node = yaml.compose(path.read_text())
-    except UsageError:
-        raise
-    except Exception as exc:
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc)
+    except Exception as exc:  # TOML errors say "(at line N, column M)"; undecodable bytes
         raise UsageError(f"{path}: not a valid recipe file ({' '.join(str(exc).split())[:200]})")
-    data = _to_python(node, "", lines) if node is not None else {}
+    data = _to_python(node, "", lines, path, [MAX_VALUES]) if node is not None else {}
     return data, lines
 
 
