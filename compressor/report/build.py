@@ -79,7 +79,7 @@ def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
+        if abs(round(n, 1)) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)

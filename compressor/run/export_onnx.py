@@ -33,6 +33,7 @@ class Exported:
     fp32_sizes: dict[str, int]
     base_latency: float          # ms, the fp32 original in ONNX Runtime
     record: dict[str, Any] | None  # the export-time stage's record, if one ran
+    compacted: bool = False      # the structures' own tensors were made int8 (the torch model took their values)
 
 
 def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset, reference: torch.Tensor,
@@ -52,15 +53,16 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         if stage is None:
             onnx_path.write_bytes(fp32_path.read_bytes())
             return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes, base_latency, None)
-        record, session, q_out = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout, reference,
-                                                    fp32_out, sizes)
-    return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record)
+        record, session, q_out, compacted = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout,
+                                                               reference, fp32_out, sizes)
+    return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record, compacted)
 
 
 def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onnx_path: Path, tmp: Path,
                        heldout: Dataset, reference: torch.Tensor, fp32_out: torch.Tensor, sizes: dict[str, int]):
     """Run the export-time stage on the fp32 graph (after the structures' own tensors are made int8, if any);
-    returns (its record, the session of model.onnx, model.onnx's held-out outputs)."""
+    returns (its record, the session of model.onnx, model.onnx's held-out outputs, whether the structures' tensors
+    were made int8)."""
     ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
     t0 = time.perf_counter()
     compact = compact_int8(onnx.load(str(fp32_path)), ctx.structures, ctx.model)
@@ -76,4 +78,4 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
     record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
               "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes,
               "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out), "bytes": file_sizes(onnx_path)["size"]}
-    return record, session, q_out
+    return record, session, q_out, compact is not None

@@ -55,6 +55,17 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
 
 
 BATCH_CHECK_SAMPLES = 512
+# ops that quantize their input with a scale taken from the whole batch at run time (ONNX Runtime's dynamic forms)
+RUN_TIME_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of the graph and of its subgraphs (If / Loop / Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from all_nodes(sub)
 
 
 def batch_dependence(exported: Exported, heldout: Dataset, reference: torch.Tensor,
@@ -62,7 +73,7 @@ def batch_dependence(exported: Exported, heldout: Dataset, reference: torch.Tens
     """For a graph that quantizes activations at run time (DynamicQuantizeLinear: one scale per call, over the
     whole batch), the same held-out samples run one at a time beside the batched run; None for any other graph."""
     graph = onnx.load(str(exported.onnx_path), load_external_data=False).graph
-    if not any(node.op_type == "DynamicQuantizeLinear" for node in graph.node):
+    if not any(node.op_type in RUN_TIME_QUANTIZERS for node in all_nodes(graph)):
         return None
     n = min(len(heldout), BATCH_CHECK_SAMPLES)
     data = heldout.subset(torch.arange(n))

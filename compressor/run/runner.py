@@ -80,7 +80,8 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     onnx_sha256 = file_sha256(exported.onnx_path)
     encodings, changed = store_weights(ctx, options, stages, st_path, exported.onnx_path, onnx_sha256,
                                        quantized=export_stage is not None)
-    final_torch = predict(ctx.model, heldout, ctx.device) if changed else exported.final_torch
+    # the torch model took stored int8 values (weights, or the structures' compact tensors): its outputs moved
+    final_torch = predict(ctx.model, heldout, ctx.device) if changed or exported.compacted else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings)
     run = {"baseline": baseline, "base_params": params, "records": records, "artifacts": artifacts,

@@ -97,7 +97,7 @@ class PruneConfig:
             return "codebook_bits must be 1, 2, 4 or 8"
         if self.epochs_per_step < 0 or self.max_steps < 1 or self.lookahead < 0:
             return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
-        if (self.batch_size or 1) < 1 or (self.lr is not None and self.lr <= 0) or self.patience < 0 \
+        if (self.batch_size is not None and self.batch_size < 1) or (self.lr is not None and self.lr <= 0) or self.patience < 0 \
                 or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
         if self.distill < 0 or self.temperature <= 0:

@@ -19,7 +19,7 @@ class QuantizeConfig:
                                      "value a sample: mse / variance <= 2 (1 - this), auto.py)")
     format: Literal["QDQ", "QOperator"] = option("QDQ", "graph format of static quantization")
     per_channel: bool = option(True, "one scale per output channel of each weight (else per tensor)")
-    reduce_range: bool = option(True, "int8 weights in 7 bits ([-64, 63]), so x86 CPUs without VNNI (AVX2) compute "
+    reduce_range: bool = option(True, "int8 weights in 7 bits ([-64, 64]), so x86 CPUs without VNNI (AVX2) compute "
                                 "the same numbers as those with it (docs/ALGORITHMS.md §5); false: full 8 bits")
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
     percentile: float = option(99.999, "percentile kept by the Percentile calibrator")

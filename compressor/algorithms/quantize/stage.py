@@ -81,7 +81,8 @@ def constant_nodes(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:  # ONNX graphs are topologically sorted
         if node.op_type == "Constant" or all(i in known for i in node.input):
             known.update(node.output)
-            names.append(node.name)
+            if node.name:  # an unnamed node cannot be excluded by name (and "" would match every unnamed one)
+                names.append(node.name)
     return names
 
 
