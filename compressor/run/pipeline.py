@@ -196,8 +196,9 @@ def measured_bytes(model: nn.Module) -> int:
         return file_sizes(path)["size"]
 
 
-def prepare(options: RunOptions, reporter: Reporter):
-    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
+def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True):
+    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes).
+    `copy_original` False (only export-time stages run): the original is the loaded model itself, not a copy."""
     torch.manual_seed(options.seed)
     try:
         device = torch.device(options.device)
@@ -210,8 +211,8 @@ def prepare(options: RunOptions, reporter: Reporter):
                                                     options.calib_data, loaded.input_names, options.seed,
                                                     loaded.input_dtypes)
     model = loaded.module.to(device)
-    original = copy.deepcopy(model)
-    for p in original.parameters():
+    original = copy.deepcopy(model) if copy_original else model
+    for p in original.parameters() if copy_original else ():
         if p.is_leaf:
             p.requires_grad_(False)
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")

@@ -15,7 +15,7 @@ from compressor.export.onnx import compact_int8, export_model
 from compressor.export.rebuild import load as load_artifact, source_record
 from compressor.io.calls import onnx_predict, predict
 from compressor.io.load import file_sha256, model_bytes_of
-from compressor.io.onnx_export import max_abs_diff, ort_session, save_onnx, write_bytes_atomic
+from compressor.io.onnx_export import copy_onnx, max_abs_diff, ort_session, save_onnx, write_bytes_atomic
 from compressor.io.safetensors_io import save_weights
 from compressor.io.threads import pin_threads
 from compressor.report.build import build_report, write_reports
@@ -61,7 +61,9 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
 
 def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: Checkpoints | None) -> dict[str, Any]:
     started = time.perf_counter()
-    ctx, heldout, baseline, reference, notes = prepare(options, reporter)
+    model_stages = [s for s in stages if not s.export_time]
+    ctx, heldout, baseline, reference, notes = prepare(options, reporter, copy_original=bool(model_stages))
+    base_bytes = model_bytes_of(ctx.original), measured_bytes(ctx.original)  # before int8 weights are copied in
     ctx.stage_configs = {s.name: s.config for s in stages}
     if ctx.val is not None and ctx.metric.counted and ctx.val_reference.ndim == 2:  # 0/1 scores, one per sample
         shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages  # plugins: a number or None
@@ -69,7 +71,6 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         notes += filter(None, [resolution_note(shares, len(ctx.val), ctx.confidence, ctx.max_drop)])
     params, nonzeros = count_params(ctx.model)
     records = []
-    model_stages = [s for s in stages if not s.export_time]
     export_stage = next((s for s in stages if s.export_time), None)
     for i, stage in enumerate(model_stages):
         ctx.stage_index = i
@@ -83,7 +84,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     ctx.masks.apply(ctx.model)  # bake masks into the weights before export
 
     reporter.log("exporting to ONNX")
-    final_torch = predict(ctx.model, heldout, ctx.device)
+    final_torch = predict(ctx.model, heldout, ctx.device) if model_stages else reference
     onnx_path = out.path("model.onnx")
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
@@ -94,10 +95,11 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         fp32_sizes = file_sizes(fp32_path)
         base_latency = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
         if export_stage is not None:
+            fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
             ctx.stage_index = len(model_stages)
             reporter.log(f"stage {ctx.stage_index + 1}: {export_stage.name}")
             t0 = time.perf_counter()
-            compact = compact_int8(onnx.load(str(fp32_path)), ctx.structures, ctx.model)
+            compact = compact_int8(fp32_path, ctx.structures, ctx.model)
             if compact is None:
                 result = export_stage.apply_onnx(ctx, fp32_path, onnx_path)
             else:  # the structures' own tensors are int8 already; ORT's quantizer handles the ordinary layers
@@ -116,7 +118,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
                             "bytes": file_sizes(onnx_path)["size"]})
             onnx_out = q_out
         else:
-            onnx_path.write_bytes(fp32_path.read_bytes())
+            copy_onnx(fp32_path, onnx_path)
             session, onnx_out = fp32_session, fp32_out
 
     reporter.log("writing and verifying model.safetensors")
@@ -168,7 +170,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         sparse = None
     notes += slower_warnings(artifacts, base_latency)
     report = build_report(options=options, ctx=ctx, baseline=baseline, base_params=params,
-                          base_bytes=model_bytes_of(ctx.original), base_stored_bytes=measured_bytes(ctx.original),
+                          base_bytes=base_bytes[0], base_stored_bytes=base_bytes[1],
                           records=records, artifacts=artifacts,
                           notes=notes + ctx.notes, seconds=time.perf_counter() - started)
     if sparse is not None:

@@ -23,10 +23,11 @@ import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
-from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_nbits
+from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
+from compressor.io.onnx_export import external_data_path
 from compressor.registry import register_stage
 from compressor.stage import Stage, StageResult, option
 
@@ -183,7 +184,7 @@ class _Forms:
             self.dynamic(mid, self.tmp / "dynamic.onnx", dynamic + tables)
             mid = self.tmp / "dynamic.onnx"
         weight_only = [n for n in weight_only if n not in self.exclude]
-        matmuls = [n for n in weight_only if n in matmul_weights(onnx.load(str(mid)))]
+        matmuls = [n for n in weight_only if n in matmul_weight_names(onnx.load(str(mid)))]
         if matmuls:  # 8-bit MatMulNBits: a DequantizeLinear + MatMul pair would be fused by ORT into one that
             write_nbits(mid, self.tmp / "nbits8.onnx", matmuls, WEIGHT_ONLY_BLOCK, bits=8)  # quantizes activations
             mid = self.tmp / "nbits8.onnx"
@@ -208,11 +209,11 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
         try:
             with _quiet():
                 if config.preprocess:
-                    quant_pre_process(str(src), str(work), skip_symbolic_shape=True)
+                    quant_pre_process(str(src), str(work), skip_symbolic_shape=True,
+                                      save_as_external_data=external_data_path(src).exists())
                 else:
                     work.write_bytes(src.read_bytes())
-                model = onnx.load(str(work))
-                exclude = nodes_matching(model, config.exclude)
+                exclude = nodes_matching(onnx.load(str(work)), config.exclude) if config.exclude else []
                 if config.exclude and not exclude:
                     raise StageError(f"quantize: exclude patterns {list(config.exclude)} match no node or weight")
                 if exclude:
