@@ -5,7 +5,6 @@ Stages get a `RunContext` and never write files; the runner owns every output (s
 from __future__ import annotations
 
 import copy
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,11 @@ from compressor.export.onnx import handler_of, verify_structure
 from compressor.io.calls import other_outputs_notes, predict
 from compressor.io.data import Dataset, load_splits
 from compressor.io.load import LoadedModel, load_model
-from compressor.io.safetensors_io import save_weights
 from compressor.registry import get_stage, plugin_metrics, validate_order
 from compressor.run.progress import Reporter
 from compressor.run.ranges import check_ranges
 from compressor.stage import Stage, build_config, parse_overrides
-from compressor.verify.artifacts import file_sizes
+from compressor.verify.artifacts import stored_bytes_later
 from compressor.verify.budget import (DEFAULT_CONFIDENCE, BudgetDecision, drop, sample_scores, value_within,
                                       within_budget)
 from compressor.verify.gates import KNOWN_METRICS
@@ -190,10 +188,7 @@ def plan_stages(options: RunOptions) -> list[Stage]:
 def measured_bytes(model: nn.Module) -> int:
     """Size of the model's weights as compressor stores them (encoded safetensors; smallest of raw and gzip),
     measured from a file actually written, never estimated."""
-    with tempfile.TemporaryDirectory(prefix="compressor-sz-") as tmp:
-        path = Path(tmp) / "w.safetensors"
-        save_weights(model.state_dict(), path, {})
-        return file_sizes(path)["size"]
+    return stored_bytes_later(model)()
 
 
 def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True):

@@ -23,12 +23,12 @@ from compressor.report.plots import accuracy_vs_size, latency_bars
 from compressor.report.sparsity import sparsity_section
 from compressor.run.checkpoint import Checkpoints, fingerprint
 from compressor.run.outputs import OutputDir
-from compressor.run.pipeline import RunOptions, measured_bytes, plan_stages, prepare, run_model_stage
+from compressor.run.pipeline import RunOptions, plan_stages, prepare, run_model_stage
 from compressor.run.progress import Reporter
 from compressor.run.recipe import resolved_recipe
 from compressor.stage import config_as_dict
-from compressor.verify.artifacts import (baseline_latency_ms, file_sizes, ort_latency_ms, ort_peak_memory_bytes,
-                                         slower_warnings)
+from compressor.verify.artifacts import (baseline_latency_ms, file_sizes, file_sizes_later, ort_latency_ms,
+                                         ort_peak_memory_bytes, slower_warnings, stored_bytes_later)
 from compressor.verify.metrics import evaluate, score
 from compressor.verify.power import resolution_note
 from compressor.version import __version__
@@ -63,7 +63,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     started = time.perf_counter()
     model_stages = [s for s in stages if not s.export_time]
     ctx, heldout, baseline, reference, notes = prepare(options, reporter, copy_original=bool(model_stages))
-    base_bytes = model_bytes_of(ctx.original), measured_bytes(ctx.original)  # before int8 weights are copied in
+    base_bytes = model_bytes_of(ctx.original), stored_bytes_later(ctx.original)  # before int8 weights are copied in
     ctx.stage_configs = {s.name: s.config for s in stages}
     if ctx.val is not None and ctx.metric.counted and ctx.val_reference.ndim == 2:  # 0/1 scores, one per sample
         shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages  # plugins: a number or None
@@ -89,10 +89,10 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
+        fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
         fp32_session = ort_session(fp32_path)
         fp32_out = onnx_predict(fp32_session, heldout)
         parity = max_abs_diff(fp32_out, final_torch)
-        fp32_sizes = file_sizes(fp32_path)
         base_latency = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
         if export_stage is not None:
             fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
@@ -120,6 +120,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         else:
             copy_onnx(fp32_path, onnx_path)
             session, onnx_out = fp32_session, fp32_out
+        fp32_sizes = fp32_sizes()
 
     reporter.log("writing and verifying model.safetensors")
     st_path = out.path("model.safetensors")
@@ -170,7 +171,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         sparse = None
     notes += slower_warnings(artifacts, base_latency)
     report = build_report(options=options, ctx=ctx, baseline=baseline, base_params=params,
-                          base_bytes=base_bytes[0], base_stored_bytes=base_bytes[1],
+                          base_bytes=base_bytes[0], base_stored_bytes=base_bytes[1](),
                           records=records, artifacts=artifacts,
                           notes=notes + ctx.notes, seconds=time.perf_counter() - started)
     if sparse is not None:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import io
+import itertools
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Callable, Literal
 import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
+from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
@@ -47,7 +49,8 @@ class QuantizeConfig:
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
     percentile: float = option(99.999, "percentile kept by the Percentile calibrator")
     calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
-    calib_batch: int = option(32, "batch size fed to the calibrator")
+    calib_batch: int = option(32, "largest batch fed to the calibrator (fewer samples where one batch's "
+                              "activations would pass 512 MB: calibration.py)")
     weight_bits: Literal["auto", "8", "4"] = option(
         "auto", "auto: with mode=auto, MatMul weights go 4-bit block-wise (weight-only) where the check set's output "
         "stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every MatMul weight 4-bit, "
@@ -68,22 +71,6 @@ class QuantizeConfig:
         if not 0 < self.percentile <= 100:
             return "percentile must be in (0, 100]"
         return None
-
-
-class _Reader:
-    """ONNX Runtime CalibrationDataReader over a Dataset."""
-
-    def __init__(self, data: Dataset, input_names: list[str], batch: int) -> None:
-        self._batches = [
-            {n: v.numpy() for n, v in zip(input_names, b.inputs.values())} for b in data.batches(batch)
-        ]
-        self._it = iter(self._batches)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._batches)
 
 
 def nodes_matching(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
@@ -127,13 +114,18 @@ def _quiet():
 WEIGHT_ONLY_BLOCK = 128  # 8-bit weight-only MatMul: one scale per 128 input rows (3% over int8; rounding is fine)
 
 
+_INSTANCES = itertools.count()
+
+
 class _Forms:
     """ONNX Runtime's static and dynamic int8 quantizers and our int8 weight-only rewrite, bound to one graph `base`
-    and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`)."""
+    and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`). Static forms all
+    calibrate `base` alike, so ORT's calibration cache (one per instance) computes the ranges once."""
 
     def __init__(self, base: Path, config: QuantizeConfig, sample: Dataset | None, exclude: list[str],
                  tmp: Path) -> None:
         self.base, self.config, self.sample, self.exclude, self.tmp = base, config, sample, exclude, tmp
+        self.cache = tmp / f"calibration-{next(_INSTANCES)}.json"
         self.extra = {"WeightSymmetric": True}
         if config.calibration == "Percentile":
             self.extra["CalibPercentile"] = config.percentile
@@ -144,13 +136,15 @@ class _Forms:
         if self.sample is None:
             raise DataError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
                             "or use --set quantize.mode=dynamic")
-        cfg = self.config
-        names = [i.name for i in onnx.load(str(self.base)).graph.input]
-        quantize_static(str(self.base), str(dst), _Reader(self.sample, names, cfg.calib_batch),
+        cfg, model = self.config, onnx.load(str(self.base))
+        names, batch = [i.name for i in model.graph.input], calibration_batch(model, cfg.calib_batch)
+        del model
+        quantize_static(str(self.base), str(dst), CalibrationReader(self.sample, names, batch),
                         quant_format=QuantFormat.QDQ if cfg.format == "QDQ" else QuantFormat.QOperator,
                         per_channel=cfg.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, cfg.calibration),
-                        nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra))
+                        nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra),
+                        calibration_cache_path=self.cache)
 
     def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
