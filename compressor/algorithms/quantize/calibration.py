@@ -14,7 +14,7 @@ import onnx
 from compressor.algorithms.quantize.taps import sample_bytes
 from compressor.io.data import Dataset
 
-CALIB_ACTIVATION_BYTES = 512 * 2**20
+CALIB_ACTIVATION_BYTES = 128 * 2**20
 
 
 def calibration_batch(model: onnx.ModelProto, batch: int) -> int:

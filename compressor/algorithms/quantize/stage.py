@@ -50,7 +50,7 @@ class QuantizeConfig:
     percentile: float = option(99.999, "percentile kept by the Percentile calibrator")
     calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
     calib_batch: int = option(32, "largest batch fed to the calibrator (fewer samples where one batch's "
-                              "activations would pass 512 MB: calibration.py)")
+                              "activations would pass 128 MB: calibration.py)")
     weight_bits: Literal["auto", "8", "4"] = option(
         "auto", "auto: with mode=auto, MatMul weights go 4-bit block-wise (weight-only) where the check set's output "
         "stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every MatMul weight 4-bit, "

@@ -19,7 +19,7 @@ from compressor.io.data import Dataset
 from compressor.io.onnx_export import ort_session
 
 TAP_BATCH = 64
-TAP_BYTES = 256 * 2**20  # a batch's tapped outputs (float32, as ORT returns them) stay within this
+TAP_BYTES = 128 * 2**20  # a batch's tapped outputs (float32, as ORT returns them) stay within this
 
 
 def as_rows(value: np.ndarray) -> np.ndarray:
