@@ -63,7 +63,8 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     started = time.perf_counter()
     model_stages = [s for s in stages if not s.export_time]
     ctx, heldout, baseline, reference, notes = prepare(options, reporter, copy_original=bool(model_stages))
-    base_bytes = model_bytes_of(ctx.original), stored_bytes_later(ctx.original)  # before int8 weights are copied in
+    base_bytes = model_bytes_of(ctx.original)
+    base_stored = None if model_stages else stored_bytes_later(ctx.original)  # it is ctx.model: before int8
     ctx.stage_configs = {s.name: s.config for s in stages}
     if ctx.val is not None and ctx.metric.counted and ctx.val_reference.ndim == 2:  # 0/1 scores, one per sample
         shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages  # plugins: a number or None
@@ -148,6 +149,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
     reloaded = load_artifact(out.staging, trust_pickle=options.trust_pickle,
                              trust_code=ctx.loaded.format == "state_dict")
     st_out = predict(reloaded, heldout, "cpu")
+    del reloaded  # one torch copy of the weights fewer while the artifact's own peak memory is measured
     ctx.model.to("cpu")
     onnx_metric = score(onnx_out, heldout, reference, ctx.metric)
     st_metric = score(st_out, heldout, reference, ctx.metric)
@@ -171,7 +173,7 @@ def _run(options: RunOptions, stages, out: OutputDir, reporter: Reporter, ckpt: 
         sparse = None
     notes += slower_warnings(artifacts, base_latency)
     report = build_report(options=options, ctx=ctx, baseline=baseline, base_params=params,
-                          base_bytes=base_bytes[0], base_stored_bytes=base_bytes[1](),
+                          base_bytes=base_bytes, base_stored_bytes=(base_stored or stored_bytes_later(ctx.original))(),
                           records=records, artifacts=artifacts,
                           notes=notes + ctx.notes, seconds=time.perf_counter() - started)
     if sparse is not None:

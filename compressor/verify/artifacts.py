@@ -64,7 +64,11 @@ def stored_bytes_later(model: nn.Module) -> Callable[[], int]:
     measured from a file actually written now, its gzip pass on a background thread; call the result for it."""
     tmp = tempfile.TemporaryDirectory(prefix="compressor-sz-")
     path = Path(tmp.name) / "w.safetensors"
-    save_weights(model.state_dict(), path, {})
+    try:
+        save_weights(model.state_dict(), path, {})
+    except BaseException:
+        tmp.cleanup()
+        raise
     sizes = file_sizes_later(path)
 
     def result() -> int:
