@@ -41,13 +41,17 @@ def apply_rewrites(proto: onnx.ModelProto, structures: list[dict[str, Any]], mod
     return proto
 
 
-def compact_int8(proto: onnx.ModelProto, structures: list[dict[str, Any]], model: nn.Module) -> onnx.ModelProto | None:
-    """The graph with the structures' own compact tensors stored as int8, or None when no structure has any.
-    The working model takes the values that graph computes for them (`adopt_compact_values`)."""
+def compact_int8(proto: onnx.ModelProto | Path, structures: list[dict[str, Any]],
+                 model: nn.Module) -> onnx.ModelProto | None:
+    """The graph (a proto, or the file it is read from only if needed) with the structures' own compact tensors
+    stored as int8, or None when no structure has any. The working model takes the values that graph computes for
+    them (`adopt_compact_values`)."""
     rewrites = [(entry, handler_of(entry).int8_rewrite) for entry in structures]
     rewrites = [(entry, fn) for entry, fn in rewrites if fn is not None]
     if not rewrites:
         return None
+    if isinstance(proto, Path):
+        proto = onnx.load(str(proto))
     for entry, rewrite in rewrites:
         proto = rewrite(proto, entry, model)
     adopt_compact_values(proto, structures, model)

@@ -74,8 +74,9 @@ def encode_tensor(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], 
         best_size = bitmask_size
         best = ({f"{name}::bitmask": pack_bits(mask), f"{name}::values": values.clone()},
                 {"encoding": "bitmask", **meta})
-    if nnz:
-        uniq = torch.unique(values)
+    if nnz:  # more than 256 distinct values among the first 4096 rules the codebook out without sorting them all
+        head = torch.unique(values[:4096])
+        uniq = head if head.numel() > 256 else torch.unique(values)
         if uniq.numel() <= 256 and torch.equal(uniq.to(torch.float32).to(t.dtype), uniq):
             bits = next(b for b in CODEBOOK_BITS if uniq.numel() <= (1 << b))
             size = math.ceil(n / 8) + 4 * uniq.numel() + math.ceil(nnz * bits / 8) + 2 * HEADER_COST

@@ -8,17 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
 from compressor.export.onnx import compact_int8, export_model
 from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import max_abs_diff, ort_session, save_onnx
+from compressor.io.onnx_export import copy_onnx, max_abs_diff, ort_session, save_onnx
 from compressor.judge.metrics import score
 from compressor.run.pipeline import RunContext
 from compressor.stage import ExportStage
-from compressor.verify.artifacts import baseline_latency_ms, file_sizes
+from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
 
 @dataclass
@@ -37,24 +36,27 @@ class Exported:
 
 
 def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset, reference: torch.Tensor,
-                    onnx_path: Path, sizes: dict[str, int]) -> Exported:
+                    onnx_path: Path, sizes: dict[str, int], changed: bool = True) -> Exported:
     """Write model.onnx: the fp32 export, or the export-time stage's graph made from it. `sizes`: params,
-    nonzeros and dof of the model going in (the export-time stage's record repeats them)."""
+    nonzeros and dof of the model going in (the export-time stage's record repeats them); `changed` False: no
+    model stage ran, so the model's outputs are the original's (`reference`)."""
     ctx.reporter.log("exporting to ONNX")
-    final_torch = predict(ctx.model, heldout, ctx.device)
+    final_torch = predict(ctx.model, heldout, ctx.device) if changed else reference
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
+        fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
         fp32_session = ort_session(fp32_path)
         fp32_out = onnx_predict(fp32_session, heldout)
         parity = max_abs_diff(fp32_out, final_torch)
-        fp32_sizes = file_sizes(fp32_path)
         base_latency = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
         if stage is None:
-            onnx_path.write_bytes(fp32_path.read_bytes())
-            return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes, base_latency, None)
+            copy_onnx(fp32_path, onnx_path)
+            return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes(), base_latency, None)
+        fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
         record, session, q_out, compacted = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout,
                                                                reference, fp32_out, sizes)
+        fp32_sizes = fp32_sizes()
     return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record, compacted)
 
 
@@ -65,7 +67,7 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
     were made int8)."""
     ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
     t0 = time.perf_counter()
-    compact = compact_int8(onnx.load(str(fp32_path)), ctx.structures, ctx.model)
+    compact = compact_int8(fp32_path, ctx.structures, ctx.model)
     if compact is None:
         result = stage.apply_onnx(ctx, fp32_path, onnx_path)
     else:  # the structures' own tensors are int8 already; ORT's quantizer handles the ordinary layers

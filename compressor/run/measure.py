@@ -29,6 +29,7 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
     reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
                              trust_code=ctx.loaded.format == "state_dict")
     st_out = predict(reloaded, heldout, "cpu")
+    del reloaded  # one torch copy of the weights fewer while the artifact's own peak memory is measured
     ctx.model.to("cpu")
     onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
     st_metric = score(st_out, heldout, reference, ctx.metric)

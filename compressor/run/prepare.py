@@ -22,8 +22,9 @@ from compressor.run.pipeline import RunContext, RunOptions
 from compressor.run.progress import Reporter
 
 
-def prepare(options: RunOptions, reporter: Reporter):
-    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes)."""
+def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True):
+    """Load the model and data; compute the baseline. Returns (context, heldout, baseline, reference, notes).
+    `copy_original` False (only export-time stages run): the original is the loaded model itself, not a copy."""
     torch.manual_seed(options.seed)
     device = run_device(options.device)
     loaded = load_model(options.model, options.arch, options.trust_pickle)
@@ -31,7 +32,7 @@ def prepare(options: RunOptions, reporter: Reporter):
                                                     options.calib_data, loaded.input_names, options.seed,
                                                     loaded.input_dtypes)
     model = loaded.module.to(device)
-    original = frozen_copy(model)
+    original = frozen_copy(model) if copy_original else model
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
     reference = predict(original, heldout, device)
     val_reference = predict(original, val, device) if val is not None else None

@@ -29,10 +29,10 @@ from compressor.run.plan import plan_stages
 from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
 from compressor.run.recipe import resolved_recipe
-from compressor.run.stages import measured_bytes, run_stages
+from compressor.run.stages import run_stages
 from compressor.run.store import store_weights
 from compressor.stage import Stage
-from compressor.verify.artifacts import slower_warnings
+from compressor.verify.artifacts import slower_warnings, stored_bytes_later
 
 EXIT_OK, EXIT_GATE = 0, 3
 
@@ -63,17 +63,19 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
 def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
          ckpt: Checkpoints | None) -> dict[str, Any]:
     started = time.perf_counter()
-    ctx, heldout, baseline, reference, notes = prepare(options, reporter)
+    model_stages = [s for s in stages if not s.export_time]
+    ctx, heldout, baseline, reference, notes = prepare(options, reporter, copy_original=bool(model_stages))
+    base = {"bytes": model_bytes_of(ctx.original),  # without a model stage the original is ctx.model: before int8
+            "stored": None if model_stages else stored_bytes_later(ctx.original)}
     ctx.stage_configs = {s.name: s.config for s in stages}
     notes += resolution_notes(ctx, stages)
     params, nonzeros = count_params(ctx.model)
-    model_stages = [s for s in stages if not s.export_time]
     records = run_stages(model_stages, ctx, heldout, reference, ckpt, options.resume)
     export_stage = next((s for s in stages if s.export_time), None)
     ctx.stage_index = len(model_stages)
     last = records[-1] if records else {"params": params, "nonzeros": nonzeros, "dof": params}
     exported = export_artifact(ctx, export_stage, heldout, reference, out.path("model.onnx"),
-                               {k: last[k] for k in ("params", "nonzeros", "dof")})
+                               {k: last[k] for k in ("params", "nonzeros", "dof")}, changed=bool(model_stages))
     if exported.record is not None:
         records.append(exported.record)
     st_path = out.path("model.safetensors")
@@ -84,7 +86,7 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     final_torch = predict(ctx.model, heldout, ctx.device) if changed or exported.compacted else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings)
-    run = {"baseline": baseline, "base_params": params, "records": records, "artifacts": artifacts,
+    run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,
            "encodings": encodings, "latency": exported.base_latency, "started": started}
     return write_report(options, ctx, stages, out, notes, run)
 
@@ -108,7 +110,8 @@ def write_report(options: RunOptions, ctx: RunContext, stages: list[Stage], out:
                                   {k: v["encoding"] for k, v in encodings.items()}, out.path("sparsity.png"))
     notes = notes + slower_warnings(artifacts, run["latency"])
     report = build_report(options=options, ctx=ctx, baseline=run["baseline"], base_params=run["base_params"],
-                          base_bytes=model_bytes_of(ctx.original), base_stored_bytes=measured_bytes(ctx.original),
+                          base_bytes=run["base"]["bytes"],
+                          base_stored_bytes=(run["base"]["stored"] or stored_bytes_later(ctx.original))(),
                           records=run["records"], artifacts=artifacts, notes=notes + ctx.notes,
                           seconds=time.perf_counter() - run["started"])
     if sparse is not None:

@@ -2,9 +2,7 @@
 measured on held-out after it, its structure checked in ONNX Runtime when it asks."""
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,12 +12,11 @@ from compressor.core.params import count_params
 from compressor.errors import CompressorError, StageError
 from compressor.export.onnx import handler_of, verify_structure
 from compressor.io.data import Dataset
-from compressor.io.safetensors_io import save_weights
 from compressor.judge.metrics import evaluate
 from compressor.run.checkpoint import Checkpoints
 from compressor.run.pipeline import RunContext
 from compressor.stage import Stage
-from compressor.verify.artifacts import file_sizes
+from compressor.verify.artifacts import stored_bytes_later
 
 
 def run_stages(stages: list[Stage], ctx: RunContext, heldout: Dataset, reference: torch.Tensor,
@@ -79,7 +76,4 @@ def check_structure(ctx: RunContext, result) -> None:
 def measured_bytes(model: nn.Module) -> int:
     """Size of the model's weights as compressor stores them (encoded safetensors; smallest of raw and gzip),
     measured from a file actually written, never estimated."""
-    with tempfile.TemporaryDirectory(prefix="compressor-sz-") as tmp:
-        path = Path(tmp) / "w.safetensors"
-        save_weights(model.state_dict(), path, {})
-        return file_sizes(path)["size"]
+    return stored_bytes_later(model)()

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import torch
 
+from compressor.algorithms.quantize.taps import tapped
 from compressor.io.calls import onnx_predict
 from compressor.io.data import Dataset
 from compressor.io.onnx_export import ort_session
@@ -52,60 +53,62 @@ def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1 and n.input[1] in inits]
 
 
+def detached(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A copy of `node` that does not keep its graph (and every weight in it) in memory."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
 def gather_tables(model: onnx.ModelProto) -> list[str]:
     """Gather nodes reading a constant table (embeddings): int8 weight-only, no activation range involved."""
     inits = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
 
 
-def input_qparams(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The calibrated (scale, zero point) that the static graph gives activation `tensor`, if it quantized it."""
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in qmodel.graph.initializer}
-    for node in qmodel.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] == tensor and node.input[1] in inits:
+def input_qparams(qmodel: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The calibrated (scale, zero point) the static graph gives each of the activations `tensors` it quantized."""
+    wanted = set(tensors)
+    quantizers = {n.input[0]: n for n in qmodel.graph.node
+                  if n.op_type == "QuantizeLinear" and n.input[0] in wanted}
+    needed = {name for n in quantizers.values() for name in n.input[1:3]}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in qmodel.graph.initializer if i.name in needed}
+    out = {}
+    for tensor, node in quantizers.items():
+        if node.input[1] in inits:
             zp = inits.get(node.input[2], np.zeros((), np.uint8)) if len(node.input) > 2 else np.zeros((), np.uint8)
-            return inits[node.input[1]], zp
-    return None
+            out[tensor] = (inits[node.input[1]], zp)
+    return out
+
+
+def roundtrip_sums(x: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> tuple[float, float]:
+    """(||x - dq(q(x))||^2, ||x||^2) for ONNX's QuantizeLinear (round half to even, saturate to the zero point's
+    type): summed over batches, their ratio's square root is the round-trip error of the whole set."""
+    info = np.iinfo(zp.dtype)
+    q = np.clip(np.rint(x / scale) + zp.astype(np.float64), info.min, info.max)
+    return float(np.square((q - zp.astype(np.float64)) * scale - x).sum()), float(np.square(x).sum())
 
 
 def roundtrip_error(x: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> float:
-    """||x - dq(q(x))|| / ||x|| for ONNX's QuantizeLinear (round half to even, saturate to the zero point's type)."""
-    info = np.iinfo(zp.dtype)
-    q = np.clip(np.rint(x / scale) + zp.astype(np.float64), info.min, info.max)
-    err = np.linalg.norm((q - zp.astype(np.float64)) * scale - x)
-    return float(err / max(np.linalg.norm(x), 1e-30))
-
-
-def activations(float_path: Path, tensors: list[str], check: Dataset,
-                max_rows: int | None = None) -> dict[str, np.ndarray]:
-    """The check set's values of graph tensors (each [rows, last dim], float64; at most `max_rows` rows, the first
-    ones, when given), from one run of the float graph with those tensors added as outputs."""
-    model = onnx.load(str(float_path))
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(set(tensors)) if t not in known)
-    names = [o.name for o in model.graph.output]
-    session = ort_session(model.SerializeToString(), threads=1)
-    feeds_names = [i.name for i in session.get_inputs()]
-    values: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    for batch in check.batches(64):
-        feed = dict(zip(feeds_names, (v.numpy() for v in batch.inputs.values())))
-        for name, value in zip(names, session.run(names, feed)):
-            if name in values and (max_rows is None or sum(len(v) for v in values[name]) < max_rows):
-                value = np.asarray(value, np.float64)
-                values[name].append(value.reshape(-1, value.shape[-1]) if value.ndim else value.reshape(1, 1))
-    return {t: np.concatenate(v)[:max_rows] for t, v in values.items()}
+    """||x - dq(q(x))|| / ||x||."""
+    err, norm = roundtrip_sums(x, scale, zp)
+    return err ** 0.5 / max(norm ** 0.5, 1e-30)
 
 
 def node_errors(float_path: Path, qmodel: onnx.ModelProto, nodes: list[onnx.NodeProto],
                 check: Dataset) -> dict[str, float]:
-    """Each weighted node's activation round-trip error, with the ranges the full static pass calibrated; a node
-    whose input the static pass left unquantized scores infinity (it cannot be checked, so it goes first)."""
-    values = activations(float_path, [n.input[0] for n in nodes], check)
-    errors = {}
-    for node in nodes:
-        qp = input_qparams(qmodel, node.input[0])
-        errors[node.name] = float("inf") if qp is None else roundtrip_error(values[node.input[0]].reshape(-1), *qp)
-    return errors
+    """Each weighted node's activation round-trip error over the check set, with the ranges the full static pass
+    calibrated (streamed a batch at a time: taps.py); a node whose input the static pass left unquantized scores
+    infinity (it cannot be checked, so it goes first)."""
+    qparams = input_qparams(qmodel, [n.input[0] for n in nodes])
+    sums = {t: [0.0, 0.0] for t in qparams}
+    for values in tapped(float_path, list(qparams), check):
+        for tensor, x in values.items():
+            err, norm = roundtrip_sums(x.reshape(-1), *qparams[tensor])
+            sums[tensor][0] += err
+            sums[tensor][1] += norm
+    return {n.name: float("inf") if n.input[0] not in sums else
+            sums[n.input[0]][0] ** 0.5 / max(sums[n.input[0]][1] ** 0.5, 1e-30) for n in nodes}
 
 
 def growing(n: int) -> list[int]:
@@ -209,9 +212,10 @@ def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -
         return [f"auto: static QDQ on every op kept: {how} {where}"], lambda f, d: f.static_all(d)
     notes = [f"auto: static QDQ on every op failed the check ({how} {where}): Softmax, LayerNormalization, Add and "
              "other non-weighted ops keep float activations"]
-    model = onnx.load(str(work))
-    nodes = [n for n in weighted_nodes(model) if n.name not in forms.exclude]
+    model = onnx.load(str(work))  # only the node list is kept: a node proto would keep the whole graph alive
+    nodes = [detached(n) for n in weighted_nodes(model) if n.name not in forms.exclude]
     tables = [t for t in gather_tables(model) if t not in forms.exclude]
+    del model
     names = [n.name for n in nodes]
     forms.mixed(dst, names, [], [], tables)
     ok, how = passes(dst)

@@ -24,7 +24,8 @@ class QuantizeConfig:
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
     percentile: float = option(99.999, "percentile kept by the Percentile calibrator")
     calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
-    calib_batch: int = option(32, "batch size fed to the calibrator")
+    calib_batch: int = option(32, "largest batch fed to the calibrator (fewer samples where one batch's "
+                              "activations would pass 128 MB: calibration.py)")
     weight_bits: Literal["auto", "8", "4"] = option(
         "auto", "auto: with mode=auto, MatMul weights go 4-bit block-wise (weight-only) where the check set's output "
         "stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every MatMul weight 4-bit, "

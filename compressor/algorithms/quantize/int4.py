@@ -23,23 +23,27 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressor.algorithms.quantize.auto import activations, growing
+from compressor.algorithms.quantize.auto import growing
+from compressor.algorithms.quantize.taps import tapped
 from compressor.io.data import Dataset
 
 LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
 ACTIVATION_ROWS = 4096  # check-set input rows per MatMul for the activation-aware order
 
 
-def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """MatMul node name -> its constant 2-D weight [K, N]: the nodes that have a 4-bit form."""
+def matmul_weight_names(model: onnx.ModelProto) -> dict[str, str]:
+    """MatMul node name -> the name of its constant 2-D float32 weight [K, N]: the nodes that have a 4-bit form
+    (read from the initializers' dims and type, no weight copied)."""
     inits = {i.name: i for i in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            if w.ndim == 2 and w.dtype == np.float32:
-                out[node.name] = w
-    return out
+    return {node.name: node.input[1] for node in model.graph.node
+            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits
+            and len(inits[node.input[1]].dims) == 2 and inits[node.input[1]].data_type == onnx.TensorProto.FLOAT}
+
+
+def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """MatMul node name -> its constant 2-D weight [K, N] (`matmul_weight_names`)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return {node: numpy_helper.to_array(inits[w]) for node, w in matmul_weight_names(model).items()}
 
 
 def int4_round(w: np.ndarray, block: int) -> np.ndarray:
@@ -57,10 +61,17 @@ def int4_error(w: np.ndarray, block: int, x: np.ndarray | None = None) -> float:
     """The relative error 4-bit rounding puts on the node's output, ||X (W - Wq)|| / ||X W|| over the check set's
     inputs X (activation-aware, as AWQ argues: a weight's error matters in proportion to the activations it meets;
     Lin et al. 2024), or ||W - Wq|| / ||W|| without them."""
+    err, ref = int4_sums(w, block, x)
+    return err ** 0.5 / max(ref ** 0.5, 1e-30)
+
+
+def int4_sums(w: np.ndarray, block: int, x: np.ndarray | None = None) -> tuple[float, float]:
+    """(||X (W - Wq)||^2, ||X W||^2) for the rows X (summed over batches: `int4_error` of the whole set), or
+    (||W - Wq||^2, ||W||^2) when X is None or does not fit W."""
     delta = int4_round(w, block) - w
     if x is None or x.shape[-1] != w.shape[0]:
-        return float(np.linalg.norm(delta) / max(np.linalg.norm(w), 1e-30))
-    return float(np.linalg.norm(x @ delta) / max(np.linalg.norm(x @ w.astype(np.float64)), 1e-30))
+        return float(np.square(delta).sum()), float(np.square(w.astype(np.float64)).sum())
+    return float(np.square(x @ delta).sum()), float(np.square(x @ w.astype(np.float64)).sum())
 
 
 def _nbits_module():
@@ -124,14 +135,30 @@ def write_nbits(src: Path, dst: Path, nodes: list[str], block: int, bits: int = 
 
 def _candidates(work: Path, block: int, exclude: list[str],
                 check: Dataset | None = None) -> tuple[list[str], dict[str, float]]:
-    """The MatMul nodes with a 4-bit form, the largest output error from 4-bit rounding first (on the check set's
-    activations when given): they are the first kept out."""
+    """The MatMul nodes with a 4-bit form, the largest output error from 4-bit rounding first (on the first
+    ACTIVATION_ROWS rows of the check set's activations when given, streamed: taps.py): they are the first kept
+    out."""
     model = onnx.load(str(work))
-    weights = {n: w for n, w in matmul_weights(model).items() if n not in exclude}
-    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in weights}
-    xs = activations(work, list(inputs.values()), check, max_rows=ACTIVATION_ROWS) if check and weights else {}
-    errors = {name: int4_error(w, block, xs.get(inputs[name])) for name, w in weights.items()}
-    return sorted(weights, key=lambda n: (-errors[n], n)), errors
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = {n: w for n, w in matmul_weight_names(model).items() if n not in exclude}
+    names = list(weights)
+    inputs = {n.name: (n.input[0], weights[n.name]) for n in model.graph.node if n.name in weights}
+    sums = {n: [0.0, 0.0] for n in names}
+    seen = set()
+    if check is not None and names:
+        for xs in tapped(model, [inputs[n][0] for n in names], check, max_rows=ACTIVATION_ROWS):
+            for name in names:
+                x = xs.get(inputs[name][0])
+                if x is None:
+                    continue
+                seen.add(name)
+                err, ref = int4_sums(numpy_helper.to_array(inits[inputs[name][1]]), block, x)
+                sums[name][0] += err
+                sums[name][1] += ref
+    for name in set(names) - seen:  # no activations: the weight's own error
+        sums[name] = list(int4_sums(numpy_helper.to_array(inits[inputs[name][1]]), block))
+    errors = {n: s[0] ** 0.5 / max(s[1] ** 0.5, 1e-30) for n, s in sums.items()}
+    return sorted(names, key=lambda n: (-errors[n], n)), errors
 
 
 def force_int4(work: Path, dst: Path, block: int, exclude: list[str]) -> list[str]:

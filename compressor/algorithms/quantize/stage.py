@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import io
+import itertools
 import logging
 import tempfile
 from pathlib import Path
@@ -22,29 +23,15 @@ import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.config import QuantizeConfig
+from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
-from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weights, write_nbits
+from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
+from compressor.io.onnx_export import external_data_path
 from compressor.stage import ExportStage, StageResult
-
-
-class _Reader:
-    """ONNX Runtime CalibrationDataReader over a Dataset."""
-
-    def __init__(self, data: Dataset, input_names: list[str], batch: int) -> None:
-        self._batches = [
-            {n: v.numpy() for n, v in zip(input_names, b.inputs.values())} for b in data.batches(batch)
-        ]
-        self._it = iter(self._batches)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._batches)
 
 
 def nodes_matching(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
@@ -101,13 +88,18 @@ def _quiet():
 WEIGHT_ONLY_BLOCK = 128  # 8-bit weight-only MatMul: one scale per 128 input rows (3% over int8; rounding is fine)
 
 
+_INSTANCES = itertools.count()
+
+
 class _Forms:
     """ONNX Runtime's static and dynamic int8 quantizers and our int8 weight-only rewrite, bound to one graph `base`
-    and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`)."""
+    and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`). Static forms all
+    calibrate `base` alike, so ORT's calibration cache (one per instance) computes the ranges once."""
 
     def __init__(self, base: Path, config: QuantizeConfig, sample: Dataset | None, exclude: list[str],
                  tmp: Path) -> None:
         self.base, self.config, self.sample, self.exclude, self.tmp = base, config, sample, exclude, tmp
+        self.cache = tmp / f"calibration-{next(_INSTANCES)}.json"
         self.extra = {"WeightSymmetric": True}
         if config.calibration == "Percentile":
             self.extra["CalibPercentile"] = config.percentile
@@ -118,14 +110,16 @@ class _Forms:
         if self.sample is None:
             raise DataError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
                             "or use --set quantize.mode=dynamic")
-        cfg = self.config
-        names = [i.name for i in onnx.load(str(self.base)).graph.input]
-        quantize_static(str(self.base), str(dst), _Reader(self.sample, names, cfg.calib_batch),
+        cfg, model = self.config, onnx.load(str(self.base))
+        names, batch = [i.name for i in model.graph.input], calibration_batch(model, cfg.calib_batch)
+        del model
+        quantize_static(str(self.base), str(dst), CalibrationReader(self.sample, names, batch),
                         quant_format=QuantFormat.QDQ if cfg.format == "QDQ" else QuantFormat.QOperator,
                         per_channel=cfg.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, cfg.calibration),
                         reduce_range=cfg.reduce_range,
-                        nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra))
+                        nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra),
+                        calibration_cache_path=self.cache)
 
     def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -160,7 +154,7 @@ class _Forms:
             self.dynamic(mid, self.tmp / "dynamic.onnx", dynamic + tables)
             mid = self.tmp / "dynamic.onnx"
         weight_only = [n for n in weight_only if n not in self.exclude]
-        matmuls = [n for n in weight_only if n in matmul_weights(onnx.load(str(mid)))]
+        matmuls = [n for n in weight_only if n in matmul_weight_names(onnx.load(str(mid)))]
         if matmuls:  # 8-bit MatMulNBits: a DequantizeLinear + MatMul pair would be fused by ORT into one that
             write_nbits(mid, self.tmp / "nbits8.onnx", matmuls, WEIGHT_ONLY_BLOCK, bits=8)  # quantizes activations
             mid = self.tmp / "nbits8.onnx"
@@ -195,11 +189,11 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
         try:
             with _quiet():
                 if config.preprocess:
-                    quant_pre_process(str(src), str(work), skip_symbolic_shape=True)
+                    quant_pre_process(str(src), str(work), skip_symbolic_shape=True,
+                                      save_as_external_data=external_data_path(src).exists())
                 else:
                     work.write_bytes(src.read_bytes())
-                model = onnx.load(str(work))
-                exclude = nodes_matching(model, config.exclude)
+                exclude = nodes_matching(onnx.load(str(work)), config.exclude) if config.exclude else []
                 if config.exclude and not exclude:
                     raise StageError(f"quantize: exclude patterns {list(config.exclude)} match no node or weight")
                 if exclude:

@@ -1,0 +1,98 @@
+"""Large models in bounded memory and time: ONNX external data above the protobuf limit (threshold lowered here),
+streamed gzip sizes, streamed activation taps, and latency timing that stops early for slow models."""
+from __future__ import annotations
+
+import gzip
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import compressor.io.onnx_export as onnx_export
+import compressor.verify.artifacts as artifacts
+from compressor.algorithms.quantize.taps import as_rows, tapped
+from compressor.io.calls import onnx_predict, predict
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
+from compressor.io.onnx_export import copy_onnx, export_onnx_proto, external_data_path, ort_session, save_onnx
+from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
+
+
+def test_external_data_path_writes_and_reloads(tmp_path, monkeypatch):
+    """Above the threshold (lowered to 1 KB) the weights go to model.onnx.data: the file passes the checker, onnx
+    and ONNX Runtime reload it with the same outputs as torch, and a copy carries its data file under its own name."""
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    model = load_model(SAMPLES / "digits_cnn.pt2").module
+    data = load_dataset(HELDOUT, ["x"])
+    path = tmp_path / "model.onnx"
+    save_onnx(export_onnx_proto(model, data.example()), path)
+    assert external_data_path(path).stat().st_size > 100_000 > path.stat().st_size
+    reloaded = onnx.load(str(path))
+    assert all(not t.external_data for t in reloaded.graph.initializer)  # onnx.load read the data back
+    torch_out = predict(model, data)
+    assert torch.allclose(onnx_predict(ort_session(path), data), torch_out, atol=1e-5)
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "other.onnx"
+    copy_onnx(path, copy)
+    assert external_data_path(copy).exists()
+    assert torch.allclose(onnx_predict(ort_session(copy), data), torch_out, atol=1e-5)
+    assert artifacts.file_sizes(path)["bytes"] == path.stat().st_size + external_data_path(path).stat().st_size
+
+
+def test_quantize_runs_from_an_external_data_export(tmp_path, monkeypatch):
+    """The whole quantize pipeline when the fp32 export is written with external data: model.onnx (int8, under
+    the threshold's scale again) is one self-contained file that reloads."""
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    out = tmp_path / "out"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--set", "quantize.mode=dynamic",
+                  "--data", HELDOUT, "--train-data", TRAIN, "--out", out)
+    assert res.code == 0, res
+    assert not external_data_path(out / "model.onnx").exists()
+    report = read_report(out)
+    assert report["artifacts"][0]["fp32_export_bytes"] > 4 * report["artifacts"][0]["bytes"] / 2
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+
+
+def test_gzip_size_streamed_equals_gzip_compress(monkeypatch):
+    monkeypatch.setattr(artifacts, "CHUNK", 4096)
+    path = SAMPLES / "digits_cnn.pt2"
+    assert artifacts.gzip_size(path) == len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def test_taps_stream_the_same_values_batch_by_batch(tmp_path):
+    """tapped(): the batches concatenated are the whole set's values; with max_rows, exactly the first rows."""
+    model = load_model(SAMPLES / "digits_mlp.pt2").module
+    data = load_dataset(HELDOUT, ["x"])
+    path = tmp_path / "m.onnx"
+    save_onnx(export_onnx_proto(model, data.example()), path)
+    proto = onnx.load(str(path))
+    tensor = proto.graph.node[len(proto.graph.node) // 2].output[0]
+    whole = np.concatenate([v[tensor] for v in tapped(path, [tensor], data)])
+    assert len(whole) == len(data)
+    ref = as_rows(onnx_predict(ort_session(path), data).numpy()) if tensor == proto.graph.output[0].name else None
+    assert ref is None or np.allclose(whole, ref)
+    first = np.concatenate([v[tensor] for v in tapped(proto, [tensor], data, max_rows=70)])
+    assert np.array_equal(first, whole[:70])
+    assert len(proto.graph.output) == 1  # the proto given is left as it was
+
+
+class _SlowSession:
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def get_inputs(self):
+        return [type("I", (), {"name": "x"})()]
+
+    def run(self, names, feed):
+        self.runs += 1
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("budget, most", [(0.05, 5), (100.0, 23)])
+def test_latency_timing_stops_early_for_slow_runs(monkeypatch, budget, most):
+    monkeypatch.setattr(artifacts, "LATENCY_SECONDS", budget)
+    session = _SlowSession()
+    artifacts.ort_latency_ms(session, load_dataset(HELDOUT, ["x"]))
+    assert session.runs <= most and (budget < 1 or session.runs == 23)
