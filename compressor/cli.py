@@ -24,7 +24,7 @@ from compressor.io.threads import DEFAULT_THREADS
 from compressor.judge.budget import DEFAULT_CONFIDENCE
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
-from compressor.report.diff import diff_markdown, diff_rows, read_report
+from compressor.report.diff import diff_markdown, diff_rows, read_report, source_warning
 from compressor.run.pipeline import RunOptions
 from compressor.run.progress import Reporter
 from compressor.run.recipe import is_recipe, load_recipe
@@ -220,7 +220,11 @@ def diff_cmd(
     table = Table(title=f"{report_a}  vs  {report_b}", title_justify="left")
     for col in ("quantity", "A", "B", "change"):
         table.add_column(col, justify="left" if col == "quantity" else "right")
-    for row in diff_rows(read_report(report_a), read_report(report_b)):
+    a, b = read_report(report_a), read_report(report_b)
+    warning = source_warning(a, b)
+    if warning:
+        err.print(warning, style="bold yellow", highlight=False)
+    for row in diff_rows(a, b):
         table.add_row(*row)
     out.print(table)
 

@@ -1,6 +1,8 @@
 """CI step: every gate fails with exit code 3 and its name in report.md; `compress diff` compares two runs."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
@@ -65,3 +67,20 @@ def test_diff_compares_two_runs(passing_run, tmp_path):
     assert "| model.onnx bytes |" in res.stdout and "| final metric % |" in res.stdout
     res = run_cli("diff", passing_run / "report.json", tmp_path / "missing.json")
     assert res.code == 1 and "report not found" in res.stderr
+    # the same model: no warning; the latency compared as each run's ratio to its own fp32 timing
+    res = run_cli("diff", passing_run / "report.json", out / "report.json", "--markdown")
+    assert "different source models" not in res.stdout
+    assert "| model.onnx ORT ms / its run's fp32 ms |" in res.stdout and "model.safetensors ORT ms" not in res.stdout
+    other = json.loads((out / "report.json").read_text())
+    other["model"]["sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    res = run_cli("diff", passing_run / "report.json", tmp_path / "other.json", "--markdown")
+    assert res.code == 0 and res.stdout.startswith("> WARNING: the two runs compressed different source models")
+    res = run_cli("diff", passing_run / "report.json", tmp_path / "other.json")
+    assert "different source models" in res.stderr
+
+
+def test_the_batch_norm_note_only_where_there_is_batch_norm(passing_run, cnn_quantized):
+    note = "batch-norm statistics stay frozen"
+    assert not any(note in n for n in read_report(passing_run)["notes"])  # an MLP: no batch norm
+    assert any(note in n for n in read_report(cnn_quantized)["notes"])

@@ -47,8 +47,13 @@ def diff_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str,
         xa, xb = arts_a.get(path, {}), arts_b.get(path, {})
         for key, label in (("bytes", "bytes"), ("gzip_bytes", "gzip bytes"), ("latency_ms", "ORT ms")):
             va, vb = xa.get(key), xb.get(key)
+            if va is None and vb is None:
+                continue  # e.g. model.safetensors is not timed
             fmt = ",d" if key != "latency_ms" else ".3f"
             rows.append((f"{path} {label}", num(va, fmt), num(vb, fmt), delta(va, vb, fmt, rel=True)))
+        ra, rb = latency_ratio(xa), latency_ratio(xb)
+        if ra is not None or rb is not None:  # each run's own fp32 timing: the machine's speed cancels out
+            rows.append((f"{path} ORT ms / its run's fp32 ms", num(ra, ".2f"), num(rb, ".2f"), delta(ra, rb, ".2f")))
     if "sparsity" in a or "sparsity" in b:
         sa, sb = a.get("sparsity", {}).get("sparsity"), b.get("sparsity", {}).get("sparsity")
         rows.append(("sparsity", num(sa, ".2%"), num(sb, ".2%"), delta(sa, sb, ".2%")))
@@ -57,8 +62,24 @@ def diff_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str,
     return rows
 
 
+def latency_ratio(artifact: dict[str, Any]) -> float | None:
+    ms, fp32 = artifact.get("latency_ms"), artifact.get("fp32_baseline_latency_ms")
+    return ms / fp32 if ms is not None and fp32 else None
+
+
+def source_warning(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """A warning when the two runs compressed different source models (their sha256 differ)."""
+    sa, sb = (r.get("model", {}).get("sha256") for r in (a, b))
+    if sa and sb and sa != sb:
+        return (f"WARNING: the two runs compressed different source models (sha256 {sa[:12]}... vs {sb[:12]}...): "
+                "every change below compares different models")
+    return None
+
+
 def diff_markdown(a_path: Path, b_path: Path) -> str:
     a, b = read_report(a_path), read_report(b_path)
-    lines = [f"| quantity | A: `{a_path}` | B: `{b_path}` | change |", "|---|---|---|---|"]
+    warning = source_warning(a, b)
+    lines = [f"> {warning}", ""] if warning else []
+    lines += [f"| quantity | A: `{a_path}` | B: `{b_path}` | change |", "|---|---|---|---|"]
     lines += [f"| {q} | {x} | {y} | {d} |" for q, x, y, d in diff_rows(a, b)]
     return "\n".join(lines) + "\n"

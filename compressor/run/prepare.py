@@ -42,7 +42,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
     baseline = score(reference, heldout, reference, choice)
     baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
     notes += baseline_notes(options, choice, baseline, baseline_val, heldout, val, val_reference)
-    if loaded.exported:
+    if loaded.exported and any(name.endswith("running_mean") for name, _ in model.named_buffers()):
         notes.append("model loaded from a torch.export program: batch-norm statistics stay frozen when fine-tuning")
     weights = find_weights(model, heldout.example(), loaded.program)
     ctx = RunContext(model=model, original=original, loaded=loaded, train=train, val=val, calib=calib,
