@@ -92,6 +92,8 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, meta: dict[str, Any
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        if type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc):  # safetensors' own write error
+            raise OutputError(f"{path}: cannot write ({str(exc).split('I/O error:')[-1].strip()})") from exc
         raise
     return records
 
