@@ -7,6 +7,7 @@ installs it where it can) and needs the outputs bit-identical to this CPU's.
 """
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def test_report_names_the_cpu_and_the_portable_weights(cnn_quantized):
     assert "7-bit weights (reduce_range" in notes
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU for an x86 Python")
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 (apt package qemu-user) not installed")
 def test_default_int8_gives_the_same_numbers_on_an_avx2_cpu(cnn_quantized, tmp_path):
     model = cnn_quantized / "model.onnx"
