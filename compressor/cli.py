@@ -104,14 +104,14 @@ def run(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module "
                                       "(runs code from the file: only for files you trust)."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every random choice [default: 0]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every random choice \\[default: 0]."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for stages and evaluation (cpu, cuda, "
-                                         "cuda:1) [default: cpu]."),
+                                         "cuda:1) \\[default: cpu]."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Gate: largest allowed metric drop in points "
-                                             "(exit 3) [default: 1.0]."),
+                                             "(exit 3) \\[default: 1.0]."),
     confidence: Optional[float] = typer.Option(None, "--confidence", help="One-sided confidence of the upper bound "
                                                "on the validation drop that every stage decision uses "
-                                               f"(0.5 to below 1) [default: {DEFAULT_CONFIDENCE}]."),
+                                               f"(0.5 to below 1) \\[default: {DEFAULT_CONFIDENCE}]."),
     min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help="Gate: final/baseline metric ratio "
                                                   "at least this (e.g. 0.99)."),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Gate: model.onnx size (smallest of raw and "
@@ -124,10 +124,11 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and ONNX Runtime, "
-                                          "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS [default: 1]."),
+                                          "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS "
+                                          "\\[default: 1]."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric for every decision, the gate and "
                                          "the report: accuracy, agreement, cosine, mse or a plugin's name "
-                                         "[default: detected from the outputs and data]."),
+                                         "\\[default: detected from the outputs and data]."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
