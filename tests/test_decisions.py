@@ -60,3 +60,15 @@ def test_confidence_reaches_the_decisions_and_the_recipe(tmp_path):
         res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--data", HELDOUT, "--train-data", TRAIN,
                       "--out", tmp_path / f"bad{bad}", "--confidence", bad)
         assert res.code == 2, (bad, res)
+
+
+def test_a_fine_tune_that_makes_validation_worse_is_reported(tmp_path):
+    """At lr 1 every epoch wrecks the MLP: the pruned state is kept, and the note says fine-tuning did not help."""
+    out = tmp_path / "out"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--out", out, "--quiet", "--set", "prune.epochs_per_step=3", "--set", "prune.max_steps_per_epoch=5",
+                  "--set", "prune.patience=0", "--set", "prune.codebook=off", "--set", "prune.schedule=0.3",
+                  "--set", "prune.lr=1.0")
+    assert res.code in (0, 3), res
+    note = next(n for n in read_report(out)["stages"][0]["notes"] if n.startswith("fine-tunes:"))
+    assert note.startswith("fine-tunes: 1 of 3 epochs") and "in 1 no epoch beat the pruned state" in note, note

@@ -23,31 +23,16 @@ from typing import Literal
 import torch
 
 from compressor.algorithms.prune.codebook import SharedWeights, share_weights
+from compressor.algorithms.prune.notes import finetune_note, uncovered_note
 from compressor.algorithms.prune.policies import lobster_masks, ranked_masks
 from compressor.core.contract import StageContext
-from compressor.core.finetune import FinetuneSettings, distill_hook, finetune, task_loss
+from compressor.core.finetune import FinetuneResult, FinetuneSettings, distill_hook, finetune, task_loss
 from compressor.core.layers import select_names
-from compressor.core.params import unique_param_count
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
 from compressor.io.calls import call_model, set_train
 from compressor.judge.search import Snapshot, attempt
 from compressor.stage import Stage, StageResult, option
-
-
-def uncovered_note(model: torch.nn.Module, names: list[str]) -> str | None:
-    """A warning when the prunable weights are under half of the model's parameters (e.g. a GRU/LSTM, whose
-    recurrent weights are read by one fused op, not by a linear/matmul/conv: the reported sparsity is of the rest)."""
-    params = {n: p for n, p in model.named_parameters()}
-    total = unique_param_count(model)
-    covered = sum(params[n].numel() for n in names if n in params)
-    if not total or covered >= total / 2:
-        return None
-    others = sorted((p.numel(), n) for n, p in params.items() if n not in set(names) and p.ndim >= 2)[::-1][:3]
-    return (f"WARNING: the prunable weights hold {covered / total:.0%} of the model's {total:,} parameters, so the "
-            "sparsity above is of those only; the largest others: " + ", ".join(f"{n} ({k:,})" for k, n in others)
-            + " (not read by a linear/matmul/conv op, e.g. a fused GRU/LSTM; name them with prune.include to prune "
-              "them too)")
 
 
 DEFAULT_LR, DEFAULT_BATCH = 1e-3, 64  # fine-tunes without selective shrinkage, and the codebook's (lr / 2)
@@ -97,8 +82,9 @@ class PruneConfig:
             return "codebook_bits must be 1, 2, 4 or 8"
         if self.epochs_per_step < 0 or self.max_steps < 1 or self.lookahead < 0:
             return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
-        if (self.batch_size is not None and self.batch_size < 1) or (self.lr is not None and self.lr <= 0) or self.patience < 0 \
-                or self.codebook_epochs < 0:
+        bad_lr = self.lr is not None and self.lr <= 0
+        bad_batch = self.batch_size is not None and self.batch_size < 1
+        if bad_batch or bad_lr or self.patience < 0 or self.codebook_epochs < 0:
             return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
         if self.distill < 0 or self.temperature <= 0:
             return "distill must be >= 0 and temperature > 0"
@@ -174,6 +160,7 @@ class PruneStage(Stage):
         good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
+        tunes: list[FinetuneResult] = []
         with ctx.reporter.task("prune", None) as task:
             for step, target in enumerate(self._step_targets(), 1):
                 masks = {n: ctx.masks.get(n) for n in names}
@@ -206,7 +193,7 @@ class PruneStage(Stage):
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
                     if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
                         break
-                    self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}")
+                    tunes.append(self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}"))
                     decision = ctx.judge(budget)
                 decision = decision or ctx.judge(budget)
                 val = ctx.validate().value
@@ -242,6 +229,7 @@ class PruneStage(Stage):
                      f"paired validation drop ({len(ctx.val)} samples{both}) is within "
                      f"{budget:.2f} points (" + ("prune.max_drop, at most --max-drop)" if cfg.max_drop is not None
                                                  else f"prune's default share of --max-drop {ctx.max_drop:g})"))
+        notes += filter(None, [finetune_note(tunes, cfg.epochs_per_step)])
         notes += self._share(ctx, names)
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
@@ -250,16 +238,15 @@ class PruneStage(Stage):
             "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,
             "prunable": names})
 
-    def _finetune(self, ctx: StageContext, use_shrink: bool, shrink_cfg, desc: str) -> None:
+    def _finetune(self, ctx: StageContext, use_shrink: bool, shrink_cfg, desc: str) -> FinetuneResult:
         cfg = self.config
         if use_shrink:
-            run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
-                          max_steps_per_epoch=cfg.max_steps_per_epoch, extra_loss=self._distill(ctx))
-        else:
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr or DEFAULT_LR,
-                                                      batch_size=cfg.batch_size or DEFAULT_BATCH,
-                                                      max_steps_per_epoch=cfg.max_steps_per_epoch), desc=desc,
-                     loss_hook=self._distill(ctx))
+            return run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
+                                 max_steps_per_epoch=cfg.max_steps_per_epoch, extra_loss=self._distill(ctx))[0]
+        settings = FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr or DEFAULT_LR,
+                                    batch_size=cfg.batch_size or DEFAULT_BATCH,
+                                    max_steps_per_epoch=cfg.max_steps_per_epoch)
+        return finetune(ctx, ctx.model, settings, desc=desc, loss_hook=self._distill(ctx))
 
     def _distill(self, ctx: StageContext):
         """The distillation term of prune's fine-tunes (prune.distill), or None."""
