@@ -56,6 +56,7 @@ def test_confidence_reaches_the_decisions_and_the_recipe(tmp_path):
     notes = " ".join(read_report(out)["stages"][0]["notes"])
     assert "95% upper confidence bound" in notes
     assert yaml.safe_load((out / "recipe.yaml").read_text())["confidence"] == 0.95
+    assert read_report(out)["gate"]["confidence"] == 0.95
     for bad in ("0.3", "1", "abc"):
         res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--data", HELDOUT, "--train-data", TRAIN,
                       "--out", tmp_path / f"bad{bad}", "--confidence", bad)

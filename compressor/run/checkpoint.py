@@ -53,7 +53,8 @@ def fingerprint(options, stages) -> str:
         ("model", options.model), ("heldout", options.data), ("train", options.train_data),
         ("val", options.val_data), ("calib", options.calib_data))}
     doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,
-           "max_drop": options.max_drop, "confidence": options.confidence, "metric": options.metric,
+           "max_drop": options.max_drop, "confidence": options.confidence,
+           "metric": None if options.metric in (None, "auto") else options.metric,  # both mean: detected
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
