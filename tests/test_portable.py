@@ -65,7 +65,7 @@ def test_dynamic_int8_reports_how_outputs_move_with_the_batch(tmp_path, cnn_quan
     assert res.code in (0, 3), res
     report = read_report(out)
     batch = report["artifacts"][0]["batch_dependence"]
-    assert batch["samples"] == 360 and batch["max_abs_diff_batch1_vs_batch"] >= 0
+    assert batch["samples"] == 360 and batch["max_abs_diff_batch1_vs_batch"] > 0  # a batch-wide scale
     assert abs(batch["metric_value_batched"] - report["artifacts"][0]["metric_value"]) < 1e-6  # all 360 samples
     assert any("depend on the batch" in n for n in report["notes"])
     # static int8 fixes every scale at calibration: nothing to report

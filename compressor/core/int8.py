@@ -16,7 +16,6 @@ def symmetric_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-
 def dequantize_rows(q: str, scale: np.ndarray, out: str, name: str) -> tuple[list[onnx.NodeProto],
                                                                              onnx.TensorProto]:
     """Graph nodes computing `out` = float(q) * scale per row for the int8 2-D initializer `q`, and the scale as the

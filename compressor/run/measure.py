@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
 from compressor.export.rebuild import load as load_artifact
@@ -14,17 +13,18 @@ from compressor.io.calls import EVAL_BATCH, onnx_predict, predict
 from compressor.io.data import Dataset
 from compressor.io.load import file_sha256
 from compressor.io.onnx_export import max_abs_diff
+from compressor.judge.kind import MetricChoice
 from compressor.judge.metrics import score
 from compressor.run.export_onnx import Exported
-from compressor.judge.kind import MetricChoice
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.verify.artifacts import file_sizes, ort_latency_ms, ort_peak_memory_bytes
 
 
 def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldout: Dataset,
                       reference: torch.Tensor, exported: Exported, final_torch: torch.Tensor, st_path: Path,
-                      onnx_sha256: str, encodings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's artifact rows: model.onnx, then model.safetensors reloaded from the staged output."""
+                      onnx_sha256: str, encodings: dict[str, Any], run_time: bool = False) -> list[dict[str, Any]]:
+    """The report's artifact rows: model.onnx, then model.safetensors reloaded from the staged output. `run_time`:
+    model.onnx quantizes activations at run time (`store.store_weights` read it from the graph)."""
     # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
     reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
                              trust_code=ctx.loaded.format == "state_dict")
@@ -34,7 +34,7 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
     onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
     st_metric = score(st_out, heldout, reference, ctx.metric)
     onnx_path = exported.onnx_path
-    batch = batch_dependence(exported, heldout, reference, ctx.metric)
+    batch = batch_dependence(exported, heldout, reference, ctx.metric) if run_time else None
     if batch is not None:
         ctx.notes.append(f"model.onnx quantizes activations at run time (dynamic int8), so a sample's outputs depend "
                          f"on the batch it runs in: on {batch['samples']} held-out samples one at a time, max |output "
@@ -56,26 +56,10 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
 
 
 BATCH_CHECK_SAMPLES = 512
-# ops that quantize their input with a scale taken from the whole batch at run time (ONNX Runtime's dynamic forms)
-RUN_TIME_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
-
-
-def all_nodes(graph: onnx.GraphProto):
-    """Every node of the graph and of its subgraphs (If / Loop / Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from all_nodes(sub)
-
-
 def batch_dependence(exported: Exported, heldout: Dataset, reference: torch.Tensor,
                      metric: MetricChoice) -> dict[str, Any] | None:
-    """For a graph that quantizes activations at run time (DynamicQuantizeLinear: one scale per call, over the
-    whole batch), the same held-out samples run one at a time beside the batched run; None for any other graph."""
-    graph = onnx.load(str(exported.onnx_path), load_external_data=False).graph
-    if not any(node.op_type in RUN_TIME_QUANTIZERS for node in all_nodes(graph)):
-        return None
+    """For a graph that quantizes activations at run time (one scale per call, over the whole batch): the same
+    held-out samples run one at a time beside the batched run."""
     n = min(len(heldout), BATCH_CHECK_SAMPLES)
     data = heldout.subset(torch.arange(n))
     one = onnx_predict(exported.session, data, batch_size=1)

@@ -80,12 +80,12 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
         records.append(exported.record)
     st_path = out.path("model.safetensors")
     onnx_sha256 = file_sha256(exported.onnx_path)
-    encodings, changed = store_weights(ctx, options, stages, st_path, exported.onnx_path, onnx_sha256,
+    encodings, changed, run_time = store_weights(ctx, options, stages, st_path, exported.onnx_path, onnx_sha256,
                                        quantized=export_stage is not None)
     # the torch model took stored int8 values (weights, or the structures' compact tensors): its outputs moved
     final_torch = predict(ctx.model, heldout, ctx.device) if changed or exported.compacted else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
-                                  onnx_sha256, encodings)
+                                  onnx_sha256, encodings, run_time)
     run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,
            "encodings": encodings, "latency": exported.base_latency, "started": started}
     return write_report(options, ctx, stages, out, notes, run)

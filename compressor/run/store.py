@@ -11,25 +11,29 @@ import torch
 from compressor.export.int8_weights import match_int8
 from compressor.export.rebuild import source_record
 from compressor.io.safetensors_io import save_weights
+from compressor.run.export_onnx import run_time_quantized
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.stage import Stage, config_as_dict
 from compressor.version import __version__
 
 
 def store_weights(ctx: RunContext, options: RunOptions, stages: list[Stage], st_path: Path, onnx_path: Path,
-                  onnx_sha256: str, quantized: bool) -> tuple[dict[str, Any], bool]:
+                  onnx_sha256: str, quantized: bool) -> tuple[dict[str, Any], bool, bool]:
     """Write model.safetensors; returns (its encodings by tensor, whether the torch model took stored int8 weights,
-    so its outputs changed)."""
+    so its outputs changed, whether model.onnx quantizes activations at run time)."""
     ctx.reporter.log("writing and verifying model.safetensors")
     meta = {"source": source_record(ctx.loaded), "compressor_version": __version__, "seed": options.seed,
             "stages": [{"name": s.name, "config": config_as_dict(s.config)} for s in stages],
             "structures": ctx.structures}
     state = ctx.model.state_dict()
-    int8 = match_int8(onnx.load(str(onnx_path)), state) if quantized else None
+    graph = onnx.load(str(onnx_path)) if quantized else None  # read once: its int8 weights and its ops
+    int8 = match_int8(graph, state) if graph is not None else None
+    dynamic = graph is not None and run_time_quantized(graph.graph)
+    del graph
     encodings = save_weights(state, st_path, meta, onnx_sha256=onnx_sha256, int8=int8)
     if int8:
         take_stored_int8(ctx, state, int8, encodings)
-    return encodings, bool(int8)
+    return encodings, bool(int8), dynamic
 
 
 def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict, encodings: dict) -> None:
