@@ -20,12 +20,14 @@ from typer.core import TyperGroup
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
 from compressor.errors import Terminated, UsageError
 from compressor.inspect_model import inspect_model
+from compressor.io.parallel import launched, start, world
 from compressor.io.threads import DEFAULT_THREADS
 from compressor.judge.budget import DEFAULT_CONFIDENCE
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
 from compressor.report.diff import diff_markdown, diff_rows, read_report, source_warning
 from compressor.run.pipeline import RunOptions
+from compressor.run.launch import launch, without_option
 from compressor.run.progress import Reporter
 from compressor.run.recipe import is_recipe, load_recipe
 from compressor.run.runner import compress
@@ -34,6 +36,7 @@ from compressor.verify.gates import parse_floors
 from compressor.version import __version__
 
 DEFAULT_PIPELINE = "quantize"
+ARGV = "compressor.argv"
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -45,6 +48,7 @@ class DefaultCommandGroup(TyperGroup):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = [self.default_command, *args]
+        ctx.meta[ARGV] = list(args)  # `run --nproc N` relaunches the same command under torchrun
         return super().parse_args(ctx, args)
 
     def format_help(self, ctx, formatter) -> None:
@@ -88,6 +92,7 @@ def _on_sigterm(signum, frame) -> None:
 @app.command("run")
 @guard
 def run(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Checkpoint: .pt2, TorchScript, state_dict (+ --arch), pickle (+ --trust-pickle)."),
     pipeline: str = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Comma-separated stages, in order, "
                                  "or a recipe file (.yaml/.toml) with stages, options, data and gates."),
@@ -126,12 +131,18 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and ONNX Runtime, "
                                           "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS "
                                           "\\[default: 1]."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Data-parallel processes for the fine-tuning "
+                                        "stages on this machine: relaunches the command under torchrun "
+                                        "--standalone --nproc-per-node N (DDP; gloo on CPU, nccl on CUDA) "
+                                        "\\[default: 1]."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric for every decision, the gate and "
                                          "the report: accuracy, agreement, cosine, mse or a plugin's name "
                                          "\\[default: detected from the outputs and data]."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
+    if nproc is not None and nproc > 1 and not launched():
+        raise typer.Exit(launch(nproc, without_option(ctx.meta[ARGV][1:], "--nproc")))
     names, recipe_options, settings = pipeline.split(","), {}, {}
     if is_recipe(pipeline):
         recipe = load_recipe(Path(pipeline))
@@ -163,7 +174,12 @@ def run(
                          recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
                          threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)),
                          metric=pick(metric, settings.get("metric")))
+    if launched():  # one rank of torchrun: join its process group; only rank 0 prints and writes
+        options.device = start(options.device)
+        quiet = options.quiet = quiet or world()[0] > 0
     report, code = compress(options, Reporter(err, quiet))
+    if report is None:
+        raise typer.Exit(code)
     if not quiet:
         print_report(report, out)
         written = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))

@@ -22,6 +22,7 @@ from torch import nn
 from compressor.core.contract import StageContext
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
+from compressor.io.parallel import data_parallel, my_share, sync_buffers
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
 
@@ -108,6 +109,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     `train_mode`, if given, is called after the model is put in training mode each epoch (e.g. to keep some
     modules' batch-norm statistics frozen). With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
     where a later epoch of equal validation metric is the more compressible one).
+    In a data-parallel run (io/parallel.py) each rank trains on its share of every batch's rows and DDP averages the
+    gradients, so the steps are those of the whole batch.
     """
     train, _ = ctx.require_training(desc)
     gen = ctx.generator()
@@ -119,7 +122,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     best = start if keep_start else None
     best_state = copy.deepcopy(model.state_dict()) if select_best else None
     result = FinetuneResult(best, 0, [{"epoch": 0, "val": start.value if start else None}])
-    step = 0
+    step, trained = 0, data_parallel(model, ctx.device)
     with ctx.reporter.task(desc, settings.epochs * steps) as task:
         for epoch in range(1, settings.epochs + 1):
             set_train(model, True)
@@ -130,7 +133,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 if i >= steps:
                     break
                 opt.zero_grad(set_to_none=True)
-                out = call_model(model, batch, ctx.device)
+                batch = my_share(batch)
+                out = call_model(trained, batch, ctx.device)
                 loss = task_loss(ctx, model, batch, out)
                 if loss_hook is not None:
                     loss = loss + loss_hook(model, batch, out)
@@ -150,6 +154,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 count += 1
                 task.advance(status=f"loss {total / count:.4f}")
             set_train(model, False)
+            sync_buffers(model)
             metrics = ctx.validate(model)
             entry = {"epoch": epoch, "loss": total / max(count, 1), "val": metrics.value,
                      **{k: v / max(count, 1) for k, v in stats_sum.items()}}

@@ -10,6 +10,7 @@ from torch import nn
 
 from compressor.errors import DataError
 from compressor.io.data import Dataset
+from compressor.io.parallel import gather_rows, my_share, unwrapped, world
 
 EVAL_BATCH = 256
 
@@ -32,6 +33,7 @@ def first_tensor(out: object) -> torch.Tensor:
 def takes_keywords(model: nn.Module, names: list[str]) -> bool:
     """Whether the model expects its inputs by keyword: a `.pt2` program exported with kwargs records them in
     its input spec; an eager forward takes keywords unless its only input is the conventional `x`."""
+    model = unwrapped(model)
     if isinstance(model, torch.jit.ScriptModule):
         return False
     spec = getattr(model, "_in_spec", None)
@@ -85,8 +87,15 @@ def other_outputs_notes(model: nn.Module, example: Dataset, device: torch.device
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
             batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Outputs of the whole dataset (on CPU, float32). Bad input shapes become one-line DataErrors."""
+    """Outputs of the whole dataset (on CPU, float32). Bad input shapes become one-line DataErrors. In a data-parallel
+    run each rank computes its share of the rows and every rank gets all of them (io/parallel.py)."""
     set_train(model, False)
+    if world()[1] > 1:
+        return gather_rows(_predict(model, my_share(data), device, batch_size), len(data))
+    return _predict(model, data, device, batch_size)
+
+
+def _predict(model: nn.Module, data: Dataset, device: torch.device | str, batch_size: int) -> torch.Tensor:
     outs = []
     for batch in data.batches(batch_size):
         try:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from compressor.errors import CompressorError, OutputError
 from compressor.export.rebuild import rebuild_structures
 from compressor.io.load import file_sha256, load_state_dict_into
+from compressor.io.parallel import world
 from compressor.io.safetensors_io import read_weights, save_weights
 from compressor.run.outputs import CKPT_DIR, remove_dead_debris
 from compressor.stage import config_as_dict
@@ -55,6 +56,7 @@ def fingerprint(options, stages) -> str:
     doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,
            "max_drop": options.max_drop, "confidence": options.confidence,
            "metric": None if options.metric in (None, "auto") else options.metric,  # both mean: detected
+           "world_size": world()[1],  # data-parallel ranks split every batch: another count, other numbers
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 
 from compressor.core.params import count_params
+from compressor.errors import StageError
 from compressor.io.calls import predict
 from compressor.io.load import file_sha256, model_bytes_of
 from compressor.io.onnx_export import write_bytes_atomic
+from compressor.io.parallel import all_digests, backend, state_digest, stop, world
 from compressor.io.threads import pin_threads
 from compressor.judge.power import resolution_note
 from compressor.report.build import build_report, write_reports
@@ -41,6 +43,8 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
     """Run the pipeline; returns (report, exit code). Raises CompressorError on bad input."""
     reporter = reporter or Reporter(quiet=options.quiet)
     stages = plan_stages(options)
+    if world()[0] > 0:
+        return _other_rank(options, stages, reporter)
     inputs = [p for p in (options.model, options.data, options.train_data, options.val_data, options.calib_data) if p]
     out = OutputDir(options.out, options.force, inputs, resume=options.resume)
     previous_threads = pin_threads(options.threads)
@@ -60,6 +64,24 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
     return report, (EXIT_OK if report["gate"]["passed"] else EXIT_GATE)
 
 
+def _other_rank(options: RunOptions, stages: list[Stage], reporter: Reporter) -> tuple[None, int]:
+    """A data-parallel rank other than 0 (io/parallel.py): the same load and torch-side stages in step with rank 0,
+    which alone writes (checkpoints, artifacts, report); this rank ends when the stages do."""
+    previous_threads = pin_threads(options.threads)
+    try:
+        model_stages = [s for s in stages if not s.export_time]
+        ckpt = None  # read on --resume (rank 0 wrote them), never written here
+        if options.resume and model_stages:
+            ckpt = Checkpoints(options.out, fingerprint(options, stages), resume=True)
+        ctx, heldout, _, reference, _ = prepare(options, reporter, copy_original=bool(model_stages))
+        ctx.stage_configs = {s.name: s.config for s in stages}
+        run_stages(model_stages, ctx, heldout, reference, ckpt, options.resume)
+        leave_group(ctx)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return None, EXIT_OK
+
+
 def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
          ckpt: Checkpoints | None) -> dict[str, Any]:
     started = time.perf_counter()
@@ -71,6 +93,7 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     notes += resolution_notes(ctx, stages)
     params, nonzeros = count_params(ctx.model)
     records = run_stages(model_stages, ctx, heldout, reference, ckpt, options.resume)
+    parallel = leave_group(ctx)
     export_stage = next((s for s in stages if s.export_time), None)
     ctx.stage_index = len(model_stages)
     last = records[-1] if records else {"params": params, "nonzeros": nonzeros, "dof": params}
@@ -87,8 +110,22 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings, run_time)
     run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,
-           "encodings": encodings, "latency": exported.base_latency, "started": started}
+           "encodings": encodings, "latency": exported.base_latency, "started": started, "parallel": parallel}
     return write_report(options, ctx, stages, out, notes, run)
+
+
+def leave_group(ctx: RunContext) -> dict[str, Any]:
+    """After the torch-side stages, every rank of a data-parallel run compares what it holds (a digest of the
+    weights and masks) and leaves the process group; rank 0 goes on alone. Returns the report's `parallel` entry."""
+    rank, size = world()
+    if size == 1:
+        return {"world_size": 1}
+    which = backend()
+    digests = all_digests(state_digest(ctx.model, ctx.masks.masks))
+    stop()
+    if rank == 0 and len(set(digests)) > 1:
+        raise StageError(f"the {size} data-parallel ranks ended the stages with different weights or masks")
+    return {"world_size": size, "backend": which, "state_digests": digests}
 
 
 def resolution_notes(ctx: RunContext, stages: list[Stage]) -> list[str]:
@@ -117,6 +154,7 @@ def write_report(options: RunOptions, ctx: RunContext, stages: list[Stage], out:
     if sparse is not None:
         report["sparsity"] = sparse
     report["baseline"]["latency_ms"] = run["latency"]
+    report["parallel"] = run["parallel"]
     if accuracy_vs_size(report, out.path("accuracy_vs_size.png")):
         report["plots"] = {"accuracy_vs_size": "accuracy_vs_size.png"}
     if latency_bars(report, out.path("latency.png")):

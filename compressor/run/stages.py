@@ -12,6 +12,7 @@ from compressor.core.params import count_params
 from compressor.errors import CompressorError, StageError
 from compressor.export.onnx import handler_of, verify_structure
 from compressor.io.data import Dataset
+from compressor.io.parallel import from_rank0, world
 from compressor.judge.metrics import evaluate
 from compressor.run.checkpoint import Checkpoints
 from compressor.run.pipeline import RunContext
@@ -25,12 +26,12 @@ def run_stages(stages: list[Stage], ctx: RunContext, heldout: Dataset, reference
     records = []
     for i, stage in enumerate(stages):
         ctx.stage_index = i
-        if ckpt is not None and resume and ckpt.finished(i, stage.name):
+        if from_rank0(ckpt is not None and resume and ckpt.finished(i, stage.name)):  # ranks agree
             ctx.reporter.log(f"stage {i + 1}: {stage.name} (restored from its checkpoint)")
             records.append(ckpt.restore(i, stage.name, ctx))
             continue
         records.append(run_model_stage(stage, ctx, heldout, reference))
-        if ckpt is not None:
+        if ckpt is not None and world()[0] == 0:  # only rank 0 of a data-parallel run writes
             ckpt.save(i, stage.name, ctx, records[-1])
     ctx.masks.apply(ctx.model)  # bake masks into the weights before export
     return records

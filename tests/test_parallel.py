@@ -1,0 +1,49 @@
+"""Data-parallel fine-tuning under torchrun (gloo, CPU): two processes through shrink,prune give one result, the same
+on both ranks and the same bytes run after run, through `torchrun` itself, the `--nproc` shortcut and `--resume`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN
+
+ARGS = [str(SAMPLES / "digits_mlp.pt2"), "--pipeline", "shrink,prune", "--data", str(HELDOUT), "--train-data",
+        str(TRAIN), "--set", "shrink.epochs=2", "--set", "prune.epochs_per_step=1", "--set", "prune.codebook=off",
+        "--set", "prune.target=0.5", "--quiet"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *cmd], env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_two_ranks_under_torchrun_agree_and_reproduce(tmp_path):
+    a, b = tmp_path / "torchrun", tmp_path / "nproc"
+    res = _run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "compressor", *ARGS,
+               "--out", str(a))
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _run("-m", "compressor", *ARGS, "--out", str(b), "--nproc", "2", "--keep-checkpoints")
+    assert res.returncode == 0, res.stderr[-2000:]
+    for out in (a, b):
+        report = json.loads((out / "report.json").read_text())
+        parallel = report["parallel"]
+        assert parallel["world_size"] == 2 and parallel["backend"] == "gloo", parallel
+        digests = parallel["state_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1], digests  # same weights and masks on both ranks
+        assert report["gate"]["passed"], report["gate"]
+        assert report["stages"][1]["sparsity"] >= 0.45, report["stages"][1]
+    for name in ("model.onnx", "model.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    first = (b / "model.safetensors").read_bytes()
+    res = _run("-m", "compressor", *ARGS, "--out", str(b), "--nproc", "2", "--resume")  # both ranks restore
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (b / "model.safetensors").read_bytes() == first
+
+
+def test_nproc_returns_rank_zeros_gate_exit_code(tmp_path):
+    res = _run("-m", "compressor", *ARGS, "--out", str(tmp_path / "o"), "--nproc", "2", "--set", "prune.target=0.9",
+               "--set", "prune.patience=0", "--max-drop", "0.01", "--floor", "accuracy=99.9")
+    assert res.returncode == 3, (res.returncode, res.stderr[-2000:])
+    assert "FAIL" in res.stdout
