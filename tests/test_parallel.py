@@ -1,5 +1,6 @@
-"""Data-parallel fine-tuning under torchrun (gloo, CPU): two processes through shrink,prune give one result, the same
-on both ranks and the same bytes run after run, through `torchrun` itself, the `--nproc` shortcut and `--resume`."""
+"""Data-parallel fine-tuning under torchrun (gloo, CPU): two processes through shrink,prune of a conv net with batch
+norm give one result, the same on both ranks and the same bytes run after run, through `torchrun` itself, the
+`--nproc` shortcut and `--resume`."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import sys
 
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN
 
-ARGS = [str(SAMPLES / "digits_mlp.pt2"), "--pipeline", "shrink,prune", "--data", str(HELDOUT), "--train-data",
+ARGS = [str(SAMPLES / "digits_cnn.pt2"), "--pipeline", "shrink,prune", "--data", str(HELDOUT), "--train-data",
         str(TRAIN), "--set", "shrink.epochs=2", "--set", "prune.epochs_per_step=1", "--set", "prune.codebook=off",
         "--set", "prune.target=0.5", "--quiet"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -33,7 +34,7 @@ def test_two_ranks_under_torchrun_agree_and_reproduce(tmp_path):
         digests = parallel["state_digests"]
         assert len(digests) == 2 and digests[0] == digests[1], digests  # same weights and masks on both ranks
         assert report["gate"]["passed"], report["gate"]
-        assert report["stages"][1]["sparsity"] >= 0.45, report["stages"][1]
+        assert report["stages"][1]["sparsity"] >= 0.3, report["stages"][1]
     for name in ("model.onnx", "model.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     first = (b / "model.safetensors").read_bytes()

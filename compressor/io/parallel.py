@@ -127,7 +127,7 @@ def state_digest(model: nn.Module, masks: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name, t in sorted({**model.state_dict(), **{f"mask:{k}": v for k, v in masks.items()}}.items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
