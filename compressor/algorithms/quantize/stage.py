@@ -94,12 +94,15 @@ _INSTANCES = itertools.count()
 class _Forms:
     """ONNX Runtime's static and dynamic int8 quantizers and our int8 weight-only rewrite, bound to one graph `base`
     and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`). Static forms all
-    calibrate `base` alike, so ORT's calibration cache (one per instance) computes the ranges once."""
+    calibrate `base` alike, so ORT's calibration cache computes the ranges once. `ranges_of`: another instance whose
+    cached ranges this one reuses (the 4-bit step's graphs: their MatMulNBits outputs keep the float MatMuls' names,
+    and their activations differ from the float graph's by the 4-bit rounding that auto's check then measures), so
+    each of the step's tries quantizes without calibrating again."""
 
     def __init__(self, base: Path, config: QuantizeConfig, sample: Dataset | None, exclude: list[str],
-                 tmp: Path) -> None:
+                 tmp: Path, ranges_of: "_Forms | None" = None) -> None:
         self.base, self.config, self.sample, self.exclude, self.tmp = base, config, sample, exclude, tmp
-        self.cache = tmp / f"calibration-{next(_INSTANCES)}.json"
+        self.cache = ranges_of.cache if ranges_of is not None else tmp / f"calibration-{next(_INSTANCES)}.json"
         self.extra = {"WeightSymmetric": True}
         if config.calibration == "Percentile":
             self.extra["CalibPercentile"] = config.percentile
@@ -226,7 +229,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     notes += [f"{n} ({passes.bounds})" if i == 0 else n for i, n in enumerate(auto_notes)]
                     if config.weight_bits == "auto":
                         notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
-                                             lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir), d),
+                                             lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir, forms), d),
                                              check_set)
                     notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
         except (StageError, DataError):
