@@ -29,6 +29,7 @@ from compressor.report.diff import diff_markdown, diff_rows, read_report, source
 from compressor.run.pipeline import RunOptions
 from compressor.run.launch import launch, without_option
 from compressor.run.progress import Reporter
+from compressor.run.ranges import parse_duration
 from compressor.run.recipe import is_recipe, load_recipe
 from compressor.run.runner import compress
 from compressor.stage import config_fields, type_label
@@ -131,6 +132,10 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and ONNX Runtime, "
                                           "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS "
                                           "\\[default: 1]."),
+    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Wall-clock budget for the stages (e.g. 30m, "
+                                             "2h, 900): past it no search or fine-tune starts new work and each "
+                                             "keeps the best state within budget found so far; export and "
+                                             "verification still run \\[default: none]."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Data-parallel processes for the fine-tuning "
                                         "stages on this machine: relaunches the command under torchrun "
                                         "--standalone --nproc-per-node N (DDP; gloo on CPU, nccl on CUDA) "
@@ -173,7 +178,8 @@ def run(
                          max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
                          recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
                          threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)),
-                         metric=pick(metric, settings.get("metric")))
+                         metric=pick(metric, settings.get("metric")),
+                         time_limit=parse_duration(pick(time_limit, settings.get("time_limit")), "--time-limit"))
     if launched():  # one rank of torchrun: join its process group; only rank 0 prints and writes
         options.device = start(options.device)
         quiet = options.quiet = quiet or world()[0] > 0

@@ -48,6 +48,7 @@ class FinetuneResult:
     best: Metrics | None
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    out_of_time: bool = False  # --time-limit ended it before its last step (the last epoch entry is partial)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], s: FinetuneSettings) -> torch.optim.Optimizer:
@@ -109,6 +110,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     `train_mode`, if given, is called after the model is put in training mode each epoch (e.g. to keep some
     modules' batch-norm statistics frozen). With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
     where a later epoch of equal validation metric is the more compressible one).
+    Past --time-limit (`ctx.out_of_time()`) no further step is taken: the epoch so far is validated and the best
+    state kept as usual.
     In a data-parallel run (io/parallel.py) each rank trains on its share of every batch's rows and DDP averages the
     gradients, so the steps are those of the whole batch.
     """
@@ -130,7 +133,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 train_mode(model)
             total, count, stats_sum = 0.0, 0, {}
             for i, batch in enumerate(train.batches(settings.batch_size, gen)):
-                if i >= steps:
+                if i >= steps or ctx.out_of_time():
+                    result.out_of_time = i < steps
                     break
                 opt.zero_grad(set_to_none=True)
                 batch = my_share(batch)
@@ -153,6 +157,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 total += float(loss.detach())
                 count += 1
                 task.advance(status=f"loss {total / count:.4f}")
+            if result.out_of_time and count == 0:
+                break  # nothing trained since the last validation
             set_train(model, False)
             sync_buffers(model)
             metrics = ctx.validate(model)
@@ -166,6 +172,9 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
             if select_best and better:
                 result.best, result.best_epoch = metrics, epoch
                 best_state = copy.deepcopy(model.state_dict())
+            if result.out_of_time:
+                entry["stopped"] = "time limit"
+                break
     if select_best:
         model.load_state_dict(best_state)
         ctx.masks.apply(model)

@@ -19,6 +19,7 @@ from torch import nn
 from compressor.judge.budget import BudgetDecision
 
 T = TypeVar("T")
+_END = object()
 C = TypeVar("C")
 
 
@@ -66,11 +67,17 @@ def attempt(change: Callable[[], T], judge: Callable[[], BudgetDecision], snapsh
     return Attempt(value, decision, kept)
 
 
-def first_within(candidates: Iterable[C], decision_of: Callable[[C], BudgetDecision | None]) -> list[C]:
-    """Draw candidates in order until one is within budget or unjudged (`decision_of` gives None); every candidate
-    drawn, in order. A generator fits each candidate only when drawn, and may free the rejected ones when resumed."""
+def first_within(candidates: Iterable[C], decision_of: Callable[[C], BudgetDecision | None],
+                 stop: Callable[[], bool] | None = None) -> list[C]:
+    """Draw candidates in order until one is within budget or unjudged (`decision_of` gives None), or `stop()` says
+    to draw no more (--time-limit; asked before every candidate after the first); every candidate drawn, in order.
+    A generator fits each candidate only when drawn, and may free the rejected ones when resumed."""
     tried: list[C] = []
-    for candidate in candidates:
+    drawn = iter(candidates)
+    while not (tried and stop is not None and stop()):  # asked before the next candidate is fitted
+        candidate = next(drawn, _END)
+        if candidate is _END:
+            break
         tried.append(candidate)
         decision = decision_of(candidate)
         if decision is None or decision.accepted:

@@ -6,6 +6,7 @@ Stages get the context and never write files; the runner owns every output (see 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from compressor.core.masks import MaskRegistry
 from compressor.errors import DataError
 from compressor.io.data import Dataset
 from compressor.io.load import LoadedModel
+from compressor.io.parallel import from_rank0
 from compressor.judge.budget import DEFAULT_CONFIDENCE, BudgetDecision
 from compressor.judge.decide import judge_model, stage_budget
 from compressor.judge.kind import MetricChoice
@@ -51,6 +53,7 @@ class RunOptions:
     threads: int = 1
     confidence: float = DEFAULT_CONFIDENCE  # --confidence: of the one-sided bound every stage decision uses
     metric: str | None = None  # --metric: accuracy | agreement | cosine | mse | a plugin's name (None: detected)
+    time_limit: float | None = None  # --time-limit, seconds: no stage starts new work after it (None: no limit)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class RunContext:
     max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (judge/budget.py)
     confidence: float = DEFAULT_CONFIDENCE
     metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
+    deadline: float | None = None  # time.perf_counter() value of --time-limit's end (None: no limit)
 
     @property
     def stage_seed(self) -> int:
@@ -88,6 +92,13 @@ class RunContext:
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.stage_seed)
+
+    def out_of_time(self) -> bool:
+        """Whether --time-limit has passed: searches and fine-tunes then start no new work and keep the best state
+        found within budget. In a data-parallel run rank 0's clock decides for every rank (io/parallel.py)."""
+        if self.deadline is None:
+            return False
+        return bool(from_rank0(time.perf_counter() > self.deadline))
 
     def require_training(self, stage: str) -> tuple[Dataset, Dataset]:
         if self.train is None or self.val is None:

@@ -67,11 +67,12 @@ class _Task:
             eta = f", ETA {elapsed / self.done * max(self.total - self.done, 0):.0f}s"
         self.reporter.log(f"{self.description}: step {self.done}{of} {status} | {elapsed:.0f}s{eta}")
 
-    def advance(self, n: int = 1, status: str = "") -> None:
+    def advance(self, n: int = 1, status: str = "", line: bool = False) -> None:
+        """`line`: this step always gets its plain line (a search's step, not a batch)."""
         self.done += n
         if self.progress is not None:
             self.progress.update(self.tid, advance=n, status=status)
-        self._line(status, force=self.total is None)
+        self._line(status, force=line or self.total is None)
 
     def status(self, status: str) -> None:
         if self.progress is not None:

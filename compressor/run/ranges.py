@@ -38,3 +38,22 @@ def check_ranges(options) -> None:
         low, high = FLOOR_RANGES.get(name, (-math.inf, math.inf))
         if not low <= _number(value, f"--floor {name}=") <= high:
             raise UsageError(f"--floor {name}={value}: expected a value from {low:g} to {high:g}")
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value, flag: str) -> float | None:
+    """Seconds from `90`, `90s`, `30m`, `1.5h` (None stays None); a usage error naming `flag` otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS.get(text[-1:], None) if text else None
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"{flag} {value!r}: expected a positive duration: seconds, or a number with s, m or h "
+                         "(e.g. 30m)")
+    return seconds

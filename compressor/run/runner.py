@@ -75,6 +75,7 @@ def _other_rank(options: RunOptions, stages: list[Stage], reporter: Reporter) ->
             ckpt = Checkpoints(options.out, fingerprint(options, stages), resume=True)
         ctx, heldout, _, reference, _ = prepare(options, reporter, copy_original=bool(model_stages))
         ctx.stage_configs = {s.name: s.config for s in stages}
+        ctx.deadline = None if options.time_limit is None else time.perf_counter() + options.time_limit
         run_stages(model_stages, ctx, heldout, reference, ckpt, options.resume)
         leave_group(ctx)
     finally:
@@ -90,6 +91,7 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     base = {"bytes": model_bytes_of(ctx.original),  # without a model stage the original is ctx.model: before int8
             "stored": None if model_stages else stored_bytes_later(ctx.original)}
     ctx.stage_configs = {s.name: s.config for s in stages}
+    ctx.deadline = None if options.time_limit is None else started + options.time_limit
     notes += resolution_notes(ctx, stages)
     params, nonzeros = count_params(ctx.model)
     records = run_stages(model_stages, ctx, heldout, reference, ckpt, options.resume)

@@ -53,6 +53,10 @@ def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: 
         raise StageError(f"stage {stage.name!r} failed: {type(exc).__name__}: {msg}") from exc
     if result.structure is not None:
         ctx.structures.append(result.structure)
+    if ctx.deadline is not None and time.perf_counter() > ctx.deadline:
+        result.notes.append("--time-limit reached by the end of this stage: its searches and fine-tunes started no "
+                            "new work after it and kept the best state within budget found by then (a result "
+                            "that depends on this machine's speed)")
     seconds = time.perf_counter() - start
     ctx.model = result.model
     ctx.masks.apply(ctx.model)

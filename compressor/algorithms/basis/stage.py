@@ -218,8 +218,10 @@ class BasisStage(Stage):
 
         # no total: one plain line per size tried (a known total would rate-limit them, run/progress.py)
         with ctx.reporter.task("basis size", None) as task:
-            fits = first_within(fitted(task), lambda fit: fit.decision)
+            fits = first_within(fitted(task), lambda fit: fit.decision, ctx.out_of_time)
         kept = fits[-1]
+        if kept.decision is not None and not kept.decision.accepted and len(fits) < len(levels):  # --time-limit
+            kept = SizeFit([None] * len(chosen), ctx.model)
         if kept.unchanged:
             ctx.masks.masks = masks
         notes = list(kept.notes)

@@ -161,8 +161,11 @@ class PruneStage(Stage):
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
         tunes: list[FinetuneResult] = []
-        with ctx.reporter.task("prune", None) as task:
+        with ctx.reporter.task("prune", len(self._step_targets())) as task:  # steps planned: an upper bound
             for step, target in enumerate(self._step_targets(), 1):
+                if ctx.out_of_time():
+                    stop_reason = f"--time-limit reached before step {step}: kept {kept:.1%}"
+                    break
                 masks = {n: ctx.masks.get(n) for n in names}
                 weights = {n: params[n] for n in names}
                 if cfg.policy == "lobster":
@@ -199,7 +202,7 @@ class PruneStage(Stage):
                 val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
                                 "drop_bound": round(decision.bound, 4), "rule": decision.rule})
-                task.advance(status=f"sparsity {sparsity:.1%} val {ctx.metric.name} {val:.4g}")
+                task.advance(status=f"sparsity {sparsity:.1%} val {ctx.metric.name} {val:.4g}", line=True)
                 ended = sparsity >= cfg.target - 1e-9 or (cfg.policy == "lobster"
                                                           and sparsity <= history[-2]["sparsity"])
                 if not decision.accepted:
@@ -259,6 +262,8 @@ class PruneStage(Stage):
         cfg = self.config
         if cfg.codebook == "off":
             return []
+        if ctx.out_of_time():
+            return ["weight sharing not tried: --time-limit reached"]
         notes = []
         for bits in dict.fromkeys((cfg.codebook_bits, 8) if cfg.codebook == "auto" else (cfg.codebook_bits,)):
             # kept only under the same budget rule as every pruning step (relative to the original model)

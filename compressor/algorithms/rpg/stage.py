@@ -247,7 +247,7 @@ class RpgStage(Stage):
 
         # no total: one plain line per ring size tried (a known total would rate-limit them, run/progress.py)
         with ctx.reporter.task("rpg ring size", None) as task:
-            fits = first_within(fitted(task), decision_of)
+            fits = first_within(fitted(task), decision_of, ctx.out_of_time)
         last = fits[-1]
         if last.decision is None or last.decision.accepted:
             return fits, last
