@@ -35,11 +35,12 @@ from compressor.judge.budget import BudgetDecision
 
 
 def ring_schedule(n0: int, generated: int, grow: bool, factor: float = 1.5) -> list[int]:
-    """The ring sizes to try, in order: N_0, then N_{i+1} = min(ceil(factor * N_i), T) up to the generated weights T
-    (only N_0 without growth)."""
+    """The ring sizes to try, in order: N_0, then N_{i+1} = ceil(factor * N_i) while it is below the generated weights
+    T (only N_0 without growth). Growth never reaches T: a ring as large as the weights it generates saves nothing,
+    so fitting it would only cost time (the stage keeps its input instead); N_0 = T is the user's explicit choice."""
     sizes = [n0]
-    while grow and sizes[-1] < generated:
-        sizes.append(min(max(math.ceil(factor * sizes[-1]), sizes[-1] + 1), generated))
+    while grow and max(math.ceil(factor * sizes[-1]), sizes[-1] + 1) < generated:
+        sizes.append(max(math.ceil(factor * sizes[-1]), sizes[-1] + 1))
     return sizes
 
 

@@ -54,8 +54,8 @@ class RpgConfig:
     ring_size: int | None = option(None, "absolute ring size N")
     grow: bool = option(True, "if the fine-tuned ring is over budget on validation (the run's paired upper bound, "
                               "see max_drop), grow N by grow_factor (ring_size / ring_fraction / dof_fraction is the "
-                              "start), at most up to the generated weights, until one is within; if none is, keep "
-                              "the lowest bound (false: keep the first N whatever it costs)")
+                              "start), while below the generated weights, until one is within; if none is, keep "
+                              "the stage's input (false: keep the first N whatever it costs)")
     grow_factor: float = option(1.5, "factor between successive ring sizes tried (1.05 to 10)")
     max_drop: float | None = option(None, "the stage's own budget in points of the metric (default: half the "
                                           "run's --max-drop when quantize follows, which spends the rest; else all "
@@ -183,6 +183,7 @@ class RpgStage(Stage):
         generated = sum(w.numel for w in chosen)
         sizes = ring_schedule(ring_size_for(cfg, total_params, generated), generated, cfg.grow, cfg.grow_factor)
         names = [w.name for w in chosen]
+        input_masks = ctx.masks.state()
         keep = take_masks(ctx, names)
         layers, offset = [], 0
         for w in chosen:
@@ -191,6 +192,10 @@ class RpgStage(Stage):
             offset += w.numel
         budget = self.budget(ctx)
         fits, chosen_fit = self._search(ctx, sizes, layers, keep, generated, budget)
+        if cfg.grow and chosen_fit.decision is not None and not chosen_fit.decision.accepted:
+            for name, mask in input_masks.items():
+                ctx.masks.set(name, mask)
+            return self._input_kept(ctx, fits, generated, budget)
         model, layout, n = chosen_fit.model, chosen_fit.layout, chosen_fit.n
         dof = unique_param_count(model)
         notes = [f"{len(layers)} weights ({generated:,} values) generated from a ring of N={n:,} "
@@ -215,6 +220,15 @@ class RpgStage(Stage):
         entry = {"kind": "rpg", **layout.as_dict(), "masked": keep is not None, "checksum": model.checksum()}
         ctx.weights = [w for w in ctx.weights if w.name not in set(names)] + [WeightInfo(RING_NAME, (n,), "other")]
         return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx)
+
+    def _input_kept(self, ctx: StageContext, fits: list[RingFit], generated: int, budget: float) -> StageResult:
+        """No ring size below the generated weights is within budget: the stage's input, unchanged, and why."""
+        tried = "; ".join(f"N={f.n:,} ({f.n / generated:.0%}): bound {f.decision.bound:.2f}" for f in fits)
+        notes = [f"WARNING: no ring smaller than the {generated:,} generated weights is within budget "
+                 f"({budget:.2f} points; {tried}): rpg kept its input (a ring of all the generated weights would "
+                 "save nothing, so it is not fitted); a larger --val-data, --max-drop or rpg.epochs leaves room"]
+        return StageResult(model=ctx.model, notes=notes, metrics={
+            "ring_sizes_tried": [f.summary(generated) for f in fits], "kept_input": True})
 
     def budget(self, ctx: StageContext) -> float:
         """rpg's share of the run's budget (RunContext.stage_budget): rpg.max_drop, else half of --max-drop when a
@@ -273,10 +287,6 @@ class RpgStage(Stage):
                 f"{ctx.max_drop:.2f}); " + (f"N x {cfg.grow_factor:g} while over" if cfg.grow else
                                             "rpg.grow=false: N is not grown"))
         notes += [rule, f"ring sizes tried: {tried}"]
-        if chosen.n == generated and len(fits) > 1:
-            notes.append(f"WARNING: only a ring as large as the {generated:,} generated weights is within budget: "
-                         "rpg saves no parameters on this model and data (a larger --val-data or --max-drop, or a "
-                         "smaller model, leaves room)")
         if not chosen.decision.accepted:
             notes.append(f"WARNING: no ring size tried is within budget on validation: kept N={chosen.n:,}, the "
                          f"lowest bound ({chosen.decision.describe()}); the run's gate reports the result")
