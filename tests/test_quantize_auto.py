@@ -272,3 +272,38 @@ def test_a_huge_block_costs_no_more_memory_than_the_weight():
     weight = Int8Weight(torch.ones(8, 2, dtype=torch.int8), torch.ones(1, 2), torch.zeros(1, 2, dtype=torch.int8),
                         0, 1 << 40, bits=8)
     assert torch.equal(weight.dequantize(), torch.ones(8, 2))
+
+
+def _affine_graph(path, weight: np.ndarray) -> None:
+    """y = x W: a float graph standing in for a quantized candidate (its outputs are whatever W makes them)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [numpy_helper.from_array(weight.astype(np.float32), "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def test_auto_check_stops_a_failing_candidate_early_with_the_whole_sets_decision(tmp_path):
+    from compressor.algorithms.quantize.auto import CHECK_CHUNK, checker
+    from compressor.io.data import Dataset
+
+    gen = np.random.default_rng(0)
+    check = Dataset({"x": torch.from_numpy(gen.standard_normal((4 * CHECK_CHUNK, 8)).astype(np.float32))}, None, "t")
+    _affine_graph(tmp_path / "float.onnx", np.eye(8))
+    passes = checker(tmp_path / "float.onnx", check, (0.985, 0.995))
+    _affine_graph(tmp_path / "same.onnx", np.eye(8))
+    ok, how = passes(tmp_path / "same.onnx")
+    assert ok and "first" not in how
+    _affine_graph(tmp_path / "bad.onnx", np.eye(8) + 0.5 * gen.standard_normal((8, 8)))
+    ok, how = passes(tmp_path / "bad.onnx")
+    assert not ok and f"on the first {CHECK_CHUNK} of {4 * CHECK_CHUNK} samples" in how, how
+    # a slightly perturbed graph fails only on the mean over the whole set: decided where the mean can no longer pass
+    _affine_graph(tmp_path / "near.onnx", np.eye(8) + 0.06 * gen.standard_normal((8, 8)))
+    ok, how = passes(tmp_path / "near.onnx")
+    from compressor.algorithms.quantize.auto import output_cosine
+    from compressor.io.calls import onnx_predict
+    from compressor.io.onnx_export import ort_session
+    full = output_cosine(onnx_predict(ort_session(tmp_path / "near.onnx"), check), passes.ref)
+    assert ok == (full[0] >= 0.985 and full[1] >= 0.995), (how, full)
