@@ -26,7 +26,8 @@ from torch.nn.utils import prune as torch_prune
 
 from compressor.algorithms.prune.codebook import SharedWeights, share_weights
 from compressor.algorithms.prune.policies import ranked_masks
-from compressor.algorithms.prune.stage import PruneConfig, prune_targets
+from compressor.algorithms.prune.config import PruneConfig
+from compressor.algorithms.prune.stage import prune_targets
 from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.io.safetensors_io import save_weights

@@ -17,80 +17,24 @@ docs/ALGORITHMS.md §2).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from compressor.algorithms.prune.codebook import SharedWeights, share_weights
+from compressor.algorithms.prune.config import DEFAULT_BATCH, DEFAULT_LR, PruneConfig
 from compressor.algorithms.prune.notes import finetune_note, uncovered_note
 from compressor.algorithms.prune.policies import lobster_masks, ranked_masks
 from compressor.core.contract import StageContext
 from compressor.core.finetune import FinetuneResult, FinetuneSettings, distill_hook, finetune, task_loss
 from compressor.core.layers import select_names
+from compressor.core.lr_probe import ProbeResult, fit_lr
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
 from compressor.io.calls import call_model, set_train
 from compressor.judge.search import Snapshot, attempt
-from compressor.stage import Stage, StageResult, option
+from compressor.stage import Stage, StageResult
 
 
-DEFAULT_LR, DEFAULT_BATCH = 1e-3, 64  # fine-tunes without selective shrinkage, and the codebook's (lr / 2)
-
-
-@dataclass
-class PruneConfig:
-    policy: Literal["blinded", "uniform", "distribution", "lobster"] = option(
-        "blinded", "saliency policy: class-blinded, class-uniform, class-distribution (Stier et al.) or LOBSTER")
-    rate: float = option(0.1, "fraction of the remaining weights pruned per step")
-    schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate")
-    target: float = option(0.9, "stop once this sparsity (over the prunable weights) is reached")
-    max_drop: float | None = option(None, "stop when validation is more than this much worse than the baseline "
-                                          "(points of the run's metric; mse: its rise); default: half of --max-drop "
-                                          "when a stage follows (quantize spends points too), else --max-drop")
-    patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping")
-    epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step")
-    max_steps: int = option(40, "upper bound on pruning steps")
-    lookahead: int = option(2, "steps pruned past an over-budget one before stopping at the last step within it")
-    lr: float | None = option(None, "fine-tuning learning rate (default: shrink's with selective shrinkage, else "
-                                    "1e-3)")
-    batch_size: int | None = option(None, "fine-tuning batch size (default: shrink's with selective shrinkage, "
-                                          "else 64)")
-    max_steps_per_epoch: int = option(0, "cap on optimizer steps per fine-tuning epoch (0: a full pass; a large "
-                                      "training set on a transformer: e.g. 100)")
-    shrinkage: Literal["auto", "on", "off"] = option("auto", "fine-tune with selective shrinkage between steps "
-                                                     "(auto: when shrink precedes prune)")
-    include: tuple[str, ...] = option((), "glob patterns of prunable parameters (default: conv/linear weights)")
-    exclude: tuple[str, ...] = option((), "glob patterns never pruned")
-    lobster_twt: float = option(0.05, "LOBSTER: validation loss may grow by this fraction per step")
-    codebook: Literal["auto", "on", "off"] = option("auto", "share non-zeros through a 2^bits k-means codebook: "
-                                                    "auto keeps it only if validation stays within max_drop")
-    codebook_bits: int = option(4, "codebook index width (4 bits = 16 shared values per layer)")
-    codebook_epochs: int = option(3, "fine-tuning epochs of the shared values (trained quantization)")
-    distill: float = option(0.0, "with labels: weight of a distillation term to the original model's outputs in "
-                                 "every fine-tune (KL at temperature, x T^2; Hinton et al. 2015); 0 = labels only")
-    temperature: float = option(2.0, "distillation temperature T")
-
-    def validate(self) -> str | None:
-        if not 0 < self.rate < 1:
-            return "rate must be in (0, 1)"
-        if not 0 < self.target < 1:
-            return "target must be in (0, 1)"
-        if any(not 0 < s < 1 for s in self.schedule) or list(self.schedule) != sorted(self.schedule):
-            return "schedule must be increasing sparsities in (0, 1)"
-        if self.codebook_bits not in (1, 2, 4, 8):
-            return "codebook_bits must be 1, 2, 4 or 8"
-        if self.epochs_per_step < 0 or self.max_steps < 1 or self.lookahead < 0:
-            return "epochs_per_step and lookahead must be >= 0 and max_steps >= 1"
-        bad_lr = self.lr is not None and self.lr <= 0
-        bad_batch = self.batch_size is not None and self.batch_size < 1
-        if bad_batch or bad_lr or self.patience < 0 or self.codebook_epochs < 0:
-            return "batch_size must be >= 1, lr > 0, patience and codebook_epochs >= 0"
-        if self.distill < 0 or self.temperature <= 0:
-            return "distill must be >= 0 and temperature > 0"
-        if (self.max_drop is not None and self.max_drop < 0) or self.lobster_twt < 0 or self.max_steps_per_epoch < 0:
-            return "max_drop, lobster_twt and max_steps_per_epoch must be >= 0"
-        return None
 
 
 def prune_targets(weights, cfg) -> list[str]:
@@ -157,6 +101,7 @@ class PruneStage(Stage):
         if use_shrink:  # prune's own lr / batch_size, when set, apply to its fine-tunes with shrinkage too
             shrink_cfg = dataclasses.replace(shrink_cfg, lr=cfg.lr or shrink_cfg.lr,
                                              batch_size=cfg.batch_size or shrink_cfg.batch_size)
+        self.probe: ProbeResult | None = None  # fitted at the first fine-tune without shrinkage (prune.lr unset)
         good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
@@ -233,6 +178,8 @@ class PruneStage(Stage):
                      f"{budget:.2f} points (" + ("prune.max_drop, at most --max-drop)" if cfg.max_drop is not None
                                                  else f"prune's default share of --max-drop {ctx.max_drop:g})"))
         notes += filter(None, [finetune_note(tunes, cfg.epochs_per_step)])
+        if self.probe is not None:
+            notes.append(f"fine-tunes at {self.probe.describe()}")
         notes += self._share(ctx, names)
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
@@ -246,10 +193,26 @@ class PruneStage(Stage):
         if use_shrink:
             return run_shrinkage(ctx, shrink_cfg, cfg.epochs_per_step, desc, keep_start=True,
                                  max_steps_per_epoch=cfg.max_steps_per_epoch, extra_loss=self._distill(ctx))[0]
-        settings = FinetuneSettings(epochs=cfg.epochs_per_step, lr=cfg.lr or DEFAULT_LR,
+        settings = FinetuneSettings(epochs=cfg.epochs_per_step, lr=self._lr(ctx),
                                     batch_size=cfg.batch_size or DEFAULT_BATCH,
                                     max_steps_per_epoch=cfg.max_steps_per_epoch)
         return finetune(ctx, ctx.model, settings, desc=desc, loss_hook=self._distill(ctx))
+
+    def _lr(self, ctx: StageContext) -> float:
+        """prune.lr, else the rate the probe fitted at this stage's first fine-tune (core/lr_probe.py)."""
+        if self.config.lr is not None:
+            return self.config.lr
+        if self.probe is None:
+            distill = self._distill(ctx)
+
+            def loss(model, batch, out):
+                value = task_loss(ctx, model, batch, out)
+                return value if distill is None else value + distill(model, batch, out)
+
+            self.probe = fit_lr(ctx, ctx.model, DEFAULT_LR, self.config.batch_size or DEFAULT_BATCH, loss,
+                                ctx.stage_seed + 1)
+            ctx.reporter.log(f"prune: {self.probe.describe()}")
+        return self.probe.lr
 
     def _distill(self, ctx: StageContext):
         """The distillation term of prune's fine-tunes (prune.distill), or None."""
@@ -281,7 +244,7 @@ class PruneStage(Stage):
         sizes = share_weights(ctx.model, names, bits)
         if cfg.codebook_epochs:
             shared = SharedWeights(ctx.model, names)
-            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=(cfg.lr or DEFAULT_LR) / 2,
+            finetune(ctx, ctx.model, FinetuneSettings(epochs=cfg.codebook_epochs, lr=self._lr(ctx) / 2,
                                                       batch_size=cfg.batch_size or DEFAULT_BATCH,
                                                       max_steps_per_epoch=cfg.max_steps_per_epoch),
                      desc="codebook fine-tune", step_hook=shared.step_hook, loss_hook=self._distill(ctx))
