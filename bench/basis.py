@@ -16,6 +16,7 @@ import torch
 
 from compressor.algorithms.basis.stage import BasisConfig, BasisStage
 from compressor.export.onnx import compact_int8, export_model
+from compressor.io.onnx_export import export_onnx_proto
 from compressor.run.pipeline import RunOptions
 from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter

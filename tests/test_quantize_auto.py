@@ -307,3 +307,32 @@ def test_auto_check_stops_a_failing_candidate_early_with_the_whole_sets_decision
     from compressor.io.onnx_export import ort_session
     full = output_cosine(onnx_predict(ort_session(tmp_path / "near.onnx"), check), passes.ref)
     assert ok == (full[0] >= 0.985 and full[1] >= 0.995), (how, full)
+
+
+def test_auto_check_of_a_regression_output_stops_early_only_when_decided(tmp_path):
+    from onnx import TensorProto, helper
+
+    from compressor.algorithms.quantize.auto import CHECK_CHUNK, checker, output_error
+    from compressor.io.calls import onnx_predict
+    from compressor.io.data import Dataset
+    from compressor.io.onnx_export import ort_session
+
+    def graph(path, w):
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                              [numpy_helper.from_array(w.astype(np.float32).reshape(8, 1), "W")])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+    gen = np.random.default_rng(1)
+    check = Dataset({"x": torch.from_numpy(gen.standard_normal((4 * CHECK_CHUNK, 8)).astype(np.float32))}, None, "t")
+    w = gen.standard_normal(8)
+    graph(tmp_path / "float.onnx", w)
+    passes = checker(tmp_path / "float.onnx", check, (0.985, 0.995))
+    assert passes.narrow
+    for name, scale, early in (("bad", 1.0, True), ("close", 1e-3, False)):
+        graph(tmp_path / f"{name}.onnx", w + scale * gen.standard_normal(8))
+        ok, how = passes(tmp_path / f"{name}.onnx")
+        rel, worst = output_error(onnx_predict(ort_session(tmp_path / f"{name}.onnx"), check), passes.ref)
+        assert ok == (rel <= passes.limits[0] and worst <= passes.limits[1]), (how, rel, worst)
+        assert ("on the first" in how) == early, how

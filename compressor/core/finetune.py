@@ -22,7 +22,7 @@ from torch import nn
 from compressor.core.contract import StageContext
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
-from compressor.io.parallel import data_parallel, my_share, sync_buffers
+from compressor.io.parallel import data_parallel, my_share, share_weight, sync_buffers
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
 
@@ -137,12 +137,12 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                     result.out_of_time = i < steps
                     break
                 opt.zero_grad(set_to_none=True)
-                batch = my_share(batch)
+                rows, batch = len(batch), my_share(batch)
                 out = call_model(trained, batch, ctx.device)
                 loss = task_loss(ctx, model, batch, out)
                 if loss_hook is not None:
                     loss = loss + loss_hook(model, batch, out)
-                loss.backward()
+                (loss * share_weight(rows)).backward()
                 if grad_hook is not None:
                     for k, v in (grad_hook(model, step) or {}).items():
                         stats_sum[k] = stats_sum.get(k, 0.0) + v
@@ -175,6 +175,9 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
             if result.out_of_time:
                 entry["stopped"] = "time limit"
                 break
+    if len(result.history) == 1:  # --time-limit before the first step: the start is the result
+        result.best = result.best or start or ctx.validate(model)
+        result.history[0]["val"] = result.best.value
     if select_best:
         model.load_state_dict(best_state)
         ctx.masks.apply(model)

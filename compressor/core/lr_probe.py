@@ -9,8 +9,9 @@ How, after Smith's learning-rate range test ("Cyclical learning rates for traini
 but judged on training rows the probe never trains on: from the same state, PROBE_STEPS optimizer steps at each
 candidate rate (the default, then /3, /10, /30, /100) on the same seeded batches of the other training rows, then
 the training loss on the held-aside rows. The largest rate whose loss is within PROBE_TOLERANCE of the lowest is
-chosen: the default stays unless a smaller rate is clearly better. The model's state and torch's global random
-state are restored after each candidate, so a probe that keeps the default changes nothing else in the run.
+chosen: the default stays unless a smaller rate is clearly better. The model's state is restored after each
+candidate and torch's random streams after the probe, so a probe that keeps the default changes nothing else in
+the run; in a data-parallel run rank 0's choice is every rank's.
 Validation is not used (it judges the fine-tuned result), nor held-out data.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from compressor.core.contract import StageContext
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
+from compressor.io.parallel import from_rank0
 
 FACTORS = (1.0, 1 / 3, 1 / 10, 1 / 30, 1 / 100)
 PROBE_STEPS = 20      # optimizer steps per candidate (fewer on a small training set: at most half an epoch)
@@ -39,6 +41,8 @@ class ProbeResult:
     start: float                # that loss before any step
 
     def describe(self) -> str:
+        if not self.losses:
+            return f"lr {self.lr:.0e} (the default: too few training rows for the probe)"
         tried = ", ".join(f"{lr:.0e}: {loss:.4g}" for lr, loss in self.losses.items())
         return (f"lr {self.lr:.0e} fitted by a short probe ({len(self.losses)} rates from the same state, loss on "
                 f"held-aside training rows {self.start:.4g} before; after: {tried})")
@@ -51,9 +55,19 @@ def fit_lr(ctx: StageContext, model: nn.Module, default: float, batch_size: int,
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train), generator=gen)
     held = min(PROBE_ROWS, len(train) // 5)
+    if held < 2:
+        return ProbeResult(default, {}, math.nan)  # too few training rows to hold any aside
     aside, rest = train.subset(order[:held]), train.subset(order[held:])
     steps = max(1, min(PROBE_STEPS, math.ceil(len(rest) / batch_size) // 2))
-    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the run's random streams as they were
+        result = _probe(ctx, model, default, batch_size, loss_fn, seed, aside, rest, steps)
+    return ProbeResult(from_rank0(result.lr), result.losses, result.start)  # one rate on every rank
+
+
+def _probe(ctx: StageContext, model: nn.Module, default: float, batch_size: int, loss_fn, seed: int,
+           aside: Dataset, rest: Dataset, steps: int) -> ProbeResult:
+    state = copy.deepcopy(model.state_dict())
     start = _loss(ctx, model, aside, loss_fn)
     losses = {}
     try:
@@ -71,10 +85,8 @@ def fit_lr(ctx: StageContext, model: nn.Module, default: float, batch_size: int,
             set_train(model, False)
             losses[lr] = _loss(ctx, model, aside, loss_fn)
             model.load_state_dict(state)
-            torch.set_rng_state(rng)
     finally:
         model.load_state_dict(state)
-        torch.set_rng_state(rng)
         set_train(model, False)
     finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
     if not finite:

@@ -216,3 +216,22 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.max(np.abs(a.numpy() - b.numpy()))) if a.numel() else 0.0
+
+
+# ops that quantize their input with a scale taken from the whole batch at run time (ONNX Runtime's dynamic forms)
+RUN_TIME_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of the graph and of its subgraphs (If / Loop / Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from all_nodes(sub)
+
+
+def run_time_quantized(graph: onnx.GraphProto) -> bool:
+    """Whether the graph computes an activation scale from each batch (dynamic int8): a sample's outputs then
+    depend on the batch it runs in."""
+    return any(node.op_type in RUN_TIME_QUANTIZERS for node in all_nodes(graph))

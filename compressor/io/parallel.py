@@ -61,10 +61,17 @@ def backend() -> str | None:
 
 
 def my_rows(n: int) -> torch.Tensor:
-    """This rank's rows of n: rank, rank + size, ... (all of them when there are fewer rows than ranks, so every
-    rank still takes part in the step)."""
+    """This rank's rows of n: rank, rank + size, ... (all of them when there are fewer than two rows a rank, so every
+    rank takes part in the step with at least two rows: batch norm in training refuses one)."""
     rank, size = world()
-    return torch.arange(rank, n, size) if n >= size else torch.arange(n)
+    return torch.arange(rank, n, size) if n >= 2 * size else torch.arange(n)
+
+
+def share_weight(n: int) -> float:
+    """The factor on this rank's mean loss over its rows of a batch of n that makes DDP's average of the ranks'
+    gradients the gradient of the whole batch's mean loss when the shares differ in size (1 when they do not)."""
+    rank, size = world()
+    return len(my_rows(n)) * size / n if n >= 2 * size else 1.0
 
 
 def my_share(data: Dataset) -> Dataset:
@@ -75,7 +82,7 @@ def my_share(data: Dataset) -> Dataset:
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     """The [n, ...] tensor whose interleaved shares (`my_rows`) the ranks computed, on every rank, in sample order."""
     rank, size = world()
-    if size == 1 or n < size:
+    if size == 1 or n < 2 * size:
         return local
     width = -(-n // size)
     device = torch.device("cuda", torch.cuda.current_device()) if backend() == "nccl" else torch.device("cpu")
@@ -93,11 +100,12 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
 def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` wrapped in DistributedDataParallel inside a process group (its gradients averaged over the ranks in
     backward); the model itself otherwise. `static_graph`: the parameters a forward uses are the same at every step,
-    and some may go unused (a stage may train only part of a model)."""
+    and some may go unused (a stage may train only part of a model). Buffers are not sent at every step (rpg's
+    index maps are large and constant); `sync_buffers` gives every rank rank 0's before each validation."""
     if world()[1] == 1 or not any(p.requires_grad for p in model.parameters()):
         return model
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=True, broadcast_buffers=False)
 
 
 def sync_buffers(model: nn.Module) -> None:

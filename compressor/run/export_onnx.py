@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
 from compressor.export.onnx import compact_int8, export_model
@@ -82,20 +81,3 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
               "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes,
               "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out), "bytes": file_sizes(onnx_path)["size"]}
     return record, session, q_out, compact is not None
-
-
-# ops that quantize their input with a scale taken from the whole batch at run time (ONNX Runtime's dynamic forms)
-RUN_TIME_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
-
-
-def all_nodes(graph: onnx.GraphProto):
-    """Every node of the graph and of its subgraphs (If / Loop / Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from all_nodes(sub)
-
-
-def run_time_quantized(graph: onnx.GraphProto) -> bool:
-    return any(node.op_type in RUN_TIME_QUANTIZERS for node in all_nodes(graph))

@@ -11,7 +11,7 @@ import torch
 from compressor.export.int8_weights import match_int8
 from compressor.export.rebuild import source_record
 from compressor.io.safetensors_io import save_weights
-from compressor.run.export_onnx import run_time_quantized
+from compressor.io.onnx_export import run_time_quantized
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.stage import Stage, config_as_dict
 from compressor.version import __version__

@@ -102,6 +102,7 @@ class PruneStage(Stage):
             shrink_cfg = dataclasses.replace(shrink_cfg, lr=cfg.lr or shrink_cfg.lr,
                                              batch_size=cfg.batch_size or shrink_cfg.batch_size)
         self.probe: ProbeResult | None = None  # fitted at the first fine-tune without shrinkage (prune.lr unset)
+        self.use_shrink = use_shrink
         good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
@@ -202,6 +203,8 @@ class PruneStage(Stage):
         """prune.lr, else the rate the probe fitted at this stage's first fine-tune (core/lr_probe.py)."""
         if self.config.lr is not None:
             return self.config.lr
+        if self.use_shrink or ctx.out_of_time():  # the codebook's rate under shrinkage; no probe past the limit
+            return DEFAULT_LR if self.probe is None else self.probe.lr
         if self.probe is None:
             distill = self._distill(ctx)
 

@@ -31,7 +31,7 @@ import torch
 from compressor.algorithms.quantize.taps import tapped
 from compressor.io.calls import onnx_predict
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import ort_session
+from compressor.io.onnx_export import ort_session, run_time_quantized
 
 WEIGHTED = ("MatMul", "Gemm", "Conv")
 LISTED = 12  # node names spelled out in a note (worst first)
@@ -183,8 +183,10 @@ class OutputCheck:
 
     def __call__(self, path: Path) -> tuple[bool, str]:
         session, n, outs = ort_session(path), len(self.check), []
-        for start in range(0, n, CHECK_CHUNK):  # stops once the rest of the set cannot make it pass
-            rows = torch.arange(start, min(start + CHECK_CHUNK, n))
+        dynamic = run_time_quantized(onnx.load(str(path), load_external_data=False).graph)
+        chunk = n if dynamic else CHECK_CHUNK  # a scale taken at run time spans the whole batch: run it whole
+        for start in range(0, n, chunk):  # stops once the rest of the set cannot make it pass
+            rows = torch.arange(start, min(start + chunk, n))
             outs.append(onnx_predict(session, self.check.subset(rows)))
             if len(rows) + start < n and self._fails_whatever_follows(torch.cat(outs), n):
                 break
@@ -192,7 +194,7 @@ class OutputCheck:
         ref = self.ref[:len(out)]
         seen = "" if len(out) == n else f" on the first {len(out)} of {n} samples, failing whatever the rest give"
         if self.narrow:
-            rel, worst = output_error(out, ref)
+            rel, worst = output_error(out, ref) if len(out) == n else self._narrow_so_far(out)
             ok = rel <= self.limits[0] and worst <= self.limits[1] and len(out) == n
             how = f"relative error to float mse / variance {rel:.4f} / max |error| / std {worst:.4f}{seen}"
         else:
@@ -211,17 +213,23 @@ class OutputCheck:
         (both only grow). The same decision as the whole set's, sooner."""
         ref = self.ref[:len(out)]
         if self.narrow:
-            err = (out.double() - ref.double()).reshape(-1)
-            full = self.ref.double().reshape(-1)
-            var = float(full.var(unbiased=False)) if full.numel() > 1 else 0.0
-            scale = var if var > 0 else (float(full.square().mean()) or 1.0)
-            return (float(err.abs().max()) / scale ** 0.5 > self.limits[1]
-                    or float(err.square().sum()) / (full.numel() * scale) > self.limits[0])
+            rel, worst = self._narrow_so_far(out)
+            return rel > self.limits[0] or worst > self.limits[1]
         o, r = out.reshape(len(out), -1).double(), ref.reshape(len(ref), -1).double()
         if o.shape[1] == 1:
             return False
         cos = torch.nn.functional.cosine_similarity(o, r, dim=1, eps=1e-12)
         return float(cos.min()) < self.cosine[0] or float(cos.sum()) + (n - len(out)) < self.cosine[1] * n
+
+
+    def _narrow_so_far(self, out: torch.Tensor) -> tuple[float, float]:
+        """`output_error` of the first samples' outputs on the whole set's scale and count: lower bounds of the
+        whole set's (mse / variance, max |error| / std), which both only grow as samples come in."""
+        err = (out.double() - self.ref[:len(out)].double()).reshape(-1)
+        full = self.ref.double().reshape(-1)
+        var = float(full.var(unbiased=False)) if full.numel() > 1 else 0.0
+        scale = var if var > 0 else (float(full.square().mean()) or 1.0)
+        return float(err.square().sum()) / (full.numel() * scale), float(err.abs().max()) / scale ** 0.5
 
 
 def checker(work: Path, check: Dataset, bounds: tuple[float, float],

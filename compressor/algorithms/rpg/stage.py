@@ -224,7 +224,8 @@ class RpgStage(Stage):
     def _input_kept(self, ctx: StageContext, fits: list[RingFit], generated: int, budget: float) -> StageResult:
         """No ring size below the generated weights is within budget: the stage's input, unchanged, and why."""
         tried = "; ".join(f"N={f.n:,} ({f.n / generated:.0%}): bound {f.decision.bound:.2f}" for f in fits)
-        notes = [f"WARNING: no ring smaller than the {generated:,} generated weights is within budget "
+        why = " (--time-limit ended the search)" if ctx.out_of_time() else ""
+        notes = [f"WARNING: no ring smaller than the {generated:,} generated weights is within budget{why} "
                  f"({budget:.2f} points; {tried}): rpg kept its input (a ring of all the generated weights would "
                  "save nothing, so it is not fitted); a larger --val-data, --max-drop or rpg.epochs leaves room"]
         return StageResult(model=ctx.model, notes=notes, metrics={
@@ -247,7 +248,8 @@ class RpgStage(Stage):
             for n in sizes:
                 task.status(f"N={n:,} ({n / generated:.0%} of the generated weights, at most {len(sizes)} sizes): "
                             "projecting")
-                base = ctx.model if len(sizes) == 1 else copy.deepcopy(ctx.model)
+                # a copy unless the one size is kept whatever it costs (grow=false): the input may be kept instead
+                base = ctx.model if len(sizes) == 1 and not self.config.grow else copy.deepcopy(ctx.model)
                 fit = fit_ring(ctx, self.config, base, layers, n, keep, budget, task.status)
                 task.advance(status=f"N={n:,}: " + ("no validation data" if fit.decision is None else
                                                     f"projection val {fit.projection_val:.4g}, fine-tuned val "
