@@ -146,6 +146,8 @@ def run(
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
+    if nproc is not None and launched() and nproc != int(os.environ["WORLD_SIZE"]):
+        raise UsageError(f"--nproc {nproc} under a launcher of {os.environ['WORLD_SIZE']} processes: drop --nproc")
     if nproc is not None and nproc > 1 and not launched():
         raise typer.Exit(launch(nproc, without_option(ctx.meta[ARGV][1:], "--nproc")))
     names, recipe_options, settings = pipeline.split(","), {}, {}

@@ -73,8 +73,8 @@ class Checkpoints:
                 raise OutputError(f"--resume: {out} holds no checkpoints of an interrupted run")
             saved = read_json(marker, ("fingerprint",))["fingerprint"]
             if saved != fp:
-                raise ResumeError(f"--resume: the checkpoints in {out} were made from a different model, data, seed "
-                                  "or recipe (fingerprint mismatch); start a new run in an empty --out")
+                raise ResumeError(f"--resume: the checkpoints in {out} were made from a different model, data, seed, "
+                                  "recipe, --nproc or --time-limit (fingerprint mismatch); start a new run in an empty --out")
 
     def _dir(self, index: int, name: str) -> Path:
         return self.root / f"stage-{index:02d}-{name}"
