@@ -170,6 +170,7 @@ class PruneStage(Stage):
             good.restore()
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        ctx.reporter.log(f"prune: {notes[0]}")  # the terminal says where it stopped and what it kept
         coverage = uncovered_note(ctx.model, names)
         if coverage:
             notes.append(coverage)
