@@ -77,8 +77,7 @@ def task_loss(ctx: StageContext, model: nn.Module, batch: Dataset, out: torch.Te
     loss_kind = ctx.metric.loss
     if batch.labels is not None and loss_kind == "ce":
         return nn.functional.cross_entropy(out.reshape(out.shape[0], -1), batch.labels.to(out.device))
-    with torch.no_grad():
-        target = call_model(ctx.original, batch, ctx.device)
+    target = ctx.teacher(batch)
     return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)
 
 
@@ -91,8 +90,7 @@ def distill_hook(ctx: StageContext, weight: float, temperature: float):
     def hook(model: nn.Module, batch, out: torch.Tensor) -> torch.Tensor:
         if batch.labels is None:
             return out.new_zeros(())
-        with torch.no_grad():
-            target = call_model(ctx.original, batch, ctx.device).reshape(out.shape[0], -1)
+        target = ctx.teacher(batch).reshape(out.shape[0], -1)
         log_p = torch.log_softmax(out.reshape(out.shape[0], -1) / temperature, -1)
         kl = nn.functional.kl_div(log_p, torch.log_softmax(target / temperature, -1), log_target=True,
                                     reduction="batchmean")

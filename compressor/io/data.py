@@ -7,8 +7,9 @@ held to the archive limits of `compressor.io.archive` before anything is inflate
 """
 from __future__ import annotations
 
+import itertools
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -19,22 +20,34 @@ from compressor.errors import DataError
 from compressor.io.archive import check_limits
 
 LABEL_KEY = "y"
+_ROOTS = itertools.count()  # a token per loaded set: subsets carry their root's
 
 
 @dataclass
 class Dataset:
-    """Model inputs (ordered like the forward arguments) and optional labels, all with the same first dim."""
+    """Model inputs (ordered like the forward arguments) and optional labels, all with the same first dim. A subset
+    remembers which rows of which loaded set it holds (`root`, a token of that set, and `rows`), so outputs computed
+    once for a set can be looked up for any batch drawn from it (core/teacher.py)."""
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor | None
     source: str
+    root: int = field(default_factory=lambda: next(_ROOTS), repr=False, compare=False)
+    rows: torch.Tensor | None = field(default=None, repr=False, compare=False)  # in root; None: all, in order
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
     def subset(self, index: torch.Tensor, source: str | None = None) -> "Dataset":
+        if index.dtype == torch.bool:
+            index = index.nonzero().reshape(-1)
         labels = None if self.labels is None else self.labels[index]
-        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, source or self.source)
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, source or self.source, self.root,
+                       index if self.rows is None else self.rows[index])
+
+    def root_rows(self) -> torch.Tensor:
+        """The rows of `root` this set holds, in order."""
+        return torch.arange(len(self)) if self.rows is None else self.rows
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator["Dataset"]:
         """Consecutive batches, or shuffled ones when a generator is given."""

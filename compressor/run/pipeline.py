@@ -16,6 +16,7 @@ from torch import nn
 
 from compressor.core.layers import WeightInfo
 from compressor.core.masks import MaskRegistry
+from compressor.core.teacher import TeacherOutputs
 from compressor.errors import DataError
 from compressor.io.data import Dataset
 from compressor.io.load import LoadedModel
@@ -84,6 +85,7 @@ class RunContext:
     confidence: float = DEFAULT_CONFIDENCE
     metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
     deadline: float | None = None  # time.perf_counter() value of --time-limit's end (None: no limit)
+    _teacher: TeacherOutputs | None = field(default=None, repr=False)
 
     @property
     def stage_seed(self) -> int:
@@ -104,6 +106,13 @@ class RunContext:
         if self.train is None or self.val is None:
             raise DataError(f"stage {stage!r} fine-tunes the model: pass --train-data (and optionally --val-data)")
         return self.train, self.val
+
+    def teacher(self, batch: Dataset) -> torch.Tensor:
+        """The frozen original's outputs on `batch`, computed once for the training set (core/teacher.py)."""
+        if self._teacher is None:
+            self._teacher = TeacherOutputs(self.original, self.train if self.train is not None else batch,
+                                           self.device)
+        return self._teacher.outputs(batch)
 
     def validate(self, model: nn.Module | None = None) -> Metrics:
         """The validation metric (for a stage's decisions)."""
