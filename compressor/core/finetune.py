@@ -2,7 +2,8 @@
 
 Trains on the training set, selects on the validation set (never the held-out set, and by the run's metric in its
 direction) and restores the best state. With labels the loss is cross-entropy; without labels it is distillation
-towards the frozen original model's outputs, chosen by the run's metric (judge/kind.py): logits (agreement) ->
+towards the frozen original model's outputs (computed once for the training set: teacher.py), chosen by the run's
+metric (judge/kind.py): logits (agreement) ->
 KL divergence at temperature T, scaled by T^2 (Hinton et al. 2015, "Distilling the knowledge in a neural
 network"); embeddings or regression outputs (cosine, mse) -> (1 - cosine) + MSE relative to the target's mean
 square, so the direction and the scale of the vectors are both kept (a softmax of an embedding is meaningless). Masks are honoured after every optimizer step.
