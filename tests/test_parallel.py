@@ -13,7 +13,7 @@ from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN
 ARGS = [str(SAMPLES / "digits_cnn.pt2"), "--pipeline", "shrink,prune", "--data", str(HELDOUT), "--train-data",
         str(TRAIN), "--set", "shrink.epochs=2", "--set", "prune.epochs_per_step=1", "--set", "prune.codebook=off",
         "--set", "prune.target=0.5", "--quiet"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}  # one machine: loopback
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:

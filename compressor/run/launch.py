@@ -4,6 +4,7 @@ as the command's. Several machines are torchrun's own rendezvous (docs/usage.md)
 """
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 
@@ -27,6 +28,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if sys.platform.startswith("linux"):  # one machine: gloo talks over loopback, whatever the hostname resolves to
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     try:
