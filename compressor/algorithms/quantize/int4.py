@@ -175,16 +175,23 @@ def force_int4(work: Path, dst: Path, block: int, exclude: list[str]) -> list[st
 
 
 def choose_int4(work: Path, dst: Path, tmp: Path, block: int, passes: Callable[[Path], tuple[bool, str]],
-                exclude: list[str], finish: Callable[[Path, Path], None], check: Dataset | None = None) -> list[str]:
+                exclude: list[str], finish: Callable[[Path, Path], None], check: Dataset | None = None,
+                out_of_time: Callable[[], bool] | None = None) -> list[str]:
     """`dst` holds auto's int8 choice for the float graph `work`; put as many MatMul weights as the check allows in
     4 bits on top of it: `finish(base, dst)` re-applies that int8 choice to `base` (the graph with some MatMuls
-    4-bit) into `dst`. Leaves `dst` as the int8 choice when no 4-bit set holds. Returns the notes."""
+    4-bit) into `dst`. Leaves `dst` as the int8 choice when no 4-bit set holds, or when `out_of_time()` (the run's
+    --time-limit) says before a try that there is no time for it. Returns the notes."""
     order, _ = _candidates(work, block, exclude, check)
     if not order:
         return []  # no MatMul with a constant 2-D weight (a conv net's Conv/Gemm): nothing to say
     where = f"block {block}, symmetric, ONNX Runtime MatMulNBits"
     four, tried = tmp / "int4.onnx", []
     for k in growing(len(order))[:-1]:
+        if out_of_time is not None and out_of_time():
+            if tried:  # `dst` holds the last try's graph: back to the int8 choice
+                finish(work, dst)
+            return [f"4-bit weight-only not kept: --time-limit reached after {len(tried)} of the step's tries "
+                    f"({'; '.join(tried) or 'none'} of {len(order)} MatMul weights): int8 only"]
         write_nbits(work, four, order[k:], block)
         finish(four, dst)
         ok, how = passes(dst)

@@ -180,10 +180,12 @@ def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | N
 
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
-                  check: Dataset | None = None, on_check: Callable[[str], None] | None = None) -> list[str]:
+                  check: Dataset | None = None, on_check: Callable[[str], None] | None = None,
+                  out_of_time: Callable[[], bool] | None = None) -> list[str]:
     """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
     held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None.
-    `on_check` hears the result of each of auto's checks (progress on a long model)."""
+    `on_check` hears the result of each of auto's checks (progress on a long model); `out_of_time` (--time-limit)
+    ends the 4-bit step's search, keeping the int8 choice or the last 4-bit set that held."""
     from onnxruntime.quantization import quant_pre_process
 
     notes = []
@@ -230,7 +232,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     if config.weight_bits == "auto":
                         notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
                                              lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir, forms), d),
-                                             check_set)
+                                             check_set, out_of_time)
                     notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
         except (StageError, DataError):
             raise
@@ -268,7 +270,8 @@ class QuantizeStage(ExportStage):
 
     def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         if not compact:
-            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check)
+            notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
+                                  ctx.out_of_time)
             return StageResult(model=ctx.model, notes=notes)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
@@ -276,7 +279,7 @@ class QuantizeStage(ExportStage):
             computed = computed_weight_nodes(graph) + constant_nodes(graph)
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
-            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check)
+            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time)
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
