@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
-from compressor.errors import Terminated, UsageError
+from compressor.errors import Terminated, UsageError, request_stop
 from compressor.inspect_model import inspect_model
 from compressor.io.parallel import launched, start, world
 from compressor.io.threads import DEFAULT_THREADS
@@ -87,7 +87,11 @@ def _debug(on: bool) -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+    request_stop(Terminated)
+
+
+def _on_sigint(signum, frame) -> None:
+    request_stop(KeyboardInterrupt)
 
 
 @app.command("run")
@@ -262,8 +266,11 @@ def entrypoint() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:  # unwind like Ctrl-C: staging removed, one line (only the main thread may set a handler)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_int = signal.getsignal(signal.SIGINT)
+        if previous_int is signal.default_int_handler:  # an inherited SIG_IGN (a background job) is kept
+            signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:
-        previous = None
+        previous = previous_int = None
     try:
         app()
     except SystemExit:
@@ -279,6 +286,8 @@ def entrypoint() -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,20 @@ class ArtifactError(CompressorError):
 class Terminated(BaseException):
     """SIGTERM arrived: raised from the signal handler so the run unwinds (staging removed) like on Ctrl-C.
     A BaseException, as KeyboardInterrupt is, so no `except Exception` swallows it."""
+
+
+_STOPS: list[type[BaseException]] = []  # signals that asked the run to stop, as the exception each raises
+
+
+def request_stop(kind: type[BaseException]) -> None:
+    """A signal handler's first act: remember that the run must stop, then raise `kind`. Python drops an exception
+    raised while the interpreter runs a weakref callback (one of importlib's module locks, say), so the raise
+    alone can be lost; `check_stop` raises it again at the next progress step."""
+    _STOPS.append(kind)
+    raise kind()
+
+
+def check_stop() -> None:
+    """Raise the stop a signal asked for, if one did (called at every progress step)."""
+    if _STOPS:
+        raise _STOPS[0]()

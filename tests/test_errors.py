@@ -163,3 +163,27 @@ def test_nan_weights_are_a_corrupt_file(tmp_path):
     res = compress(tmp_path / "nan.pt", "--arch", f"{SAMPLES / 'digits_models.py'}:mlp", "--data", HELDOUT,
                    out=tmp_path / "o")
     assert_clean_error(res, 1, "fc1.weight", "NaN")
+
+
+def test_a_lost_signal_exception_is_raised_again_at_the_next_progress_step():
+    """Python drops an exception raised while it runs a weakref callback (importlib's module locks use them), so a
+    Ctrl-C landing there would leave the run going; the handler remembers the stop and progress raises it again."""
+    import weakref
+
+    import pytest
+
+    from compressor import errors
+    from compressor.run.progress import Reporter
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _: errors.request_stop(KeyboardInterrupt))  # noqa: F841 - keeps the callback
+    try:
+        del thing  # the callback raises; Python reports it as ignored and goes on
+        with pytest.raises(KeyboardInterrupt):
+            with Reporter(quiet=True).task("steps", 3) as task:
+                task.advance()
+    finally:
+        errors._STOPS.clear()

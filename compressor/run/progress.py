@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from compressor.errors import check_stop
+
 
 class Reporter:
     """Hands out progress tasks and prints status lines unless quiet."""
@@ -19,6 +21,7 @@ class Reporter:
         self.quiet = quiet
 
     def log(self, message: str) -> None:
+        check_stop()
         if not self.quiet:
             self.console.print(message, highlight=False, soft_wrap=True)
 
@@ -69,12 +72,14 @@ class _Task:
 
     def advance(self, n: int = 1, status: str = "", line: bool = False) -> None:
         """`line`: this step always gets its plain line (a search's step, not a batch)."""
+        check_stop()  # a signal whose exception was lost still stops the run here
         self.done += n
         if self.progress is not None:
             self.progress.update(self.tid, advance=n, status=status)
         self._line(status, force=line or self.total is None)
 
     def status(self, status: str) -> None:
+        check_stop()
         if self.progress is not None:
             self.progress.update(self.tid, status=status)
         self._line(status)
