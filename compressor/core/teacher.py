@@ -37,13 +37,14 @@ class TeacherOutputs:
 
     @torch.no_grad()
     def outputs(self, batch: Dataset) -> torch.Tensor:
-        if batch.root == self.data.root and (self.cache is not None or not self.tried):
-            if not self.tried:
-                self._build(call_model(self.original, batch.subset(torch.arange(min(1, len(batch)))), self.device))
-            if self.cache is not None:
-                rows = batch.root_rows()
-                if len(rows) and int(rows.max()) < len(self.position):
-                    where = self.position[rows]
-                    if bool((where >= 0).all()):
-                        return self.cache[where].to(self.device)
+        if batch.root == self.data.root and not self.tried:
+            out = call_model(self.original, batch, self.device)  # this batch's, and the size of one sample's
+            self._build(out)
+            return out
+        if batch.root == self.data.root and self.cache is not None:
+            rows = batch.root_rows()
+            if len(rows) and int(rows.max()) < len(self.position):
+                where = self.position[rows]
+                if bool((where >= 0).all()):
+                    return self.cache[where].to(self.device)
         return call_model(self.original, batch, self.device)
