@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,20 +14,29 @@ from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN
 ARGS = [str(SAMPLES / "digits_cnn.pt2"), "--pipeline", "shrink,prune", "--data", str(HELDOUT), "--train-data",
         str(TRAIN), "--set", "shrink.epochs=2", "--set", "prune.epochs_per_step=1", "--set", "prune.codebook=off",
         "--set", "prune.target=0.5", "--quiet"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}  # one machine: loopback
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo",  # one machine: loopback
+       "PYTHONFAULTHANDLER": "1"}  # a rank that crashes prints where it was
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *cmd], env=ENV, capture_output=True, text=True, timeout=600)
 
 
+def _why(res: subprocess.CompletedProcess) -> str:
+    """What a failed launch printed that says why: every rank's error lines (torchrun's own summary, which ends
+    stderr, names only exit codes), then the tail."""
+    lines = res.stderr.splitlines()
+    causes = [line for line in lines if re.search(r"terminate|what\(\)|Error|error:|Traceback|Abort", line)]
+    return "\n".join(causes[:40] + ["..."] + lines[-15:])
+
+
 def test_two_ranks_under_torchrun_agree_and_reproduce(tmp_path):
     a, b = tmp_path / "torchrun", tmp_path / "nproc"
     res = _run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "compressor", *ARGS,
                "--out", str(a))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, _why(res)
     res = _run("-m", "compressor", *ARGS, "--out", str(b), "--nproc", "2", "--keep-checkpoints")
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, _why(res)
     for out in (a, b):
         report = json.loads((out / "report.json").read_text())
         parallel = report["parallel"]
@@ -39,12 +49,12 @@ def test_two_ranks_under_torchrun_agree_and_reproduce(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     first = (b / "model.safetensors").read_bytes()
     res = _run("-m", "compressor", *ARGS, "--out", str(b), "--nproc", "2", "--resume")  # both ranks restore
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, _why(res)
     assert (b / "model.safetensors").read_bytes() == first
 
 
 def test_nproc_returns_rank_zeros_gate_exit_code(tmp_path):
     res = _run("-m", "compressor", *ARGS, "--out", str(tmp_path / "o"), "--nproc", "2", "--set", "prune.target=0.9",
                "--set", "prune.patience=0", "--max-drop", "0.01", "--floor", "accuracy=99.9")
-    assert res.returncode == 3, (res.returncode, res.stderr[-2000:])
+    assert res.returncode == 3, (res.returncode, _why(res))
     assert "FAIL" in res.stdout
