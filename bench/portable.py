@@ -30,7 +30,7 @@ from compressor.io.data import Dataset, load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
 from compressor.report.cpu import cpu_info
-from compressor.verify.artifacts import ort_latency_ms
+from compressor.io.timing import ort_latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -15,7 +15,7 @@ from compressor.algorithms.quantize.stage import QuantizeConfig, quantize_onnx
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
-from compressor.verify.artifacts import ort_latency_ms
+from compressor.io.timing import ort_latency_ms
 from compressor.judge.metrics import evaluate_onnx
 
 ROOT = Path(__file__).resolve().parents[1]

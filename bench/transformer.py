@@ -23,7 +23,7 @@ from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
-from compressor.verify.artifacts import ort_latency_ms
+from compressor.io.timing import ort_latency_ms
 from compressor.judge.metrics import score
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -176,7 +176,7 @@ def test_onnx_forms_weights_in_graph_and_matches_torch(kind, k, n):
 def test_odenet_cli_basis_quantize_halves_stack_costs_little_and_reloads(tmp_path):
     out = tmp_path / "out"
     res = run_cli(SAMPLES / "digits_odenet.pt2", "--pipeline", "basis,quantize", "--data", HELDOUT,
-                  "--train-data", TRAIN, "--out", out)
+                  "--train-data", TRAIN, "--out", out, "--set", "quantize.objective=size")
     assert res.code == 0, res
     report = read_report(out)
     basis = report["stages"][0]

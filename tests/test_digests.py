@@ -27,11 +27,12 @@ RUNS = {
     "mlp_shrink_prune_quantize": [
         "digits_mlp.pt2", "--pipeline", "shrink,prune,quantize", "--train-data", str(TRAIN), "--seed", "3",
         "--set", "shrink.epochs=1", "--set", "prune.schedule=0.5,0.8", "--set", "prune.epochs_per_step=1",
-        "--set", "prune.codebook_epochs=1"],
+        "--set", "prune.codebook_epochs=1", "--set", "quantize.objective=size"],
     "cnn_rpg_quantize": [
         "digits_cnn.pt2", "--pipeline", "rpg,quantize", "--train-data", str(TRAIN),
         "--set", "rpg.epochs=1", "--set", "rpg.max_steps_per_epoch=5", "--set", "rpg.max_drop=40",
-        "--max-drop", "100"],  # a loose budget, so that a ring (84% of the generated weights) is kept
+        "--max-drop", "100",  # a loose budget, so that a ring (84% of the generated weights) is kept
+        "--set", "quantize.objective=size"],
     "odenet_basis": ["digits_odenet.pt2", "--pipeline", "basis"],
 }
 
@@ -40,9 +41,9 @@ PINNED_ON = {"cpu": "Intel(R) Xeon(R) Processor (x86_64)",
              "cpu_features": "avx2 avx512f avx512bw avx512_vnni avx_vnni amx_int8"}
 PINS = {
     "mlp_shrink_prune_quantize": ("666667dec18a630352f27b55ecc2aaf395b81ebd4bf5b5dd18ccde2616e0c34e",
-                                 "14a3a2ae11eb4b6ff9bceb80874a3b55cf0d0661a0e0c2652a718e7a0095c8cc"),
+                                 "19f640dd3a97bfc804b2e58d6db9fe40065081cb0e1ced6d840d978488cfd14a"),
     "cnn_rpg_quantize": ("62d937e1dffa8f769c5eab92c4d29068a9e7d6a3b098c1f7ea7b43d718642b8d",
-                        "33af17de331aaf381002aaeb300ec1b572a7f16971ac697db0506069a4cb1240"),
+                        "130f64be513e9eee09fae10edc6571088e46d30c8a6d44116db10f86f597c543"),
     "odenet_basis": ("0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",
                     "560d5c28fc7c1965f842db45562a4a14409017e4950098834c0372c4234c9318"),
 }

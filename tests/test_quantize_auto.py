@@ -80,7 +80,7 @@ def test_auto_on_text_embedder_keeps_cosine_at_a_fifth_of_the_bytes_and_reloads_
     out = tmp_path / "emb"
     res = run_cli(SAMPLES / "text_embedder.pt2", "--pipeline", "quantize", "--data", SAMPLES / "embed_heldout.npz",
                   "--train-data", SAMPLES / "embed_train.npz", "--val-data", SAMPLES / "embed_val.npz",
-                  "--out", out, "--quiet")
+                  "--out", out, "--quiet", "--set", "quantize.objective=size")
     assert res.code == 0, res
     report = read_report(out)
     stage = report["stages"][-1]
@@ -100,7 +100,7 @@ def test_weight_bits_8_keeps_every_weight_int8(tmp_path):
     out = tmp_path / "emb8"
     res = run_cli(SAMPLES / "text_embedder.pt2", "--pipeline", "quantize", "--data", SAMPLES / "embed_heldout.npz",
                   "--train-data", SAMPLES / "embed_train.npz", "--set", "quantize.weight_bits=8", "--out", out,
-                  "--quiet")
+                  "--quiet", "--set", "quantize.objective=size")
     assert res.code == 0, res
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "MatMulNBits" not in ops and "QuantizeLinear" in ops
@@ -109,7 +109,8 @@ def test_weight_bits_8_keeps_every_weight_int8(tmp_path):
 
 def test_auto_on_digits_cnn_keeps_static_qdq(tmp_path):
     out = tmp_path / "cnn"
-    res = run_cli(SAMPLES / "digits_cnn.pt2", "--data", HELDOUT, "--train-data", TRAIN, "--out", out, "--quiet")
+    res = run_cli(SAMPLES / "digits_cnn.pt2", "--data", HELDOUT, "--train-data", TRAIN, "--out", out, "--quiet",
+                  "--set", "quantize.objective=size")
     assert res.code == 0, res
     report = read_report(out)
     assert "static QDQ on every op kept" in " ".join(report["stages"][-1]["notes"])

@@ -11,7 +11,7 @@ from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, run_cli
 
 ARGS = [str(SAMPLES / "digits_mlp.pt2"), "--pipeline", "shrink,prune,quantize", "--set", "shrink.epochs=3",
         "--set", "prune.target=0.85", "--set", "prune.epochs_per_step=3", "--data", str(HELDOUT),
-        "--train-data", str(TRAIN), "--quiet"]
+        "--train-data", str(TRAIN), "--set", "quantize.objective=size", "--quiet"]  # bytes compared between runs
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -50,7 +50,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 def test_keep_checkpoints_and_resume_of_a_finished_run(tmp_path):
     out = tmp_path / "o"
     args = [str(SAMPLES / "digits_mlp.pt2"), "--pipeline", "prune,quantize", "--set", "prune.target=0.3",
-            "--set", "prune.epochs_per_step=1", "--data", str(HELDOUT), "--train-data", str(TRAIN), "--quiet"]
+            "--set", "prune.epochs_per_step=1", "--data", str(HELDOUT), "--train-data", str(TRAIN), "--quiet",
+            "--set", "quantize.objective=size"]
     res = run_cli(*args, "--out", out, "--keep-checkpoints")
     assert res.code == 0, res
     assert (out / ".checkpoints" / "stage-00-prune" / "weights.safetensors").is_file()

@@ -220,7 +220,8 @@ def test_dof_counts_the_ring_once():
 def cnn_rpg(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rpg") / "out"
     res = run_cli(SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg,quantize", "--data", HELDOUT, "--train-data", TRAIN,
-                  "--out", out, "--quiet", "--max-drop", "100", "--set", "rpg.epochs=2", "--set", "rpg.verify_onnx=true")
+                  "--out", out, "--quiet", "--max-drop", "100", "--set", "rpg.epochs=2", "--set", "rpg.verify_onnx=true",
+                  "--set", "quantize.objective=size")
     assert res.code == 0, res
     return out
 
@@ -267,7 +268,7 @@ def test_cli_eager_state_dict_rpg_quantize(tmp_path):
     out = tmp_path / "eager"
     res = run_cli(SAMPLES / "digits_cnn.pt", "--arch", "sample_models.digits_models:cnn", "--pipeline", "rpg,quantize",
                   "--data", HELDOUT, "--train-data", TRAIN, "--out", out, "--quiet", "--max-drop", "100", *FAST,
-                  cwd=ROOT)
+                  "--set", "quantize.objective=size", cwd=ROOT)
     assert res.code == 0, res
     check_artifact(out)
 

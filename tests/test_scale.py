@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import compressor.io.onnx_export as onnx_export
+import compressor.io.timing as timing
 import compressor.verify.artifacts as artifacts
 from compressor.algorithms.quantize.taps import as_rows, tapped
 from compressor.io.calls import onnx_predict, predict
@@ -92,7 +93,7 @@ class _SlowSession:
 
 @pytest.mark.parametrize("budget, most", [(0.05, 5), (100.0, 23)])
 def test_latency_timing_stops_early_for_slow_runs(monkeypatch, budget, most):
-    monkeypatch.setattr(artifacts, "LATENCY_SECONDS", budget)
+    monkeypatch.setattr(timing, "LATENCY_SECONDS", budget)
     session = _SlowSession()
-    artifacts.ort_latency_ms(session, load_dataset(HELDOUT, ["x"]))
+    timing.ort_latency_ms(session, load_dataset(HELDOUT, ["x"]))
     assert session.runs <= most and (budget < 1 or session.runs == 23)

@@ -43,13 +43,13 @@ def _run(tmp_path_factory, tag: str, *args) -> Path:
 def cnn_rpg(tmp_path_factory) -> Path:
     return _run(tmp_path_factory, "rpg", SAMPLES / "digits_cnn.pt2", "--pipeline", "rpg,quantize", "--data", HELDOUT,
                 "--train-data", TRAIN, "--max-drop", "100", "--set", "rpg.epochs=1",
-                "--set", "rpg.max_steps_per_epoch=5", "--set", "rpg.grow=false")
+                "--set", "rpg.max_steps_per_epoch=5", "--set", "rpg.grow=false", "--set", "quantize.objective=size")
 
 
 @pytest.fixture(scope="module")
 def odenet_basis(tmp_path_factory) -> Path:
     return _run(tmp_path_factory, "odenet", SAMPLES / "digits_odenet.pt2", "--pipeline", "basis,quantize",
-                "--data", HELDOUT, "--train-data", TRAIN)
+                "--data", HELDOUT, "--train-data", TRAIN, "--set", "quantize.objective=size")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def text_basis(tmp_path_factory) -> Path:
     return _run(tmp_path_factory, "text", SAMPLES / "text_classifier.pt2", "--pipeline", "basis,quantize",
                 "--data", TEXT_HELDOUT, "--train-data", SAMPLES / "text_train.npz",
                 "--val-data", SAMPLES / "text_val.npz", "--max-drop", "100", "--set", "basis.size=2",
-                "--set", "basis.grow=false")
+                "--set", "basis.grow=false", "--set", "quantize.objective=size")
 
 
 # ---- helpers: what the graph computes, what the file holds -------------------------------------------------------

@@ -56,7 +56,7 @@ def test_prune_stops_at_the_time_limit_and_keeps_a_state_within_budget(tmp_path)
 def test_quantize_tries_no_4bit_set_past_the_limit(tmp_path):
     out = tmp_path / "out"
     res = run_cli(SAMPLES / "text_embedder.pt2", "--data", SAMPLES / "embed_heldout.npz", "--train-data",
-                  SAMPLES / "embed_train.npz", "--out", out, "--quiet", "--time-limit", "0.01")
+                  SAMPLES / "embed_train.npz", "--out", out, "--quiet", "--time-limit", "0.01", "--set", "quantize.objective=size")
     assert res.code == 0, res
     notes = read_report(out)["stages"][0]["notes"]
     assert any(n.startswith("4-bit weight-only not kept: --time-limit reached after 0 of the step's tries")

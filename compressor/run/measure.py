@@ -17,7 +17,8 @@ from compressor.judge.kind import MetricChoice
 from compressor.judge.metrics import score
 from compressor.run.export_onnx import Exported
 from compressor.run.pipeline import RunContext, RunOptions
-from compressor.verify.artifacts import file_sizes, ort_latency_ms, ort_peak_memory_bytes
+from compressor.io.timing import ort_latency_ms
+from compressor.verify.artifacts import file_sizes, ort_peak_memory_bytes
 
 
 def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldout: Dataset,

@@ -1,24 +1,21 @@
 """Measure what was written: bytes (raw and gzip), the metric of each artifact loaded back, ORT latency."""
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import nn
 
 from compressor.export.onnx import export_model
 from compressor.io.data import Dataset
 from compressor.io.onnx_export import external_data_path, ort_session, save_onnx
 from compressor.io.safetensors_io import save_weights
+from compressor.io.timing import LATENCY_BATCH, SLOWER_MARGIN, latency_batch, ort_latency_ms
 
-LATENCY_BATCH = 64
 
 
 CHUNK = 1 << 24
@@ -79,39 +76,6 @@ def stored_bytes_later(model: nn.Module) -> Callable[[], int]:
     return result
 
 
-def latency_batch(data: Dataset, batch: int = LATENCY_BATCH) -> Dataset:
-    idx = torch.arange(batch) % len(data)
-    return data.subset(idx)
-
-
-LATENCY_SECONDS = 5.0  # a large model's timed runs stop after this much (at least one; small models do all)
-
-
-def ort_latency_ms(session, data: Dataset, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one batch-64 run in ONNX Runtime: `repeats` runs after `warmup`, fewer where the runs
-    are slow (one warm-up when a run takes more than LATENCY_SECONDS / repeats; the timed runs stop once they have
-    taken LATENCY_SECONDS), so a 100M-parameter model is not run 23 times to time it."""
-    batch = latency_batch(data)
-    names = [i.name for i in session.get_inputs()]
-    if set(names) == set(batch.inputs):
-        feed = {n: batch.inputs[n].numpy() for n in names}
-    else:
-        feed = dict(zip(names, (v.numpy() for v in batch.inputs.values())))
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        if time.perf_counter() - t0 > LATENCY_SECONDS / repeats:
-            break
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
-        if sum(times) > LATENCY_SECONDS * 1000.0:
-            break
-    return round(statistics.median(times), 4)
-
-
 def baseline_latency_ms(ctx, data: Dataset, fp32_session, tmp: Path) -> float:
     """ORT latency of the original (uncompressed) model, measured the same way as each artifact. Without a
     structural stage the compressed model's fp32 export is the original graph (same ops and shapes; pruned
@@ -123,7 +87,7 @@ def baseline_latency_ms(ctx, data: Dataset, fp32_session, tmp: Path) -> float:
     return ort_latency_ms(ort_session(path), data)
 
 
-def slower_warnings(artifacts: list[dict], baseline_ms: float, margin: float = 1.1) -> list[str]:
+def slower_warnings(artifacts: list[dict], baseline_ms: float, margin: float = SLOWER_MARGIN) -> list[str]:
     """A warning per artifact slower than the fp32 original by more than `margin` (timing noise of a median)."""
     return [f"WARNING: {a['path']} runs slower than the fp32 original in ONNX Runtime: {a['latency_ms']:.3f} ms vs "
             f"{baseline_ms:.3f} ms (batch {LATENCY_BATCH}); it saves bytes, not time"

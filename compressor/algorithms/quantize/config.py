@@ -26,10 +26,14 @@ class QuantizeConfig:
     calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
     calib_batch: int = option(32, "largest batch fed to the calibrator (fewer samples where one batch's "
                               "activations would pass 128 MB: calibration.py)")
+    objective: Literal["balanced", "size", "latency"] = option(
+        "balanced", "mode=auto, among the forms that hold the check (objective.py): balanced: int8 no slower than "
+        "the float graph on this CPU, else the float graph; size: the smallest, 4-bit included, whatever its speed; "
+        "latency: the fastest, the float graph included")
     weight_bits: Literal["auto", "8", "4"] = option(
-        "auto", "auto: with mode=auto, MatMul weights go 4-bit block-wise (weight-only) where the check set's output "
-        "stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every MatMul weight 4-bit, "
-        "unchecked, in any mode")
+        "auto", "auto: with mode=auto and objective=size, MatMul weights go 4-bit block-wise (weight-only) where the "
+        "check set's output stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every "
+        "MatMul weight 4-bit, unchecked, in any mode")
     int4_block: int = option(32, "4-bit weights: input rows sharing one scale (a power of two, at least 16)")
     exclude: tuple[str, ...] = option((), "glob patterns of weight or node names left in float (e.g. fc3.*)")
     preprocess: bool = option(True, "run ONNX Runtime's quant_pre_process (shape inference, graph optimisation)")

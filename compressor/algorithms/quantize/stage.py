@@ -3,7 +3,8 @@
 Not from the papers; the field's standard (docs/ALGORITHMS.md §5). Static int8 with calibration samples from the
 training (or calibration) set, never the held-out set (MinMax / Entropy / Percentile), per-channel weights by
 default; or dynamic int8 (activation ranges taken at run time); or auto (auto.py: per node static, dynamic or int8
-weight-only, then 4-bit block-wise MatMul weights where the validation check holds, int4.py). QDQ or QOperator. Weights are stored as int8 initializers
+weight-only; then, by `objective` (objective.py), the form no slower than the float graph on this CPU, or 4-bit
+block-wise MatMul weights where the validation check holds, int4.py). QDQ or QOperator. Weights are stored as int8 initializers
 (no QDQ pair on weights), so the file really shrinks. Its metric is measured by running the quantized model in
 ONNX Runtime. Export-time: always the last stage.
 """
@@ -25,6 +26,7 @@ from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
+from compressor.algorithms.quantize.objective import all_dynamic_writer, pick_by_speed
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.core.contract import StageContext
@@ -229,10 +231,17 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check)
                     auto_notes, realize = choose(base, dst, check_set, passes, forms)
                     notes += [f"{n} ({passes.bounds})" if i == 0 else n for i, n in enumerate(auto_notes)]
-                    if config.weight_bits == "auto":
+                    if config.weight_bits == "auto" and config.objective == "size":
                         notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
                                              lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir, forms), d),
                                              check_set, out_of_time)
+                    elif config.weight_bits == "auto" and matmul_weight_names(onnx.load(str(work),
+                                                                                       load_external_data=False)):
+                        notes.append(f"objective {config.objective}: no 4-bit MatMul weights (ONNX Runtime's "
+                                     "MatMulNBits computes in float32 on CPU; quantize.objective=size searches them)")
+                    if config.objective != "size":
+                        notes += pick_by_speed(config.objective, work, dst, tmp_dir, check_set, passes,
+                                               all_dynamic_writer(work, forms, exclude))
                     notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
         except (StageError, DataError):
             raise

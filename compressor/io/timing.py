@@ -1,0 +1,64 @@
+"""Latency of ONNX Runtime sessions on a batch of the run's data: one graph's median (the report's figures), or
+several graphs timed in turns (quantize's latency objective).
+
+Why in turns: on a shared machine the load changes over seconds, so timing one graph and then another compares the
+load as much as the graphs; alternating one run of each, round after round, gives every graph the same conditions.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from compressor.io.data import Dataset
+
+LATENCY_BATCH = 64
+LATENCY_SECONDS = 5.0  # a large model's timed runs stop after this much (at least one; small models do all)
+SLOWER_MARGIN = 1.1    # a median more than this times another's is slower, not timing noise
+
+
+def latency_batch(data: Dataset, batch: int = LATENCY_BATCH) -> Dataset:
+    idx = torch.arange(batch) % len(data)
+    return data.subset(idx)
+
+
+def feed_for(session, batch: Dataset) -> dict[str, np.ndarray]:
+    """`batch` as the session's inputs (by name, else in order)."""
+    names = [i.name for i in session.get_inputs()]
+    if set(names) == set(batch.inputs):
+        return {n: batch.inputs[n].numpy() for n in names}
+    return dict(zip(names, (v.numpy() for v in batch.inputs.values())))
+
+
+def ort_latency_ms(session, data: Dataset, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one batch-64 run in ONNX Runtime: `repeats` runs after `warmup`, fewer where the runs
+    are slow (one warm-up when a run takes more than LATENCY_SECONDS / repeats; the timed runs stop once they have
+    taken LATENCY_SECONDS), so a 100M-parameter model is not run 23 times to time it."""
+    return latencies_ms([session], data, repeats, warmup)[0]
+
+
+def latencies_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int = 3) -> list[float]:
+    """Median batch-64 wall time of each session, timed in turns (one run of each per round; module docstring),
+    with the same early stops as `ort_latency_ms` applied to a round."""
+    batch = latency_batch(data)
+    feeds = [feed_for(s, batch) for s in sessions]
+
+    def one_round() -> list[float]:
+        out = []
+        for session, feed in zip(sessions, feeds):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            out.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    for _ in range(warmup):
+        if sum(one_round()) > LATENCY_SECONDS * 1000.0 / repeats:
+            break
+    rounds = []
+    for _ in range(repeats):
+        rounds.append(one_round())
+        if sum(map(sum, rounds)) > LATENCY_SECONDS * 1000.0 * len(sessions):
+            break
+    return [round(statistics.median(r[i] for r in rounds), 4) for i in range(len(sessions))]

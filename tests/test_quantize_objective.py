@@ -1,0 +1,109 @@
+"""quantize.objective: which checked form ships, by measured speed (balanced, latency) or by size. The timing is
+replaced by fixed numbers where a test pins a decision, so the decision rule is tested, not this machine's load."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+import pytest
+
+import compressor.algorithms.quantize.objective as objective
+from compressor.algorithms.quantize.config import QuantizeConfig
+from compressor.algorithms.quantize.stage import quantize_onnx
+from compressor.io.data import load_dataset
+from compressor.io.load import load_model
+from compressor.io.onnx_export import export_onnx_proto, save_onnx
+from tests.conftest import HELDOUT, SAMPLES, TRAIN, VAL, read_report, run_cli
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """digits_cnn's fp32 graph, its data, and the bytes of its forms (objective=size: auto's int8 choice)."""
+    tmp = tmp_path_factory.mktemp("objective")
+    loaded = load_model(SAMPLES / "digits_cnn.pt2")
+    data = {k: load_dataset(p, loaded.input_names, loaded.input_dtypes) for k, p in
+            (("train", TRAIN), ("val", VAL), ("held", HELDOUT))}
+    fp32 = tmp / "fp32.onnx"
+    save_onnx(export_onnx_proto(loaded.module, data["held"].example()), fp32)
+    forms = {}
+    for name, cfg in (("size", QuantizeConfig(objective="size")), ("dynamic", QuantizeConfig(mode="dynamic"))):
+        quantize_onnx(fp32, tmp / f"{name}.onnx", cfg, data["train"], 0, data["val"])
+        forms[name] = tmp / f"{name}.onnx"
+    return tmp, fp32, data, forms
+
+
+def _timed(monkeypatch, ms: dict[str, float]) -> list[list[str]]:
+    asked = []
+
+    def fake(paths: dict[str, Path], data) -> dict[str, float]:
+        asked.append(list(paths))
+        return {name: ms[name] for name in paths}
+    monkeypatch.setattr(objective, "_times", fake)
+    return asked
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _run(cnn, objective_name: str, tag: str) -> tuple[Path, list[str]]:
+    tmp, fp32, data, _ = cnn
+    dst = tmp / f"{tag}.onnx"
+    notes = quantize_onnx(fp32, dst, QuantizeConfig(objective=objective_name), data["train"], 0, data["val"])
+    return dst, [n for n in notes if n.startswith("objective")]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_balanced_keeps_the_int8_choice_when_it_is_no_slower(cnn, monkeypatch):
+    asked = _timed(monkeypatch, {"float": 1.0, "int8 choice": 1.05})  # within the 1.1 margin
+    dst, notes = _run(cnn, "balanced", "kept")
+    assert sha(dst) == sha(cnn[3]["size"]) and asked == [["float", "int8 choice"]]  # no other form was made
+    assert "runs no slower than the float graph (float 1.000 ms, int8 choice 1.050 ms" in notes[0]
+
+
+def test_balanced_ships_the_all_dynamic_form_when_it_holds_and_is_faster(cnn, monkeypatch):
+    _timed(monkeypatch, {"float": 1.0, "int8 choice": 1.5, "all dynamic": 0.9})
+    dst, notes = _run(cnn, "balanced", "dyn")
+    assert {"DynamicQuantizeLinear", "ConvInteger"} <= _ops(dst) and "QuantizeLinear" not in _ops(dst)
+    assert "all-dynamic int8 form is shipped" in notes[0]
+
+
+def test_balanced_keeps_the_float_graph_when_every_int8_form_is_slower(cnn, monkeypatch):
+    _timed(monkeypatch, {"float": 1.0, "int8 choice": 1.5, "all dynamic": 7.0})
+    dst, notes = _run(cnn, "balanced", "float")
+    assert not _ops(dst) & objective.INT8_OPS
+    assert "float graph is kept" in notes[0] and "objective=size" in notes[0]
+
+
+def test_latency_ships_the_fastest_and_size_never_times(cnn, monkeypatch):
+    asked = _timed(monkeypatch, {"float": 1.0, "int8 choice": 0.8, "all dynamic": 0.5})
+    dst, notes = _run(cnn, "latency", "fast")
+    assert "ConvInteger" in _ops(dst) and "the fastest: all dynamic" in notes[0]
+    asked.clear()
+    dst, notes = _run(cnn, "size", "small")
+    assert sha(dst) == sha(cnn[3]["size"]) and not asked and not notes
+
+
+def test_default_cli_skips_the_4bit_search_and_says_what_it_timed(tmp_path):
+    """balanced, the default: no MatMulNBits (4-bit weights are computed in float32 on CPU), the times in a note,
+    and the shipped graph is the one the note names, whatever this machine's timing decided."""
+    out = tmp_path / "emb"
+    res = run_cli(SAMPLES / "text_embedder.pt2", "--pipeline", "quantize", "--data", SAMPLES / "embed_heldout.npz",
+                  "--train-data", SAMPLES / "embed_train.npz", "--val-data", SAMPLES / "embed_val.npz",
+                  "--out", out, "--quiet")
+    assert res.code == 0, res
+    notes = read_report(out)["stages"][0]["notes"]
+    ops = _ops(out / "model.onnx")
+    assert "MatMulNBits" not in ops
+    assert any(n.startswith("objective balanced: no 4-bit MatMul weights") for n in notes), notes
+    decision = next(n for n in notes if n.startswith("objective balanced: ") and "ms" in n)
+    if "float graph is kept" in decision:
+        assert not ops & objective.INT8_OPS
+    elif "all-dynamic" in decision:
+        assert "DynamicQuantizeLinear" in ops
+    else:
+        assert "no slower" in decision and ops & objective.INT8_OPS
