@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.tables import write_table
 from compressor.report.cpu import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,14 +58,9 @@ def main() -> str:
     header = ["run", "quantize.objective", "model.onnx bytes", "ORT ms", "fp32 original ms", "x fp32",
               "held-out metric", "objective's choice"]
     cpu = cpu_info()
-    text = (f"# bench/structured_latency.py\n\nMeasured on {cpu['cpu']}, features: {cpu['cpu_features']}; each row "
-            "one `compress` run with its defaults (ONNX Runtime, 1 thread, batch 64; both latencies from that run's "
-            "report).\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-            + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n")
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "structured_latency.md").write_text(text)
-    print(text)
-    return text
+    return write_table("structured_latency", f"Measured on {cpu['cpu']}, features: {cpu['cpu_features']}; each row "
+                       "one `compress` run with its defaults (ONNX Runtime, 1 thread, batch 64; both latencies from "
+                       "that run's report).", header, rows)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
 from compressor.errors import Terminated, UsageError, request_stop
 from compressor.inspect_model import inspect_model
+from compressor.core.precision import precision_error
 from compressor.io.parallel import launched, start, world
 from compressor.io.threads import DEFAULT_THREADS
 from compressor.judge.budget import DEFAULT_CONFIDENCE
@@ -140,6 +141,8 @@ def run(
                                              "2h, 900): past it no search or fine-tune starts new work and each "
                                              "keeps the best state within budget found so far; export and "
                                              "verification still run \\[default: none]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Fine-tunes' forward pass in bf16 or fp16 "
+                                            "(CUDA); weights and every evaluation stay fp32 \\[default: fp32]."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Data-parallel processes for the fine-tuning "
                                         "stages on this machine: relaunches the command under torchrun "
                                         "--standalone --nproc-per-node N (DDP; gloo on CPU, nccl on CUDA) "
@@ -185,7 +188,10 @@ def run(
                          recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
                          threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)),
                          metric=pick(metric, settings.get("metric")),
-                         time_limit=parse_duration(pick(time_limit, settings.get("time_limit")), "--time-limit"))
+                         time_limit=parse_duration(pick(time_limit, settings.get("time_limit")), "--time-limit"),
+                         precision=str(pick(precision, settings.get("precision"), "fp32")))
+    if (problem := precision_error(options.precision, options.device)) is not None:
+        raise UsageError(problem)
     if launched():  # one rank of torchrun: join its process group; only rank 0 prints and writes
         options.device = start(options.device)
         quiet = options.quiet = quiet or world()[0] > 0

@@ -14,7 +14,7 @@ from compressor.io.data import Dataset
 
 def _ctx(data: Dataset) -> SimpleNamespace:
     return SimpleNamespace(require_training=lambda stage: (data, data), device=torch.device("cpu"),
-                           masks=MaskRegistry())
+                           masks=MaskRegistry(), precision="fp32")
 
 
 def _data(n: int = 600) -> Dataset:

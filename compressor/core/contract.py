@@ -46,6 +46,7 @@ class StageContext(Protocol):
     val: Dataset | None
     calib: Dataset | None
     device: torch.device
+    precision: str                    # fine-tunes' autocast: fp32 | bf16 | fp16 (core/precision.py)
     masks: MaskRegistry               # pruned weights, kept zero through every later step
     weights: list[WeightInfo]         # the weights found by the ops that read them (a structural stage updates it)
     metric: MetricChoice              # the run's metric and the loss that matches it

@@ -23,6 +23,7 @@ from torch import nn
 from compressor.core.contract import StageContext
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
+from compressor.core.precision import MixedPrecision
 from compressor.io.parallel import data_parallel, my_share, share_weight, sync_buffers
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
@@ -112,7 +113,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     Past --time-limit (`ctx.out_of_time()`) no further step is taken: the epoch so far is validated and the best
     state kept as usual.
     In a data-parallel run (io/parallel.py) each rank trains on its share of every batch's rows and DDP averages the
-    gradients, so the steps are those of the whole batch.
+    gradients, so the steps are those of the whole batch. `ctx.precision` (--precision) autocasts the forward
+    pass; the loss, weights and validation stay float32 (core/precision.py).
     """
     train, _ = ctx.require_training(desc)
     gen = ctx.generator()
@@ -125,6 +127,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     best_state = copy.deepcopy(model.state_dict()) if select_best else None
     result = FinetuneResult(best, 0, [{"epoch": 0, "val": start.value if start else None}])
     step, trained = 0, data_parallel(model, ctx.device)
+    mixed = MixedPrecision(ctx.precision, ctx.device)
     with ctx.reporter.task(desc, settings.epochs * steps) as task:
         for epoch in range(1, settings.epochs + 1):
             set_train(model, True)
@@ -137,16 +140,19 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                     break
                 opt.zero_grad(set_to_none=True)
                 rows, batch = len(batch), my_share(batch)
-                out = call_model(trained, batch, ctx.device)
+                with mixed.autocast():
+                    out = call_model(trained, batch, ctx.device)
+                out = out.float() if out.is_floating_point() else out  # the loss in float32 (core/precision.py)
                 loss = task_loss(ctx, model, batch, out)
                 if loss_hook is not None:
                     loss = loss + loss_hook(model, batch, out)
-                (loss * share_weight(rows)).backward()
+                mixed.backward(loss * share_weight(rows))
+                mixed.unscale(opt)  # the hooks and masks below read true gradients
                 if grad_hook is not None:
                     for k, v in (grad_hook(model, step) or {}).items():
                         stats_sum[k] = stats_sum.get(k, 0.0) + v
                 ctx.masks.mask_grads(model)
-                opt.step()
+                mixed.step(opt)
                 ctx.masks.apply(model)
                 if step_hook is not None:
                     step_hook(model)

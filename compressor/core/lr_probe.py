@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from compressor.core.contract import StageContext
+from compressor.core.precision import MixedPrecision
 from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
 from compressor.io.parallel import from_rank0
@@ -75,12 +76,16 @@ def _probe(ctx: StageContext, model: nn.Module, default: float, batch_size: int,
             lr = default * factor
             opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
             batches = rest.batches(batch_size, torch.Generator().manual_seed(seed))
+            mixed = MixedPrecision(ctx.precision, ctx.device)  # the fine-tunes' own steps
             set_train(model, True)
             for _, batch in zip(range(steps), batches):
                 opt.zero_grad(set_to_none=True)
-                loss_fn(model, batch, call_model(model, batch, ctx.device)).backward()
+                with mixed.autocast():
+                    out = call_model(model, batch, ctx.device)
+                mixed.backward(loss_fn(model, batch, out.float() if out.is_floating_point() else out))
+                mixed.unscale(opt)
                 ctx.masks.mask_grads(model)
-                opt.step()
+                mixed.step(opt)
                 ctx.masks.apply(model)
             set_train(model, False)
             losses[lr] = _loss(ctx, model, aside, loss_fn)

@@ -51,6 +51,7 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, b
         "pipeline": [r["name"] for r in records] or [],
         "seed": options.seed,
         "threads": options.threads,
+        "precision": options.precision,
         "data": {"heldout": str(options.data), "train": _s(options.train_data),
                  "val": ctx.val.source if ctx.val is not None else None,
                  "calib": ctx.calib.source if ctx.calib is not None else None},

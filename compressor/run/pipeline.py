@@ -55,6 +55,7 @@ class RunOptions:
     confidence: float = DEFAULT_CONFIDENCE  # --confidence: of the one-sided bound every stage decision uses
     metric: str | None = None  # --metric: accuracy | agreement | cosine | mse | a plugin's name (None: detected)
     time_limit: float | None = None  # --time-limit, seconds: no stage starts new work after it (None: no limit)
+    precision: str = "fp32"  # --precision: fine-tunes autocast to bf16 / fp16 (core/precision.py)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class RunContext:
     confidence: float = DEFAULT_CONFIDENCE
     metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
     deadline: float | None = None  # time.perf_counter() value of --time-limit's end (None: no limit)
+    precision: str = "fp32"  # --precision: every fine-tune's autocast (core/precision.py)
     _teacher: TeacherOutputs | None = field(default=None, repr=False)
 
     @property

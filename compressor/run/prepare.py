@@ -49,7 +49,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
                      reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice,
-                     confidence=options.confidence)
+                     confidence=options.confidence, precision=options.precision)
     return ctx, heldout, baseline, reference, notes
 
 

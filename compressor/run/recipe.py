@@ -30,7 +30,8 @@ from compressor.run.ranges import parse_duration
 from compressor.stage import build_config, config_as_dict
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("seed", "device", "threads", "metric", "confidence", "time_limit", "data", "gates", "stages")
+TOP_KEYS = ("seed", "device", "threads", "metric", "confidence", "time_limit", "precision", "data", "gates",
+            "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
 GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
 MAX_RECIPE_BYTES = 1 << 20
@@ -145,7 +146,7 @@ def load_recipe(path: Path) -> Recipe:
     _check_run_settings(recipe, data)
     if "time_limit" in data:
         parse_duration(data["time_limit"], recipe.where("time_limit") + ": time_limit")
-    for key in ("seed", "device", "threads", "metric", "confidence", "time_limit"):
+    for key in ("seed", "device", "threads", "metric", "confidence", "time_limit", "precision"):
         if key in data:
             recipe.settings[key] = data[key]
     return recipe
@@ -211,6 +212,7 @@ def resolved_recipe(options, stages) -> str:
         **({"metric": options.metric} if options.metric else {}),
         "confidence": options.confidence,
         **({"time_limit": options.time_limit} if options.time_limit is not None else {}),
+        **({"precision": options.precision} if options.precision != "fp32" else {}),
         "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
                  "calib": s(options.calib_data)},
         "gates": {"max_drop": options.max_drop, "min_recovery": options.min_recovery,
