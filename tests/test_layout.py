@@ -121,7 +121,8 @@ FLOORS = (
     ("compressor.verify",),
     ("compressor.report",),
     ("compressor.run",),
-    ("compressor.inspect_model", "compressor.cli_errors", "compressor.cli", "compressor.__main__", "compressor"),
+    ("compressor.inspect_model", "compressor.cli_errors", "compressor.cli", "compressor.__main__", "compressor.api",
+     "compressor"),
 )
 
 

@@ -1,0 +1,157 @@
+"""The Python API: `compressor.compress(model, data, pipeline=..., ...)` runs what `compress MODEL --data ...` runs,
+from a path or an in-memory `nn.Module`, and from files or in-memory data (arrays, tensors, a mapping of them, an
+`(inputs, labels)` pair, or a DataLoader), and returns a `CompressResult` instead of an exit code.
+
+Why files underneath: the run is built on files for its guarantees (inputs hashed into the resume fingerprint, the
+source path recorded in model.safetensors so `compressor.load` can rebuild, atomic outputs). An in-memory module is
+exported with `torch.export` (batch dimension dynamic) and in-memory data written as `.npz`, both into a temporary
+directory that lives for the run; everything else is the CLI's own path (`run/runner.py`). A bad input raises the
+`CompressorError` the CLI would print; a failed gate is a result (`passed` False, `exit_code` 3), not an exception.
+A model passed in memory is rebuilt from the output with `compressor.load(out, model=<the same architecture>)`.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.errors import DataError, UsageError
+from compressor.io.data import LABEL_KEY
+from compressor.run.pipeline import RunOptions
+from compressor.run.progress import Reporter
+from compressor.run.ranges import parse_duration
+from compressor.run.runner import compress as run_pipeline
+
+PATHS = (str, Path)
+
+
+@dataclass
+class CompressResult:
+    """What a run wrote and measured: `report` is report.json's content."""
+
+    out: Path
+    report: dict[str, Any]
+    exit_code: int
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.out / "model.onnx"
+
+    @property
+    def safetensors_path(self) -> Path:
+        return self.out / "model.safetensors"
+
+    @property
+    def baseline(self) -> float:
+        """The original's held-out metric."""
+        return self.report["baseline"]["value"]
+
+    @property
+    def final(self) -> float:
+        """model.onnx's held-out metric, as measured in ONNX Runtime."""
+        return self.report["artifacts"][0]["metric_value"]
+
+
+def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[str] = "quantize",
+             out: str | Path = "out", train_data: Any = None, val_data: Any = None, calib_data: Any = None,
+             stages: Mapping[str, Mapping[str, Any]] | None = None, force: bool = False, quiet: bool = True,
+             time_limit: float | str | None = None, **options: Any) -> CompressResult:
+    """Compress `model` and verify it on the held-out `data`; see the module docstring for the accepted forms.
+
+    `stages`: options per stage, e.g. `{"prune": {"target": 0.5}}` (as `--set prune.target=0.5`). `options`: any
+    other run option by its RunOptions name (seed, device, max_drop, min_recovery, max_bytes, floors, threads,
+    metric, confidence, precision, arch, trust_pickle, resume, keep_checkpoints).
+    """
+    unknown = set(options) - set(RunOptions.__dataclass_fields__) - {"model", "data", "pipeline", "out"}
+    if unknown:
+        raise UsageError(f"compress(): unknown option(s) {', '.join(sorted(unknown))}")
+    names = pipeline.split(",") if isinstance(pipeline, str) else list(pipeline)
+    with tempfile.TemporaryDirectory(prefix="compressor-api-") as tmp:
+        tmp = Path(tmp)
+        files = {key: as_data_file(value, tmp / f"{key}.npz", key)
+                 for key, value in (("data", data), ("train_data", train_data), ("val_data", val_data),
+                                    ("calib_data", calib_data)) if value is not None}
+        if "data" not in files:
+            raise UsageError("compress(): data (the held-out set) is required")
+        path = model_file(model, files["data"], tmp / "model.pt2")
+        run = RunOptions(model=path, pipeline=[n.strip() for n in names if n.strip()], data=files["data"],
+                         out=Path(out), train_data=files.get("train_data"), val_data=files.get("val_data"),
+                         calib_data=files.get("calib_data"), force=force, quiet=quiet,
+                         recipe_options={k: dict(v) for k, v in (stages or {}).items()},
+                         time_limit=time_limit if not isinstance(time_limit, str)
+                         else parse_duration(time_limit, "time_limit"), **options)
+        report, code = run_pipeline(run, Reporter(quiet=quiet))
+    return CompressResult(Path(out), report, code)
+
+
+def model_file(model: nn.Module | str | Path, data_file: Path, target: Path) -> Path:
+    """`model` as a path: a path as given, a module exported (torch.export, dynamic batch) from two held-out rows."""
+    if isinstance(model, PATHS):
+        return Path(model)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"compress(): model must be an nn.Module or a path, not {type(model).__name__}")
+    arrays = dict(np.load(data_file))
+    arrays.pop(LABEL_KEY, None)
+    example = {k: torch.from_numpy(v[:2]) for k, v in arrays.items()}
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    try:
+        if list(example) == ["x"]:
+            program = torch.export.export(model.eval(), (example["x"],), dynamic_shapes=({0: batch},))
+        else:
+            program = torch.export.export(model.eval(), (), example,
+                                          dynamic_shapes={k: {0: batch} for k in example})
+    except Exception as exc:  # torch's exporter: many kinds of failure, each a message for the user
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"compress(): torch.export could not export the module ({why}); export it yourself "
+                         "and pass the .pt2 path") from exc
+    torch.export.save(program, str(target))
+    return target
+
+
+def as_data_file(value: Any, target: Path, what: str) -> Path:
+    """`value` as a data file: a path as given; arrays, tensors, a mapping, an (inputs, labels) pair or an iterable
+    of such batches (a DataLoader) written to `target` as .npz (labels under 'y', a single input under 'x')."""
+    if isinstance(value, PATHS):
+        return Path(value)
+    arrays = _arrays(value, what)
+    np.savez(target, **arrays)
+    return target
+
+
+def _arrays(value: Any, what: str) -> dict[str, np.ndarray]:
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return {"x": _np(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _np(v) for k, v in value.items()}
+    if isinstance(value, tuple) and 1 <= len(value) <= 2 and all(isinstance(v, (np.ndarray, torch.Tensor, Mapping))
+                                                                  for v in value):
+        inputs = _arrays(value[0], what)
+        return {**inputs, **({LABEL_KEY: _np(value[1])} if len(value) == 2 else {})}
+    if isinstance(value, Iterable):  # a DataLoader or any iterable of batches
+        parts = [_arrays(batch if not isinstance(batch, list) else tuple(batch), what) for batch in value]
+        if not parts:
+            raise DataError(f"compress(): {what} yielded no batches")
+        keys = list(parts[0])
+        if any(list(p) != keys for p in parts):
+            raise DataError(f"compress(): {what}'s batches do not all hold the same arrays")
+        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    raise UsageError(f"compress(): {what} must be a path, arrays, tensors, a mapping, an (inputs, labels) pair or "
+                     f"a DataLoader, not {type(value).__name__}")
+
+
+def _np(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise UsageError(f"compress(): expected an array or a tensor, not {type(value).__name__}")
