@@ -20,7 +20,6 @@ from typer.core import TyperGroup
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
 from compressor.errors import Terminated, UsageError, request_stop
 from compressor.inspect_model import inspect_model
-from compressor.core.precision import precision_error
 from compressor.io.parallel import launched, start, world
 from compressor.io.threads import DEFAULT_THREADS
 from compressor.judge.budget import DEFAULT_CONFIDENCE
@@ -190,8 +189,6 @@ def run(
                          metric=pick(metric, settings.get("metric")),
                          time_limit=parse_duration(pick(time_limit, settings.get("time_limit")), "--time-limit"),
                          precision=str(pick(precision, settings.get("precision"), "fp32")))
-    if (problem := precision_error(options.precision, options.device)) is not None:
-        raise UsageError(problem)
     if launched():  # one rank of torchrun: join its process group; only rank 0 prints and writes
         options.device = start(options.device)
         quiet = options.quiet = quiet or world()[0] > 0

@@ -63,3 +63,23 @@ def test_cuda_fp16_shrink_prune_passes_the_gate(tmp_path):
                   "--set", "prune.epochs_per_step=1", "--out", tmp_path / "o", "--quiet")
     assert res.code == 0, res
     assert read_report(tmp_path / "o")["gate"]["passed"]
+
+
+def test_fp16_overflow_skips_the_step_and_every_hook():
+    """A step whose scaled gradients overflow is skipped by the scaler; `unscale` says so before any hook (the
+    shrinkage rule's decay, the masks) could carry inf/nan into the weights."""
+    from compressor.core.precision import MixedPrecision
+
+    mixed = MixedPrecision("bf16", torch.device("cpu"))  # no scaler: always finite
+    layer = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.ones(1, 2)).sum().backward()
+    assert mixed.unscale(opt) is True
+    scaled = MixedPrecision.__new__(MixedPrecision)  # fp16's scaler on CPU tensors (fp16 autocast needs CUDA)
+    scaled.dtype, scaled.device_type, scaled.scaler = None, "cpu", torch.amp.GradScaler("cpu")
+    before = [p.detach().clone() for p in layer.parameters()]
+    opt.zero_grad()
+    scaled.backward(layer(torch.tensor([[float("inf"), 1.0]])).sum())
+    assert scaled.unscale(opt) is False
+    scaled.step(opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))  # the step was skipped

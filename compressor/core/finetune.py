@@ -147,7 +147,9 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 if loss_hook is not None:
                     loss = loss + loss_hook(model, batch, out)
                 mixed.backward(loss * share_weight(rows))
-                mixed.unscale(opt)  # the hooks and masks below read true gradients
+                if not mixed.unscale(opt):  # fp16 overflow: the scaler skips this step (and lowers its scale)
+                    mixed.step(opt)
+                    continue
                 if grad_hook is not None:
                     for k, v in (grad_hook(model, step) or {}).items():
                         stats_sum[k] = stats_sum.get(k, 0.0) + v

@@ -83,7 +83,9 @@ def _probe(ctx: StageContext, model: nn.Module, default: float, batch_size: int,
                 with mixed.autocast():
                     out = call_model(model, batch, ctx.device)
                 mixed.backward(loss_fn(model, batch, out.float() if out.is_floating_point() else out))
-                mixed.unscale(opt)
+                if not mixed.unscale(opt):
+                    mixed.step(opt)  # skipped by the scaler: an fp16 overflow
+                    continue
                 ctx.masks.mask_grads(model)
                 mixed.step(opt)
                 ctx.masks.apply(model)

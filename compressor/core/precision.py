@@ -1,4 +1,4 @@
-"""Mixed precision for every fine-tune (--precision): the forward pass and the loss run under autocast, while the
+"""Mixed precision for every fine-tune (--precision): the forward pass runs under autocast, while the loss, the
 weights, the optimizer state, the gradients and every evaluation stay float32.
 
 Why: a fine-tune's time is its forward and backward passes, which bf16 (CPUs with AVX-512 BF16 or AMX, recent
@@ -14,6 +14,8 @@ import contextlib
 
 import torch
 
+from compressor.errors import UsageError
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,10 +30,12 @@ def precision_error(name: str, device: str) -> str | None:
 
 
 class MixedPrecision:
-    """One fine-tune's autocast and loss scaling: `with mp.autocast():` around forward and loss, then
+    """One fine-tune's autocast and loss scaling: `with mp.autocast():` around the forward pass, then
     `mp.backward(loss)`, `mp.unscale(opt)` before anything reads the gradients, and `mp.step(opt)`."""
 
     def __init__(self, name: str, device: torch.device) -> None:
+        if (problem := precision_error(name, str(device))) is not None:
+            raise UsageError(problem)
         self.dtype = DTYPES.get(name)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
@@ -44,9 +48,14 @@ class MixedPrecision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def unscale(self, opt: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(opt)
+    def unscale(self, opt: torch.optim.Optimizer) -> bool:
+        """Unscale the gradients; whether they are finite (False: `step` will skip this step, and nothing else
+        may act on them: a hook reading inf/nan would carry it into the weights)."""
+        if self.scaler is None:
+            return True
+        self.scaler.unscale_(opt)
+        return all(bool(torch.isfinite(p.grad).all()) for group in opt.param_groups for p in group["params"]
+                   if p.grad is not None)
 
     def step(self, opt: torch.optim.Optimizer) -> None:
         if self.scaler is None:

@@ -17,6 +17,7 @@ from compressor.io.data import Dataset
 LATENCY_BATCH = 64
 LATENCY_SECONDS = 5.0  # a large model's timed runs stop after this much (at least one; small models do all)
 SLOWER_MARGIN = 1.1    # a median more than this times another's is slower, not timing noise
+MIN_SECONDS = 0.2      # a fast graph runs more rounds (up to 10x `repeats`) until each has been timed this long
 
 
 def latency_batch(data: Dataset, batch: int = LATENCY_BATCH) -> Dataset:
@@ -57,8 +58,11 @@ def latencies_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int =
         if sum(one_round()) > LATENCY_SECONDS * 1000.0 / repeats:
             break
     rounds = []
-    for _ in range(repeats):
+    for _ in range(10 * repeats):
         rounds.append(one_round())
-        if sum(map(sum, rounds)) > LATENCY_SECONDS * 1000.0 * len(sessions):
+        spent = sum(map(sum, rounds))
+        if spent > LATENCY_SECONDS * 1000.0 * len(sessions):
+            break
+        if len(rounds) >= repeats and spent >= MIN_SECONDS * 1000.0 * len(sessions):
             break
     return [round(statistics.median(r[i] for r in rounds), 4) for i in range(len(sessions))]

@@ -56,8 +56,10 @@ def fingerprint(options, stages) -> str:
     doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,
            "max_drop": options.max_drop, "confidence": options.confidence,
            "metric": None if options.metric in (None, "auto") else options.metric,  # both mean: detected
-           "world_size": world()[1], "time_limit": options.time_limit, "precision": options.precision,  # data-parallel ranks split every batch: another count, other numbers
+           "world_size": world()[1], "time_limit": options.time_limit,  # data-parallel ranks split every batch: another count, other numbers
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}
+    if options.precision != "fp32":  # other arithmetic, other numbers (fp32 keeps earlier checkpoints valid)
+        doc["precision"] = options.precision
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from compressor.core.precision import precision_error
 from compressor.errors import UsageError
 
 SEED_MAX = 2 ** 32 - 1
@@ -34,6 +35,8 @@ def check_ranges(options) -> None:
     if options.max_bytes is not None and (isinstance(options.max_bytes, bool) or not isinstance(options.max_bytes, int)
                                           or options.max_bytes < 1):
         raise UsageError(f"--max-bytes {options.max_bytes!r}: expected a whole number of bytes, at least 1")
+    if (problem := precision_error(options.precision, options.device)) is not None:
+        raise UsageError(f"--precision: {problem}")
     for name, value in options.floors.items():
         low, high = FLOOR_RANGES.get(name, (-math.inf, math.inf))
         if not low <= _number(value, f"--floor {name}=") <= high:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from compressor.core.precision import PRECISIONS
 from compressor.errors import UsageError
 from compressor.registry import get_stage
 from compressor.run.ranges import parse_duration
@@ -196,6 +197,8 @@ def _check_run_settings(recipe: Recipe, data: dict) -> None:
     if "confidence" in data and (isinstance(data["confidence"], bool)
                                  or not isinstance(data["confidence"], (int, float))):
         raise UsageError(f"{recipe.where('confidence')}: confidence must be a number (e.g. 0.9)")
+    if "precision" in data and data["precision"] not in PRECISIONS:
+        raise UsageError(f"{recipe.where('precision')}: precision must be one of {', '.join(PRECISIONS)}")
     if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
         raise UsageError(f"{recipe.where('seed')}: seed must be an integer")
 

@@ -220,9 +220,12 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     base = tmp_dir / "int4.onnx"
                     notes += force_int4(work, base, config.int4_block, exclude)
                 forms = _Forms(base, config, sample, exclude, tmp_dir)
+                timed = config.mode == "auto" and config.objective != "size" and config.weight_bits != "4"
                 if mode == "dynamic":
                     forms.dynamic(base, dst)
                     notes.append(f"dynamic int8, {_weights_note(config)}")
+                    if timed and check is not None:  # auto without calibration data: dynamic, weighed all the same
+                        notes += pick_by_speed(config.objective, src, dst, tmp_dir, check, None, None)
                 elif mode == "static":
                     forms.static(dst)
                     notes.append(f"static int8 {config.format}, {_calibration_note(config, sample)}")
@@ -239,10 +242,10 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                                                                                        load_external_data=False)):
                         notes.append(f"objective {config.objective}: no 4-bit MatMul weights (ONNX Runtime's "
                                      "MatMulNBits computes in float32 on CPU; quantize.objective=size searches them)")
-                    if config.objective != "size":
-                        notes += pick_by_speed(config.objective, work, dst, tmp_dir, check_set, passes,
-                                               all_dynamic_writer(work, forms, exclude))
                     notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
+                    if timed:
+                        notes += pick_by_speed(config.objective, src, dst, tmp_dir, check_set, passes,
+                                               all_dynamic_writer(work, forms, exclude))
         except (StageError, DataError):
             raise
         except Exception as exc:
@@ -254,7 +257,8 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
 class QuantizeStage(ExportStage):
     name = "quantize"
     summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
-               "else per op; 4-bit MatMul weights where verified)")
+               "else per op; by default no slower than fp32 on this CPU; objective=size: 4-bit MatMul weights where "
+               "verified)")
     Config = QuantizeConfig
     follows = frozenset({"shrink", "prune", "rpg", "basis"})
 
