@@ -29,6 +29,11 @@ class StageResult:
     structure: dict[str, Any] | None = None
     # ask the runner to export the model once with its structure's rewrite and compare ONNX Runtime with torch
     verify_onnx: bool = False
+    # what the stage decided and why, in one line (the terminal's summary); None: its first note says it
+    decision: str | None = None
+
+    def decision_line(self) -> str | None:
+        return self.decision or (self.notes[0] if self.notes else None)
 
 
 class Stage:

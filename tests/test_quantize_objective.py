@@ -147,3 +147,16 @@ def test_nothing_left_to_make_dynamic_is_not_called_a_dynamic_form(cnn, monkeypa
     quantize_onnx(fp32, dst, cfg, data["train"], 0, data["val"])
     writer = objective.all_dynamic_writer(fp32, None, every)  # every node excluded: nothing to write
     assert writer(tmp / "never.onnx") is False and not (tmp / "never.onnx").exists()
+
+
+def test_the_terminal_says_what_each_stage_decided(tmp_path):
+    out = tmp_path / "o"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune,quantize", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--set", "prune.target=0.5", "--set", "prune.epochs_per_step=1", "--out", out)
+    assert res.code == 0, res
+    stages = read_report(out)["stages"]
+    assert stages[0]["decision"].startswith("blinded policy") and "sparsity" in stages[0]["decision"]
+    assert stages[1]["decision"].startswith(("objective balanced: ", "auto: "))
+    printed = " ".join(res.stdout.split())  # rich wraps long lines
+    for stage in stages:
+        assert f"{stage['name']}: {' '.join(stage['decision'].split())}" in printed

@@ -205,6 +205,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         for r in rows:
             table.add_row(*r)
         console.print(table)
+    for r in report["stages"]:  # what each stage decided and why, one line each (the rest is in report.md)
+        if r.get("decision"):
+            console.print(f"[bold]{r['name']}[/bold]: {r['decision']}", highlight=False)
     for n in report.get("notes", []):
         console.print(f"[dim]note: {n}[/dim]", highlight=False)
 

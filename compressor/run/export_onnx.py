@@ -78,6 +78,6 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
     q_out = onnx_predict(session, heldout)
     metric = score(q_out, heldout, reference, ctx.metric)
     record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
-              "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes,
+              "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes, "decision": result.decision_line(),
               "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out), "bytes": file_sizes(onnx_path)["size"]}
     return record, session, q_out, compact is not None

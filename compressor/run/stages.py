@@ -65,7 +65,7 @@ def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: 
     result.metrics.setdefault("bytes", measured_bytes(ctx.model))
     return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,
             "nonzeros": nonzeros, "dof": int(result.metrics.pop("dof", params)), "seconds": round(seconds, 3),
-            "notes": result.notes, **result.metrics}
+            "notes": result.notes, "decision": result.decision_line(), **result.metrics}
 
 
 def check_structure(ctx: RunContext, result) -> None:

@@ -254,6 +254,16 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
     return notes
 
 
+def _decision(notes: list[str]) -> str | None:
+    """The form shipped and why: the objective's timed verdict, else auto's choice, else the first note."""
+    for wanted in (lambda n: n.startswith("objective ") and " ms" in n, lambda n: n.startswith("auto: "),
+                   lambda n: True):
+        found = next((n for n in notes if wanted(n)), None)
+        if found is not None:
+            return found
+    return None
+
+
 class QuantizeStage(ExportStage):
     name = "quantize"
     summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
@@ -285,7 +295,7 @@ class QuantizeStage(ExportStage):
         if not compact:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
                                   ctx.out_of_time)
-            return StageResult(model=ctx.model, notes=notes)
+            return StageResult(model=ctx.model, notes=notes, decision=_decision(notes))
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
@@ -296,4 +306,4 @@ class QuantizeStage(ExportStage):
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
-        return StageResult(model=ctx.model, notes=notes)
+        return StageResult(model=ctx.model, notes=notes, decision=_decision(notes))
