@@ -11,6 +11,7 @@ A model passed in memory is rebuilt from the output with `compressor.load(out, m
 """
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from compressor.errors import DataError, UsageError
-from compressor.io.data import LABEL_KEY
+from compressor.io.data import LABEL_KEY, read_arrays
 from compressor.run.pipeline import RunOptions
 from compressor.run.progress import Reporter
 from compressor.run.ranges import parse_duration
@@ -72,10 +73,19 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
     other run option by its RunOptions name (seed, device, max_drop, min_recovery, max_bytes, floors, threads,
     metric, confidence, precision, arch, trust_pickle, resume, keep_checkpoints).
     """
-    unknown = set(options) - set(RunOptions.__dataclass_fields__) - {"model", "data", "pipeline", "out"}
+    unknown = set(options) - set(RunOptions.__dataclass_fields__) | set(options) & {
+        "model", "data", "pipeline", "out", "overrides", "recipe_options", "train_data", "val_data", "calib_data"}
     if unknown:
         raise UsageError(f"compress(): unknown option(s) {', '.join(sorted(unknown))}")
-    names = pipeline.split(",") if isinstance(pipeline, str) else list(pipeline)
+    if not isinstance(pipeline, (str, list, tuple)):
+        raise UsageError(f"compress(): pipeline must be 'a,b' or a list of stage names, not {type(pipeline).__name__}")
+    names = [n.strip() for n in (pipeline.split(",") if isinstance(pipeline, str) else pipeline) if n.strip()]
+    for stage, opts in (stages or {}).items():
+        if stage not in names:
+            raise UsageError(f"compress(): options for stage {stage!r}, which is not in the pipeline {names}")
+        if not isinstance(opts, Mapping):
+            raise UsageError(f"compress(): stages[{stage!r}] must be a mapping of option names to values")
+    time_limit = parse_duration(time_limit, "time_limit")
     with tempfile.TemporaryDirectory(prefix="compressor-api-") as tmp:
         tmp = Path(tmp)
         files = {key: as_data_file(value, tmp / f"{key}.npz", key)
@@ -84,12 +94,11 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
         if "data" not in files:
             raise UsageError("compress(): data (the held-out set) is required")
         path = model_file(model, files["data"], tmp / "model.pt2")
-        run = RunOptions(model=path, pipeline=[n.strip() for n in names if n.strip()], data=files["data"],
+        run = RunOptions(model=path, pipeline=names, data=files["data"],
                          out=Path(out), train_data=files.get("train_data"), val_data=files.get("val_data"),
                          calib_data=files.get("calib_data"), force=force, quiet=quiet,
-                         recipe_options={k: dict(v) for k, v in (stages or {}).items()},
-                         time_limit=time_limit if not isinstance(time_limit, str)
-                         else parse_duration(time_limit, "time_limit"), **options)
+                         recipe_options={k: dict(v) for k, v in (stages or {}).items()}, time_limit=time_limit,
+                         **options)
         report, code = run_pipeline(run, Reporter(quiet=quiet))
     return CompressResult(Path(out), report, code)
 
@@ -100,9 +109,15 @@ def model_file(model: nn.Module | str | Path, data_file: Path, target: Path) -> 
         return Path(model)
     if not isinstance(model, nn.Module):
         raise UsageError(f"compress(): model must be an nn.Module or a path, not {type(model).__name__}")
-    arrays = dict(np.load(data_file))
+    arrays = read_arrays(data_file)  # the loader's own checks and messages (a missing file, a zip bomb, .pt)
     arrays.pop(LABEL_KEY, None)
-    example = {k: torch.from_numpy(v[:2]) for k, v in arrays.items()}
+    names = list(inspect.signature(model.forward).parameters)
+    if not (list(arrays) == ["x"] or set(arrays) <= set(names)):
+        raise DataError(f"compress(): data arrays {sorted(arrays)} are not the module's forward arguments {names} "
+                        f"(a single input may be 'x'; labels go under '{LABEL_KEY}')")
+    rows = np.arange(2) % len(next(iter(arrays.values())))  # two rows, even from a one-row set
+    example = {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in arrays.items()}
+    example = {k: t.float() if t.is_floating_point() else t for k, t in example.items()}
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
         if list(example) == ["x"]:
@@ -123,6 +138,8 @@ def as_data_file(value: Any, target: Path, what: str) -> Path:
     of such batches (a DataLoader) written to `target` as .npz (labels under 'y', a single input under 'x')."""
     if isinstance(value, PATHS):
         return Path(value)
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (np.ndarray, torch.Tensor)) for v in value):
+        value = tuple(value)  # [inputs, labels], as a DataLoader's batches come
     arrays = _arrays(value, what)
     np.savez(target, **arrays)
     return target
@@ -144,14 +161,18 @@ def _arrays(value: Any, what: str) -> dict[str, np.ndarray]:
         keys = list(parts[0])
         if any(list(p) != keys for p in parts):
             raise DataError(f"compress(): {what}'s batches do not all hold the same arrays")
-        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+        try:
+            return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+        except ValueError as exc:
+            raise DataError(f"compress(): {what}'s batches cannot be joined ({exc})") from exc
     raise UsageError(f"compress(): {what} must be a path, arrays, tensors, a mapping, an (inputs, labels) pair or "
                      f"a DataLoader, not {type(value).__name__}")
 
 
 def _np(value: Any) -> np.ndarray:
+    """An array as the loader reads it: floats as float32 (numpy's default float64 would export a float64 program)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
-        return value
+        return value.astype(np.float32) if value.dtype.kind == "f" and value.dtype != np.float32 else value
     raise UsageError(f"compress(): expected an array or a tensor, not {type(value).__name__}")

@@ -33,7 +33,10 @@ class StageResult:
     decision: str | None = None
 
     def decision_line(self) -> str | None:
-        return self.decision or (self.notes[0] if self.notes else None)
+        """The stage's own decision, else its first warning (a size over budget, an inert rule), else its first
+        note."""
+        warning = next((n for n in self.notes if n.startswith("WARNING")), None)
+        return self.decision or warning or (self.notes[0] if self.notes else None)
 
 
 class Stage:

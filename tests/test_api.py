@@ -61,6 +61,9 @@ def test_paths_work_as_on_the_command_line(tmp_path):
     ({"data": HELDOUT, "colour": "red"}, "unknown option"),
     ({"data": HELDOUT, "stages": {"quantize": {"modee": "x"}}}, "modee"),
     ({"data": [1, 2]}, "must be a path, arrays"),
+    ({"data": HELDOUT, "stages": {"prune": {"target": 0.5}}}, "not in the pipeline"),
+    ({"data": HELDOUT, "threads": 0}, "--threads 0"),
+    ({"data": HELDOUT, "time_limit": -5}, "time_limit"),
 ])
 def test_bad_input_raises_the_cli_error(tmp_path, kwargs, message):
     with pytest.raises(compressor.CompressorError, match=message):
@@ -84,3 +87,21 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     (tmp_path / "sample_models").symlink_to(SAMPLES)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "out-api" / "model.onnx").is_file()
+
+
+def test_in_memory_inputs_as_a_user_writes_them(tmp_path):
+    """A float64 [inputs, labels] list (numpy's default), an in-memory module, a missing data file, a bad threads
+    value that must not leave --out locked, and the caller's root logger left as it was."""
+    import logging
+
+    model = _trained_mlp()
+    x, y = _digits(HELDOUT)
+    handlers = list(logging.getLogger().handlers)
+    with pytest.raises(compressor.CompressorError, match="data file not found"):
+        compressor.compress(model, tmp_path / "nope.npz", out=tmp_path / "o")
+    with pytest.raises(compressor.CompressorError, match="--threads"):
+        compressor.compress(model, [x.double().numpy(), y.numpy()], out=tmp_path / "o", threads=0)
+    result = compressor.compress(model, [x.double().numpy(), y.numpy()], out=tmp_path / "o",
+                                 stages={"quantize": {"objective": "size"}})
+    assert result.passed and result.report["metric"]["name"] == "accuracy"
+    assert logging.getLogger().handlers == handlers

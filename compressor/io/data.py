@@ -65,7 +65,8 @@ class Dataset:
         return self.subset(idx)
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of a data file (.npz, or a .pt dict of tensors), its archive limits checked first."""
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     if not path.is_file():
@@ -103,7 +104,7 @@ def load_dataset(path: str | Path, input_names: Sequence[str],
     bool arrays stay bool, unless `dtypes` (a `.pt2` program's input dtypes) names another integer or bool dtype for
     that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
     path = Path(path)
-    arrays = _read_arrays(path)
+    arrays = read_arrays(path)
     labels_np = arrays.pop(LABEL_KEY, None)
     if not arrays:
         raise DataError(f"{path}: no input arrays (expected 'x' or arrays named {', '.join(input_names)})")

@@ -10,6 +10,7 @@ import os
 import platform
 from typing import Any
 
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -181,6 +182,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"Failed gates: {', '.join(g['failed'])}")
     lines.append("")
+    decisions = [f"- **{r['name']}**: {r['decision']}" for r in report["stages"] if r.get("decision")]
+    if decisions:
+        lines += ["Decisions:", *decisions, ""]
     notes = list(report.get("notes", []))
     for r in report["stages"]:
         notes += [f"{r['name']}: {n}" for n in r.get("notes", [])]
@@ -207,9 +211,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print(table)
     for r in report["stages"]:  # what each stage decided and why, one line each (the rest is in report.md)
         if r.get("decision"):
-            console.print(f"[bold]{r['name']}[/bold]: {r['decision']}", highlight=False)
+            console.print(f"[bold]{r['name']}[/bold]: {escape(r['decision'])}", highlight=False)
     for n in report.get("notes", []):
-        console.print(f"[dim]note: {n}[/dim]", highlight=False)
+        console.print(f"[dim]note: {escape(n)}[/dim]", highlight=False)
 
 
 def write_reports(report: dict[str, Any], out) -> None:

@@ -138,6 +138,8 @@ class Checkpoints:
         ctx.model = model.to(ctx.device)
         ctx.structures = list(data["structures"])
         ctx.notes = list(data["notes"])
+        record = data["record"]  # a checkpoint written before records had decisions: its first note says it
+        record.setdefault("decision", record["notes"][0] if record.get("notes") else None)
         ctx.masks.masks.clear()
         if (d / "masks.safetensors").is_file():
             for k, v in load_file(str(d / "masks.safetensors")).items():

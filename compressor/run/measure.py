@@ -3,6 +3,7 @@
 the fp32 original's."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,8 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                       onnx_sha256: str, encodings: dict[str, Any], run_time: bool = False) -> list[dict[str, Any]]:
     """The report's artifact rows: model.onnx, then model.safetensors reloaded from the staged output. `run_time`:
     model.onnx quantizes activations at run time (`store.store_weights` read it from the graph)."""
-    # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
-    reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
-                             trust_code=ctx.loaded.format == "state_dict")
-    st_out = predict(reloaded, heldout, "cpu")
-    del reloaded  # one torch copy of the weights fewer while the artifact's own peak memory is measured
-    ctx.model.to("cpu")
-    onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
-    st_metric = score(st_out, heldout, reference, ctx.metric)
     onnx_path = exported.onnx_path
+    onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
     batch = batch_dependence(exported, heldout, reference, ctx.metric) if run_time else None
     if batch is not None:
         ctx.notes.append(f"model.onnx quantizes activations at run time (dynamic int8), so a sample's outputs depend "
@@ -42,9 +36,19 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                          f"difference| {batch['max_abs_diff_batch1_vs_batch']:.3g} and {ctx.metric.name} "
                          f"{batch['metric_value_batch1']:.4g}, against {batch['metric_value_batched']:.4g} in batches "
                          f"of {EVAL_BATCH}")
+    latency = ort_latency_ms(exported.session, heldout)
+    exported.session = None  # its weights and activation arena are freed before the reload and the memory check
+    gc.collect()
+    # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
+    reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
+                             trust_code=ctx.loaded.format == "state_dict")
+    st_out = predict(reloaded, heldout, "cpu")
+    del reloaded  # one torch copy of the weights fewer while the artifact's own peak memory is measured
+    ctx.model.to("cpu")
+    st_metric = score(st_out, heldout, reference, ctx.metric)
     return [
         {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
-         "metric_extra": onnx_metric.extra, "latency_ms": ort_latency_ms(exported.session, heldout),
+         "metric_extra": onnx_metric.extra, "latency_ms": latency,
          "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_baseline_latency_ms": exported.base_latency,
          "fp32_export_bytes": exported.fp32_sizes["bytes"], "fp32_export_gzip_bytes": exported.fp32_sizes["gzip_bytes"],

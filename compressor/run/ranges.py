@@ -35,6 +35,8 @@ def check_ranges(options) -> None:
     if options.max_bytes is not None and (isinstance(options.max_bytes, bool) or not isinstance(options.max_bytes, int)
                                           or options.max_bytes < 1):
         raise UsageError(f"--max-bytes {options.max_bytes!r}: expected a whole number of bytes, at least 1")
+    if isinstance(options.threads, bool) or not isinstance(options.threads, int) or options.threads < 1:
+        raise UsageError(f"--threads {options.threads!r}: expected a whole number, at least 1")
     if (problem := precision_error(options.precision, options.device)) is not None:
         raise UsageError(f"--precision: {problem}")
     for name, value in options.floors.items():

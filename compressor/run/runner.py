@@ -47,8 +47,9 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
         return _other_rank(options, stages, reporter)
     inputs = [p for p in (options.model, options.data, options.train_data, options.val_data, options.calib_data) if p]
     out = OutputDir(options.out, options.force, inputs, resume=options.resume)
-    previous_threads = pin_threads(options.threads)
+    previous_threads = torch.get_num_threads()
     try:
+        pin_threads(options.threads)
         ckpt = None
         if any(not s.export_time for s in stages):
             ckpt = Checkpoints(options.out, fingerprint(options, stages), options.resume)

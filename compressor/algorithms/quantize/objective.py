@@ -106,3 +106,13 @@ def all_dynamic_writer(work: Path, forms, exclude: list[str]) -> Callable[[Path]
         forms.mixed(path, [], names, [], tables)
         return True
     return write
+
+
+def shipped_form(notes: list[str]) -> str | None:
+    """The form shipped and why: the objective's timed verdict, else auto's choice, else the first note."""
+    for wanted in (lambda n: n.startswith("objective ") and " ms" in n, lambda n: n.startswith("auto: "),
+                   lambda n: True):
+        found = next((n for n in notes if wanted(n)), None)
+        if found is not None:
+            return found
+    return None

@@ -26,7 +26,7 @@ from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
-from compressor.algorithms.quantize.objective import all_dynamic_writer, pick_by_speed
+from compressor.algorithms.quantize.objective import all_dynamic_writer, pick_by_speed, shipped_form
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.core.contract import StageContext
@@ -78,13 +78,14 @@ def constant_nodes(model: onnx.ModelProto) -> list[str]:
 @contextlib.contextmanager
 def _quiet():
     logger = logging.getLogger()
-    level = logger.level
+    level, handlers = logger.level, list(logger.handlers)
     logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
-    finally:
+    finally:  # ORT's quantizer calls logging.info(), whose basicConfig() would leave the caller a root handler
         logger.setLevel(level)
+        logger.handlers[:] = handlers
 
 
 WEIGHT_ONLY_BLOCK = 128  # 8-bit weight-only MatMul: one scale per 128 input rows (3% over int8; rounding is fine)
@@ -254,16 +255,6 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
     return notes
 
 
-def _decision(notes: list[str]) -> str | None:
-    """The form shipped and why: the objective's timed verdict, else auto's choice, else the first note."""
-    for wanted in (lambda n: n.startswith("objective ") and " ms" in n, lambda n: n.startswith("auto: "),
-                   lambda n: True):
-        found = next((n for n in notes if wanted(n)), None)
-        if found is not None:
-            return found
-    return None
-
-
 class QuantizeStage(ExportStage):
     name = "quantize"
     summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
@@ -295,7 +286,7 @@ class QuantizeStage(ExportStage):
         if not compact:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
                                   ctx.out_of_time)
-            return StageResult(model=ctx.model, notes=notes, decision=_decision(notes))
+            return StageResult(model=ctx.model, notes=notes, decision=shipped_form(notes))
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
@@ -306,4 +297,4 @@ class QuantizeStage(ExportStage):
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
-        return StageResult(model=ctx.model, notes=notes, decision=_decision(notes))
+        return StageResult(model=ctx.model, notes=notes, decision=shipped_form(notes))

@@ -69,5 +69,5 @@ class ShrinkStage(Stage):
             notes.append(f"WARNING: the fraction of relevant weights is ~{mean_rel:.3f}: the selective part is inert "
                          "(the rule acts as plain decay or not at all); adjust alpha/alpha_scale")
         history = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in result.history]
-        return StageResult(model=ctx.model, notes=notes,
+        return StageResult(model=ctx.model, notes=notes, decision=notes[2],  # the budget's verdict
                            metrics={"history": history, "small_weight_fraction": after, "relevant_mean": mean_rel})
