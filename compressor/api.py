@@ -99,7 +99,11 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
                          calib_data=files.get("calib_data"), force=force, quiet=quiet,
                          recipe_options={k: dict(v) for k, v in (stages or {}).items()}, time_limit=time_limit,
                          **options)
-        report, code = run_pipeline(run, Reporter(quiet=quiet))
+        rng = torch.get_rng_state()  # the run seeds torch's global generator from `seed`; the caller's is restored
+        try:
+            report, code = run_pipeline(run, Reporter(quiet=quiet))
+        finally:
+            torch.set_rng_state(rng)
     return CompressResult(Path(out), report, code)
 
 
@@ -119,16 +123,21 @@ def model_file(model: nn.Module | str | Path, data_file: Path, target: Path) -> 
     example = {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in arrays.items()}
     example = {k: t.float() if t.is_floating_point() else t for k, t in example.items()}
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # exported for inference; the caller's module gets each submodule's mode back
     try:
         if list(example) == ["x"]:
-            program = torch.export.export(model.eval(), (example["x"],), dynamic_shapes=({0: batch},))
+            program = torch.export.export(model, (example["x"],), dynamic_shapes=({0: batch},))
         else:
-            program = torch.export.export(model.eval(), (), example,
+            program = torch.export.export(model, (), example,
                                           dynamic_shapes={k: {0: batch} for k in example})
     except Exception as exc:  # torch's exporter: many kinds of failure, each a message for the user
         why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"compress(): torch.export could not export the module ({why}); export it yourself "
                          "and pass the .pt2 path") from exc
+    finally:
+        for module, training in modes:
+            module.training = training
     torch.export.save(program, str(target))
     return target
 

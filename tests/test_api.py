@@ -94,9 +94,12 @@ def test_in_memory_inputs_as_a_user_writes_them(tmp_path):
     value that must not leave --out locked, and the caller's root logger left as it was."""
     import logging
 
-    model = _trained_mlp()
+    model = _trained_mlp().train()
     x, y = _digits(HELDOUT)
     handlers = list(logging.getLogger().handlers)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     with pytest.raises(compressor.CompressorError, match="data file not found"):
         compressor.compress(model, tmp_path / "nope.npz", out=tmp_path / "o")
     with pytest.raises(compressor.CompressorError, match="--threads"):
@@ -105,3 +108,4 @@ def test_in_memory_inputs_as_a_user_writes_them(tmp_path):
                                  stages={"quantize": {"objective": "size"}})
     assert result.passed and result.report["metric"]["name"] == "accuracy"
     assert logging.getLogger().handlers == handlers
+    assert model.training and torch.equal(torch.rand(3), expected)  # the caller's module mode and random state
