@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 from compressor.errors import DataError, UsageError
 from compressor.io.data import LABEL_KEY, read_arrays
+from compressor.report.build import print_report, verdict_line
 from compressor.run.pipeline import RunOptions
 from compressor.run.progress import Reporter
 from compressor.run.ranges import parse_duration
@@ -104,6 +106,10 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
             report, code = run_pipeline(run, Reporter(quiet=quiet))
         finally:
             torch.set_rng_state(rng)
+    if not quiet and report is not None:  # what the command line prints: the tables, the decisions, the verdict
+        console = Console()
+        print_report(report, console)
+        console.print(verdict_line(report), highlight=False, markup=False)
     return CompressResult(Path(out), report, code)
 
 
