@@ -60,8 +60,9 @@ def pick_by_speed(objective: str, float_graph: Path, dst: Path, tmp: Path, check
             paths.update({"all dynamic": alt} if held else {})
             dynamic_note = "" if held else f"; the all-dynamic form failed the check ({how})"
             times = _times(paths, check)
-    except Exception as exc:  # ONNX Runtime could not time a graph: the checked int8 choice stands
-        return [f"objective {objective}: the int8 choice is kept untimed (timing failed: {type(exc).__name__})"]
+    except Exception as exc:  # ONNX Runtime could not time a graph or make the alternative: the checked choice stands
+        return [f"objective {objective}: the int8 choice is kept (timing it, or making the all-dynamic form to "
+                f"weigh against it, failed: {type(exc).__name__})"]
     if objective == "latency":
         best = min(times, key=times.get)
     else:
