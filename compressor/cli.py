@@ -193,8 +193,10 @@ def run(
         options.device = start(options.device)
         quiet = options.quiet = quiet or world()[0] > 0
     report, code = compress(options, Reporter(err, quiet))
-    if report is None:
-        raise typer.Exit(code)
+    if report is None:  # a rank > 0 of a data-parallel run, done once it left the process group (io/parallel.py)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no interpreter teardown, which raced gloo's threads ("terminate called without ...")
     if not quiet:
         print_report(report, out)
         written = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
