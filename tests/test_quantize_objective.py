@@ -160,3 +160,9 @@ def test_the_terminal_says_what_each_stage_decided(tmp_path):
     printed = " ".join(res.stdout.split())  # rich wraps long lines
     for stage in stages:
         assert f"{stage['name']}: {' '.join(stage['decision'].split())}" in printed
+
+
+def test_latency_with_a_forced_form_is_refused_not_ignored(tmp_path):
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--data", HELDOUT, "--set", "quantize.mode=static",
+                  "--set", "quantize.objective=latency", "--out", tmp_path / "o")
+    assert res.code == 2 and "objective=latency" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res

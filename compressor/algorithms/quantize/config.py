@@ -39,6 +39,9 @@ class QuantizeConfig:
     preprocess: bool = option(True, "run ONNX Runtime's quant_pre_process (shape inference, graph optimisation)")
 
     def validate(self) -> str | None:
+        if self.objective == "latency" and (self.mode != "auto" or self.weight_bits == "4"):
+            return ("objective=latency chooses among auto's checked forms: it needs mode=auto and weight_bits other "
+                    "than 4")
         if self.calib_samples < 1:
             return "calib_samples must be at least 1"
         if self.calib_batch < 1:
