@@ -16,11 +16,11 @@ import torch
 
 from compressor.algorithms.basis.stage import BasisConfig, BasisStage
 from compressor.export.onnx import compact_int8, export_model
-from compressor.io.onnx_export import export_onnx_proto
+from compressor.export.torch_onnx import export_onnx_proto
+from compressor.judge.metrics import evaluate
 from compressor.run.pipeline import RunOptions
 from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
-from compressor.judge.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

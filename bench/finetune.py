@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from compressor.core.finetune import FinetuneSettings, finetune, task_loss
-from compressor.io.calls import call_model, set_train
 from compressor.report.cpu import cpu_info
 from compressor.run.pipeline import RunOptions
 from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
+from compressor.runtime.calls import call_model, set_train
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -25,12 +25,13 @@ import torch
 from bench.minilm import model_and_splits
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.stage import quantize_onnx
-from compressor.io.calls import onnx_predict
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import Dataset, load_dataset
 from compressor.io.load import load_model
-from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
+from compressor.io.onnx_files import save_onnx
 from compressor.report.cpu import cpu_info
-from compressor.io.timing import ort_latency_ms
+from compressor.runtime.calls import onnx_predict, ort_session
+from compressor.runtime.timing import ort_latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

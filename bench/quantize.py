@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 
 from compressor.algorithms.quantize.stage import QuantizeConfig, quantize_onnx
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
-from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
-from compressor.io.timing import ort_latency_ms
+from compressor.io.onnx_files import save_onnx
 from compressor.judge.metrics import evaluate_onnx
+from compressor.runtime.calls import ort_session
+from compressor.runtime.timing import ort_latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

@@ -22,12 +22,13 @@ import torch
 from safetensors.torch import save_file
 
 from compressor.algorithms.rpg.stage import RpgConfig, RpgStage
-from compressor.io.onnx_export import export_onnx_proto, save_onnx
+from compressor.export.torch_onnx import export_onnx_proto
+from compressor.io.onnx_files import save_onnx
+from compressor.judge.metrics import evaluate
 from compressor.run.pipeline import RunOptions
 from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
 from compressor.run.runner import compress
-from compressor.judge.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

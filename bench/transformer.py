@@ -19,12 +19,13 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from bench.minilm import model_and_splits
 from compressor.algorithms.quantize.stage import QuantizeConfig, quantize_onnx
 from compressor.core.params import unique_param_count
-from compressor.io.calls import onnx_predict, predict
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
-from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
-from compressor.io.timing import ort_latency_ms
+from compressor.io.onnx_files import save_onnx
 from compressor.judge.metrics import score
+from compressor.runtime.calls import onnx_predict, ort_session, predict
+from compressor.runtime.timing import ort_latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

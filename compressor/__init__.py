@@ -7,7 +7,7 @@ raises `ArtifactError`, naming the file).
 """
 from compressor.api import CompressResult, compress
 from compressor.errors import ArtifactError, CompressorError
-from compressor.export.rebuild import load
+from compressor.io.reload import load
 from compressor.version import __version__
 
 __all__ = ["ArtifactError", "CompressResult", "CompressorError", "__version__", "compress", "load"]

@@ -28,8 +28,8 @@ from compressor.io.data import LABEL_KEY, read_arrays
 from compressor.report.build import print_report, verdict_line
 from compressor.run.pipeline import RunOptions
 from compressor.run.progress import Reporter
-from compressor.run.ranges import parse_duration
 from compressor.run.runner import compress as run_pipeline
+from compressor.run.settings import parse_duration
 
 PATHS = (str, Path)
 

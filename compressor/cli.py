@@ -20,19 +20,18 @@ from typer.core import TyperGroup
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
 from compressor.errors import Terminated, UsageError, request_stop
 from compressor.inspect_model import inspect_model
-from compressor.io.parallel import launched, start, world
-from compressor.io.threads import DEFAULT_THREADS
-from compressor.judge.budget import DEFAULT_CONFIDENCE
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
 from compressor.report.diff import diff_markdown, diff_rows, read_report, source_warning
-from compressor.run.pipeline import RunOptions
 from compressor.run.launch import launch, without_option
+from compressor.run.options_doc import options_markdown
+from compressor.run.pipeline import RunOptions
 from compressor.run.progress import Reporter
-from compressor.run.ranges import parse_duration
 from compressor.run.recipe import is_recipe, load_recipe
 from compressor.run.runner import compress
-from compressor.stage import config_fields, type_label
+from compressor.run.settings import merge_settings, setting_help
+from compressor.runtime.parallel import launched, start, world
+from compressor.schema import describe
 from compressor.verify.gates import parse_floors
 from compressor.version import __version__
 
@@ -114,18 +113,12 @@ def run(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module "
                                       "(runs code from the file: only for files you trust)."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every random choice \\[default: 0]."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device for stages and evaluation (cpu, cuda, "
-                                         "cuda:1) \\[default: cpu]."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Gate: largest allowed metric drop in points "
-                                             "(exit 3) \\[default: 1.0]."),
-    confidence: Optional[float] = typer.Option(None, "--confidence", help="One-sided confidence of the upper bound "
-                                               "on the validation drop that every stage decision uses "
-                                               f"(0.5 to below 1) \\[default: {DEFAULT_CONFIDENCE}]."),
-    min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help="Gate: final/baseline metric ratio "
-                                                  "at least this (e.g. 0.99)."),
-    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Gate: model.onnx size (smallest of raw and "
-                                            "gzip bytes) at most this."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=setting_help("seed")),
+    device: Optional[str] = typer.Option(None, "--device", help=setting_help("device")),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help=setting_help("max_drop")),
+    confidence: Optional[float] = typer.Option(None, "--confidence", help=setting_help("confidence")),
+    min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help=setting_help("min_recovery")),
+    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help=setting_help("max_bytes")),
     floor: Optional[List[str]] = typer.Option(None, "--floor", help="Gate: metric=value floor on the final artifact "
                                               "(e.g. accuracy=95, cosine_min=0.99; repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished stages are "
@@ -133,22 +126,14 @@ def run(
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep --out/.checkpoints after success."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and ONNX Runtime, "
-                                          "pinned so a seed gives the same bytes whatever OMP_NUM_THREADS "
-                                          "\\[default: 1]."),
-    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Wall-clock budget for the stages (e.g. 30m, "
-                                             "2h, 900): past it no search or fine-tune starts new work and each "
-                                             "keeps the best state within budget found so far; export and "
-                                             "verification still run \\[default: none]."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Fine-tunes' forward pass in bf16 or fp16 "
-                                            "(CUDA); weights and every evaluation stay fp32 \\[default: fp32]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=setting_help("threads")),
+    time_limit: Optional[str] = typer.Option(None, "--time-limit", help=setting_help("time_limit")),
+    precision: Optional[str] = typer.Option(None, "--precision", help=setting_help("precision")),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Data-parallel processes for the fine-tuning "
                                         "stages on this machine: relaunches the command under torchrun "
                                         "--standalone --nproc-per-node N (DDP; gloo on CPU, nccl on CUDA) "
                                         "\\[default: 1]."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric for every decision, the gate and "
-                                         "the report: accuracy, agreement, cosine, mse or a plugin's name "
-                                         "\\[default: detected from the outputs and data]."),
+    metric: Optional[str] = typer.Option(None, "--metric", help=setting_help("metric")),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
@@ -164,36 +149,27 @@ def run(
         settings = recipe.settings
     rdata, gates = settings.get("data", {}), settings.get("gates", {})
 
-    def pick(cli_value, recipe_value, default=None):
-        return cli_value if cli_value is not None else (recipe_value if recipe_value is not None else default)
-
     def pick_path(cli_value, key):
-        value = pick(cli_value, rdata.get(key))
+        value = cli_value if cli_value is not None else rdata.get(key)
         return None if value is None else Path(value)
 
     heldout = pick_path(data, "heldout")
     if heldout is None:
         raise UsageError("--data (the held-out set) is required, on the command line or as data.heldout in a recipe")
     floors = {**{k: float(v) for k, v in (gates.get("floors") or {}).items()}, **parse_floors(floor or [])}
+    cli_settings = dict(seed=seed, device=device, max_drop=max_drop, confidence=confidence, min_recovery=min_recovery,
+                        max_bytes=max_bytes, threads=threads, time_limit=time_limit, precision=precision,
+                        metric=metric)
     options = RunOptions(model=model, pipeline=names, data=heldout, out=out_dir, overrides=set_ or [],
                          train_data=pick_path(train_data, "train"), val_data=pick_path(val_data, "val"),
                          calib_data=pick_path(calib_data, "calib"), arch=arch, trust_pickle=trust_pickle,
-                         force=force, seed=int(pick(seed, settings.get("seed"), 0)),
-                         device=str(pick(device, settings.get("device"), "cpu")), quiet=quiet,
-                         max_drop=float(pick(max_drop, gates.get("max_drop"), 1.0)),
-                         confidence=float(pick(confidence, settings.get("confidence"), DEFAULT_CONFIDENCE)),
-                         min_recovery=pick(min_recovery, gates.get("min_recovery")),
-                         max_bytes=pick(max_bytes, gates.get("max_bytes")), floors=floors,
-                         recipe_options=recipe_options, resume=resume, keep_checkpoints=keep_checkpoints,
-                         threads=int(pick(threads, settings.get("threads"), DEFAULT_THREADS)),
-                         metric=pick(metric, settings.get("metric")),
-                         time_limit=parse_duration(pick(time_limit, settings.get("time_limit")), "--time-limit"),
-                         precision=str(pick(precision, settings.get("precision"), "fp32")))
+                         force=force, quiet=quiet, floors=floors, recipe_options=recipe_options, resume=resume,
+                         keep_checkpoints=keep_checkpoints, **merge_settings(cli_settings, settings))
     if launched():  # one rank of torchrun: join its process group; only rank 0 prints and writes
         options.device = start(options.device)
         quiet = options.quiet = quiet or world()[0] > 0
     report, code = compress(options, Reporter(err, quiet))
-    if report is None:  # a rank > 0 of a data-parallel run, done once it left the process group (io/parallel.py)
+    if report is None:  # a rank > 0 of a data-parallel run, done once it left the process group (runtime/parallel.py)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # no interpreter teardown, which raced gloo's threads ("terminate called without ...")
@@ -207,21 +183,19 @@ def run(
 
 @app.command("stages")
 @guard
-def stages_cmd() -> None:
-    """List every stage with its options, defaults and one line of help."""
-    import typing
-
+def stages_cmd(markdown: bool = typer.Option(False, "--markdown", help="Print docs/options.md: every run setting "
+                                              "and stage option as Markdown tables.")) -> None:
+    """List every stage with its options: default, type, range and one line of help (from their declarations)."""
+    if markdown:
+        print(options_markdown(), end="")
+        return
     for name, cls in sorted(available_stages().items()):
         out.print(f"[bold]{name}[/bold] - {cls.summary}")
         follows = ", ".join(sorted(cls.follows)) or "nothing"
         out.print(f"  may follow: {follows}{'; export-time, always last' if cls.export_time else ''}", highlight=False)
-        hints = typing.get_type_hints(cls.Config)
-        for f in config_fields(cls.Config):
-            default = f.default if f.default is not f.default_factory else f.default_factory()  # type: ignore[misc]
-            if isinstance(default, tuple):
-                default = ",".join(map(str, default)) or "(none)"
-            out.print(f"  {name}.{f.name} = {default}  [{type_label(hints[f.name])}]  {f.metadata.get('help', '')}",
-                      highlight=False, markup=False)
+        for o in describe(cls.Config):
+            where = f", {o.range}" if o.range else ""
+            out.print(f"  {name}.{o.name} = {o.default}  [{o.type}{where}]  {o.help}", highlight=False, markup=False)
 
 
 @app.command("inspect")

@@ -1,21 +1,43 @@
 """Stages: the base class, the record a stage returns, and typed, documented configs.
 
-A stage declares ``name``, a one-line ``summary``, a ``Config`` dataclass (every field has a default and a
-``help`` in its metadata), the stages it may follow, and ``apply(ctx) -> StageResult``; it never writes files or
-builds ONNX. A stage registers through the `compressor.stages` entry point of its package (pyproject.toml); the
+A stage declares ``name``, a one-line ``summary``, a ``Config`` dataclass (every field declared with
+`compressor.schema.option`: a default, a ``help`` and a range), the stages it may follow, and
+``apply(ctx) -> StageResult``; it never writes files or builds ONNX. A stage registers through the `compressor.stages` entry point of its package (pyproject.toml); the
 ``register_stage`` decorator of `compressor.registry` is for stages defined in code (tests, notebooks).
-``--set stage.key=value`` values are parsed from the field's type; an unknown key is a usage error naming the
-valid ones.
+``--set stage.key=value`` values are parsed from the field's type and checked against its range; an unknown key is a
+usage error naming the valid ones.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from compressor.errors import UsageError
+from compressor.schema import build, option
+
+__all__ = ["ExportStage", "Outcome", "Stage", "StageResult", "build_config", "option", "parse_overrides"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a stage decided, as fields a test, a CI script or `compress diff` reads without parsing prose.
+
+    `kept`: what the stage's output is: "compressed" (its change, within budget), "input" (nothing was within
+    budget, or nothing to do: the input unchanged), or quantize's shipped form ("static", "dynamic", "mixed",
+    "weight_only", "4bit", "float"). `stop`: why the search ended (prune: "target", "over_budget", "exhausted",
+    "time_limit", "no_threshold"; a judged search: "within_budget", "none_within", "over_budget" (kept anyway:
+    grow=false), "unjudged"; quantize: the objective that chose, "balanced", "latency" or "size").
+    `value` and `unit`: the headline number (e.g. 0.651, "sparsity"). `bound` and `budget`: the deciding upper
+    confidence bound on the validation drop and the stage's share of --max-drop, in points (None: not judged)."""
+
+    kept: str
+    stop: str = ""
+    value: float | None = None
+    unit: str = ""
+    bound: float | None = None
+    budget: float | None = None
+
 
 @dataclass
 class StageResult:
@@ -31,12 +53,19 @@ class StageResult:
     verify_onnx: bool = False
     # what the stage decided and why, in one line (the terminal's summary); None: its first note says it
     decision: str | None = None
+    # the same decision as fields (report.json `outcome`), so nothing downstream parses the wording
+    outcome: Outcome | None = None
 
     def decision_line(self) -> str | None:
         """The stage's own decision, else its first warning (a size over budget, an inert rule), else its first
         note."""
         warning = next((n for n in self.notes if n.startswith("WARNING")), None)
         return self.decision or warning or (self.notes[0] if self.notes else None)
+
+    def report_fields(self) -> dict[str, Any]:
+        """What report.json records of the decision: the notes, the one line, and the outcome's fields."""
+        return {"notes": self.notes, "decision": self.decision_line(),
+                "outcome": dataclasses.asdict(self.outcome) if self.outcome is not None else None}
 
 
 class Stage:
@@ -83,113 +112,11 @@ class ExportStage(Stage):
         raise NotImplementedError
 
 
-# ---- config fields ---------------------------------------------------------------------------------------------
-
-def option(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its one-line help (shown by `compress stages`)."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-def config_fields(config_cls: type) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(config_cls))
-
-
-def _field_types(config_cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(config_cls)
-
-
-def type_label(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "|".join(str(a) for a in typing.get_args(tp))
-    if origin in (tuple, list):
-        return "list"
-    if origin is typing.Union or origin is types.UnionType:
-        return "|".join(type_label(a) for a in typing.get_args(tp) if a is not type(None)) + " or none"
-    return getattr(tp, "__name__", str(tp))
-
-
-def parse_value(tp: Any, raw: Any, where: str) -> Any:
-    """Coerce a string (or a recipe value) to the field's type, or raise a UsageError naming the choices."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return parse_value(a, raw, where)
-            except UsageError as exc:
-                errors.append(str(exc))
-        raise UsageError(f"{where}: {raw!r} is not a valid {type_label(tp)}")
-    if origin is Literal:
-        choices = [str(a) for a in args]
-        if str(raw) not in choices:
-            raise UsageError(f"{where}: {raw!r} is not one of {', '.join(choices)}")
-        return next(a for a in args if str(a) == str(raw))
-    if origin in (tuple, list):
-        items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip()]
-        inner = args[0] if args else str
-        return tuple(parse_value(inner, str(i).strip(), where) for i in items)
-    if tp is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"{where}: {raw!r} is not a boolean (true/false)")
-    if tp is int:
-        try:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError
-            return int(raw) if not isinstance(raw, str) else int(raw.strip())
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: {raw!r} is not an integer")
-    if tp is float:
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: {raw!r} is not a number")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise UsageError(f"{where}: {raw!r} is not a finite number")
-        return value
-    if tp is str:
-        return str(raw)
-    raise UsageError(f"{where}: unsupported option type {tp}")
-
+# ---- configs: declared with `compressor.schema.option` (re-exported here for plugins) ------------------------------
 
 def build_config(stage_cls: type[Stage], values: dict[str, Any], where: str = "--set") -> Any:
     """A validated config for the stage from raw values (unknown keys and bad values are usage errors)."""
-    names = {f.name: f for f in config_fields(stage_cls.Config)}
-    types = _field_types(stage_cls.Config)
-    kwargs = {}
-    for key, raw in values.items():
-        if key not in names:
-            valid = ", ".join(sorted(names)) or "(none)"
-            raise UsageError(f"{where}: unknown option {stage_cls.name}.{key}; valid options: {valid}")
-        kwargs[key] = parse_value(types[key], raw, f"{where} {stage_cls.name}.{key}")
-    config = stage_cls.Config(**kwargs)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        problem = validate()
-        if problem:
-            raise UsageError(f"{where} {stage_cls.name}: {problem}")
-    return config
-
-
-def config_as_dict(config: Any) -> dict[str, Any]:
-    out = {}
-    for f in config_fields(type(config)):
-        v = getattr(config, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
+    return build(stage_cls.Config, values, where, prefix=f"{stage_cls.name}.")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:

@@ -13,10 +13,10 @@ from compressor.algorithms.prune.policies import ranked_masks
 from compressor.algorithms.shrink.stage import small_fraction
 from compressor.core.features import FeatureTap, manifold_loss
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
-from compressor.io.calls import call_model
 from compressor.run.pipeline import RunOptions
 from compressor.run.prepare import prepare
 from compressor.run.progress import Reporter
+from compressor.runtime.calls import call_model
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, VAL
 
 

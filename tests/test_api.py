@@ -62,7 +62,7 @@ def test_paths_work_as_on_the_command_line(tmp_path):
     ({"data": HELDOUT, "stages": {"quantize": {"modee": "x"}}}, "modee"),
     ({"data": [1, 2]}, "must be a path, arrays"),
     ({"data": HELDOUT, "stages": {"prune": {"target": 0.5}}}, "not in the pipeline"),
-    ({"data": HELDOUT, "threads": 0}, "--threads 0"),
+    ({"data": HELDOUT, "threads": 0}, "--threads: threads must be >= 1"),
     ({"data": HELDOUT, "time_limit": -5}, "time_limit"),
 ])
 def test_bad_input_raises_the_cli_error(tmp_path, kwargs, message):

@@ -15,9 +15,9 @@ from compressor.algorithms.basis.functions import Basis, projection_matrix
 from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
 from compressor.algorithms.basis.stacks import detect_stacks
 from compressor.algorithms.basis.stage import project_stack
-from compressor.io.calls import onnx_predict, predict
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import load_dataset
-from compressor.io.onnx_export import export_onnx_proto, ort_session
+from compressor.runtime.calls import onnx_predict, ort_session, predict
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 RNG = np.random.default_rng(0)
@@ -153,7 +153,10 @@ def test_not_chained_same_shaped_siblings_are_not_a_stack():
 
 @pytest.mark.parametrize("kind,k,n", [("legendre", 3, 4)])
 def test_onnx_forms_weights_in_graph_and_matches_torch(kind, k, n):
-    from compressor.algorithms.basis.onnx_graph import make_int8_rewrite, make_onnx_rewrite
+    from compressor.algorithms.basis.onnx_graph import (
+        make_int8_rewrite,
+        make_onnx_rewrite,
+    )
 
     held = load_dataset(HELDOUT, ["x"])
     model = _resnet()

@@ -28,7 +28,9 @@ def test_prune_looks_ahead_past_a_rejected_step_then_restores_the_last_accepted_
     kept = [h for h in history[:first] if h["drop_bound"] <= budget]
     expected = kept[-1]["sparsity"] if kept else 0.0
     assert abs(stage["sparsity"] - expected) < 1e-6, (stage["sparsity"], history)
-    assert "restored" in stage["notes"][0]
+    outcome = stage["outcome"]
+    assert outcome["stop"] == "over_budget" and outcome["unit"] == "sparsity", outcome
+    assert abs(outcome["value"] - expected) < 1e-6 and outcome["bound"] > budget == outcome["budget"], outcome
 
 
 def test_prune_lr_and_batch_size_apply_to_its_shrinkage_fine_tunes(tmp_path, monkeypatch):

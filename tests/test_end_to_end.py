@@ -11,9 +11,9 @@ import onnxruntime as ort
 import torch
 
 import compressor
-from compressor.io.calls import predict
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
+from compressor.runtime.calls import predict
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 REQUIRED_KEYS = {"baseline", "stages", "artifacts", "gate", "environment"}

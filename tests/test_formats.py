@@ -7,10 +7,10 @@ from torch import nn
 
 import compressor
 from compressor.core.layers import find_weights
-from compressor.io.calls import predict
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.registry import get_stage
+from compressor.runtime.calls import predict
 from compressor.stage import build_config
 from sample_models.digits_models import DigitsCNN
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli

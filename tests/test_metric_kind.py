@@ -11,13 +11,13 @@ from rich.console import Console
 
 from compressor.core.finetune import distill_loss
 from compressor.errors import UsageError
-from compressor.io.calls import predict
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
-from compressor.run.progress import Reporter
 from compressor.judge.budget import drop, is_better, sample_scores, value_within, within_budget
-from compressor.verify.gates import evaluate_gates
 from compressor.judge.kind import choose, detect
+from compressor.run.progress import Reporter
+from compressor.runtime.calls import predict
+from compressor.verify.gates import evaluate_gates
 from tests.conftest import HELDOUT, SAMPLES
 
 

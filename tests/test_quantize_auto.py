@@ -13,11 +13,12 @@ import compressor
 from compressor.algorithms.quantize.int4 import matmul_weights, write_nbits
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.export.int8_weights import graph_int8
-from compressor.io.encodings import decode_state
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import load_dataset
-from compressor.io.load import load_model
-from compressor.io.onnx_export import export_onnx_proto, save_onnx
+from compressor.io.encodings import decode_state
 from compressor.io.int8_encoding import Int8Weight, decode_int8, encode_int8
+from compressor.io.load import load_model
+from compressor.io.onnx_files import save_onnx
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 
@@ -304,8 +305,7 @@ def test_auto_check_stops_a_failing_candidate_early_with_the_whole_sets_decision
     _affine_graph(tmp_path / "near.onnx", np.eye(8) + 0.06 * gen.standard_normal((8, 8)))
     ok, how = passes(tmp_path / "near.onnx")
     from compressor.algorithms.quantize.auto import output_cosine
-    from compressor.io.calls import onnx_predict
-    from compressor.io.onnx_export import ort_session
+    from compressor.runtime.calls import onnx_predict, ort_session
     full = output_cosine(onnx_predict(ort_session(tmp_path / "near.onnx"), check), passes.ref)
     assert ok == (full[0] >= 0.985 and full[1] >= 0.995), (how, full)
 
@@ -314,9 +314,8 @@ def test_auto_check_of_a_regression_output_stops_early_only_when_decided(tmp_pat
     from onnx import TensorProto, helper
 
     from compressor.algorithms.quantize.auto import CHECK_CHUNK, checker, output_error
-    from compressor.io.calls import onnx_predict
     from compressor.io.data import Dataset
-    from compressor.io.onnx_export import ort_session
+    from compressor.runtime.calls import onnx_predict, ort_session
 
     def graph(path, w):
         g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",

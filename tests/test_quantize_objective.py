@@ -11,10 +11,11 @@ import pytest
 import compressor.algorithms.quantize.objective as objective
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.stage import quantize_onnx
+from compressor.export.torch_onnx import export_onnx_proto
+from compressor.io import onnx_files
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
-from compressor.io import onnx_export
-from compressor.io.onnx_export import export_onnx_proto, save_onnx
+from compressor.io.onnx_files import save_onnx
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, VAL, read_report, run_cli
 
 
@@ -63,27 +64,27 @@ def test_balanced_keeps_the_int8_choice_when_it_is_no_slower(cnn, monkeypatch):
     asked = _timed(monkeypatch, {"float": 1.0, "int8 choice": 1.05})  # within the 1.1 margin
     dst, notes = _run(cnn, "balanced", "kept")
     assert sha(dst) == sha(cnn[3]["size"]) and asked == [["float", "int8 choice"]]  # no other form was made
-    assert "runs within 1.1x of the float graph (float 1.000 ms, int8 choice 1.050 ms" in notes[0]
+    assert objective.graph_form(dst) == "static" and "float 1.000 ms, int8 choice 1.050 ms" in notes[0]
 
 
 def test_balanced_ships_the_all_dynamic_form_when_it_holds_and_is_faster(cnn, monkeypatch):
     _timed(monkeypatch, {"float": 1.0, "int8 choice": 1.5, "all dynamic": 0.9})
     dst, notes = _run(cnn, "balanced", "dyn")
     assert {"DynamicQuantizeLinear", "ConvInteger"} <= _ops(dst) and "QuantizeLinear" not in _ops(dst)
-    assert "all-dynamic int8 form is shipped" in notes[0]
+    assert objective.graph_form(dst) == "dynamic" and "all dynamic 0.900 ms" in notes[0]
 
 
 def test_balanced_keeps_the_float_graph_when_every_int8_form_is_slower(cnn, monkeypatch):
     _timed(monkeypatch, {"float": 1.0, "int8 choice": 1.5, "all dynamic": 7.0})
     dst, notes = _run(cnn, "balanced", "float")
     assert not _ops(dst) & objective.INT8_OPS
-    assert "float graph is shipped" in notes[0] and "objective=size" in notes[0]
+    assert objective.graph_form(dst) == "float" and "all dynamic 7.000 ms" in notes[0]
 
 
 def test_latency_ships_the_fastest_and_size_never_times(cnn, monkeypatch):
     asked = _timed(monkeypatch, {"float": 1.0, "int8 choice": 0.8, "all dynamic": 0.5})
     dst, notes = _run(cnn, "latency", "fast")
-    assert "ConvInteger" in _ops(dst) and "the fastest is shipped: all dynamic" in notes[0]
+    assert objective.graph_form(dst) == "dynamic" and "ConvInteger" in _ops(dst)
     asked.clear()
     dst, notes = _run(cnn, "size", "small")
     assert sha(dst) == sha(cnn[3]["size"]) and not asked and not notes
@@ -101,27 +102,21 @@ def test_default_cli_skips_the_4bit_search_and_says_what_it_timed(tmp_path):
     ops = _ops(out / "model.onnx")
     assert "MatMulNBits" not in ops
     assert any(n.startswith("objective balanced: no 4-bit MatMul weights") for n in notes), notes
-    decision = next((n for n in notes if n.startswith("objective balanced: ") and "ms" in n), None)
-    assert decision is not None, notes
-    if "float graph is shipped" in decision:
-        assert not ops & objective.INT8_OPS
-    elif "all-dynamic" in decision:
-        assert "DynamicQuantizeLinear" in ops
-    else:
-        assert "within 1.1x" in decision and ops & objective.INT8_OPS
+    outcome = read_report(out)["stages"][0]["outcome"]
+    assert outcome["stop"] == "balanced" and outcome["kept"] == objective.graph_form(out / "model.onnx"), outcome
+    assert outcome["kept"] != "4bit" and any(" ms" in n for n in notes if n.startswith("objective balanced: "))
 
 
 def test_the_float_graph_ships_with_its_external_data(tmp_path, monkeypatch):
     """An export written with external data (over 2 GB; the threshold lowered here) is shipped whole when the float
     graph wins: model.onnx and its data reload and compute the fp32 export's outputs."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1024)
     _timed(monkeypatch, {"float": 1.0, "int8 choice": 3.0, "all dynamic": 3.0})
     out = tmp_path / "out"
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--train-data", TRAIN,
                   "--out", out, "--quiet")
     assert res.code == 0, res
-    notes = read_report(out)["stages"][0]["notes"]
-    assert any("float graph is shipped" in n for n in notes), notes
+    assert read_report(out)["stages"][0]["outcome"]["kept"] == "float"
     assert not _ops(out / "model.onnx") & objective.INT8_OPS
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)  # loads the external data it names
     assert read_report(out)["artifacts"][0]["metric_value"] == read_report(out)["baseline"]["value"]
@@ -157,6 +152,8 @@ def test_the_terminal_says_what_each_stage_decided(tmp_path):
     stages = read_report(out)["stages"]
     assert stages[0]["decision"].startswith("blinded policy") and "sparsity" in stages[0]["decision"]
     assert stages[1]["decision"].startswith(("objective balanced: ", "auto: "))
+    assert stages[0]["outcome"]["stop"] == "target" and stages[0]["outcome"]["kept"] == "compressed"
+    assert stages[1]["outcome"]["kept"] == objective.graph_form(out / "model.onnx")
     printed = " ".join(res.stdout.split())  # rich wraps long lines
     for stage in stages:
         assert f"{stage['name']}: {' '.join(stage['decision'].split())}" in printed

@@ -63,11 +63,14 @@ def test_resolved_recipe_reproduces_the_run_byte_for_byte(tmp_path):
 
 
 @pytest.mark.parametrize("body,needle", [
-    ("gates: {max_drop: lots}\nstages: [quantize]\n", "gates.max_drop must be a number"),
+    ("gates: {max_drop: lots}\nstages: [quantize]\n", "gates.max_drop: 'lots' is not a number"),
+    ("gates: {max_drop: 101}\nstages: [quantize]\n", "max_drop must be >= 0 and <= 100 (got 101)"),
+    ("confidence: 1.5\nstages: [quantize]\n", "confidence must be >= 0.5 and < 1"),
+    ("time_limit: soon\nstages: [quantize]\n", "expected a positive duration"),
     ("gates: {floors: {accuracy: high}}\nstages: [quantize]\n", "floors must map"),
     ("device: tpu\nstages: [quantize]\n", "device must be"),
     ("data: {heldout: 5}\nstages: [quantize]\n", "data.heldout must be a file path"),
-    ("seed: true\nstages: [quantize]\n", "seed must be an integer"),
+    ("seed: true\nstages: [quantize]\n", "seed: True is not an integer"),
 ])
 def test_recipe_run_settings_are_validated(tmp_path, body, needle):
     res = run_cli(PT2, "--pipeline", write(tmp_path, body), "--data", HELDOUT, "--out", tmp_path / "o", "--quiet")

@@ -14,17 +14,27 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import compressor
-from compressor.algorithms.rpg.onnx_graph import generate_index_map_in_graph, index_map_nodes, ring_to_int8
-from compressor.algorithms.rpg.ring import (RingLayer, RingLayout, affine_map_params, hashed_signs, index_map,
-                                            project, ring_model, scale_vector, slot_indices)
-from compressor.algorithms.rpg.ring_int8 import RING_INT8_BLOCK, dequantize_ring, quantize_ring
 from compressor.algorithms.rpg.fit import ring_schedule
+from compressor.algorithms.rpg.onnx_graph import generate_index_map_in_graph, index_map_nodes, ring_to_int8
+from compressor.algorithms.rpg.ring import (
+    RingLayer,
+    RingLayout,
+    affine_map_params,
+    hashed_signs,
+    index_map,
+    project,
+    ring_model,
+    scale_vector,
+    slot_indices,
+)
+from compressor.algorithms.rpg.ring_int8 import RING_INT8_BLOCK, dequantize_ring, quantize_ring
 from compressor.algorithms.rpg.stage import DEFAULT_RING_FRACTION, RpgConfig, ring_size_for
 from compressor.errors import ArtifactError
-from compressor.io.calls import predict
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import load_dataset
-from compressor.io.onnx_export import export_onnx_proto, ort_session, save_onnx
+from compressor.io.onnx_files import save_onnx
 from compressor.io.safetensors_io import header_sha256
+from compressor.runtime.calls import ort_session, predict
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 # a barely trained ring (fixed size: these tests check the artifact, not the ring-size decision)
@@ -405,6 +415,9 @@ def test_a_ring_over_budget_grows_until_it_is_within(tmp_path):
     assert [t["accepted"] for t in tried] == [False, False, True]
     assert all(t["bound"] > 85 for t in tried[:-1]) and tried[-1]["bound"] <= 85
     assert stage["ring_size"] == tried[-1]["ring_size"] and stage["drop_bound"] == tried[-1]["bound"]
+    outcome = stage["outcome"]
+    assert outcome["kept"] == "compressed" and outcome["stop"] == "within_budget" and outcome["budget"] == 85
+    assert outcome["value"] == 26880 / stage["generated_weights"], outcome
     assert any(note.startswith("ring sizes tried: N=6,720 (12%): bound") for note in stage["notes"])
     assert load_file(str(tmp_path / "o" / "model.safetensors"))["rpg_ring"].numel() == stage["ring_size"]
 
@@ -417,7 +430,9 @@ def test_no_ring_below_the_generated_weights_within_budget_keeps_the_input(tmp_p
     stage = read_report(tmp_path / "o")["stages"][0]
     assert [t["ring_size"] for t in stage["ring_sizes_tried"]] == [6720, 13440, 26880]
     assert not any(t["accepted"] for t in stage["ring_sizes_tried"]) and stage["kept_input"] is True
-    assert stage["notes"][0].startswith("WARNING: no ring smaller than the 53,760 generated weights is within")
+    assert stage["outcome"]["kept"] == "input" and stage["outcome"]["stop"] == "none_within", stage["outcome"]
+    lowest = min(t["bound"] for t in stage["ring_sizes_tried"])  # rounded in the record
+    assert abs(stage["outcome"]["bound"] - lowest) < 1e-3 and lowest > stage["outcome"]["budget"], stage["outcome"]
     assert "rpg_ring" not in load_file(str(tmp_path / "o" / "model.safetensors"))
     assert stage["dof"] == stage["params"]
 
@@ -428,5 +443,4 @@ def test_grow_false_keeps_the_ring_and_says_it_is_over_budget(tmp_path):
     stage = read_report(tmp_path / "o")["stages"][0]
     assert stage["ring_size"] == 6720 and len(stage["ring_sizes_tried"]) == 1
     assert stage["ring_sizes_tried"][0]["accepted"] is False
-    assert any("grow=false" in note for note in stage["notes"])
-    assert any(note.startswith("WARNING: no ring size tried is within budget") for note in stage["notes"])
+    assert stage["outcome"]["kept"] == "compressed" and stage["outcome"]["stop"] == "over_budget", stage["outcome"]

@@ -10,21 +10,22 @@ import onnx
 import pytest
 import torch
 
-import compressor.io.onnx_export as onnx_export
-import compressor.io.timing as timing
+import compressor.io.onnx_files as onnx_files
+import compressor.runtime.timing as timing
 import compressor.verify.artifacts as artifacts
 from compressor.algorithms.quantize.taps import as_rows, tapped
-from compressor.io.calls import onnx_predict, predict
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
-from compressor.io.onnx_export import copy_onnx, export_onnx_proto, external_data_path, ort_session, save_onnx
+from compressor.io.onnx_files import copy_onnx, external_data_path, save_onnx
+from compressor.runtime.calls import onnx_predict, ort_session, predict
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 
 def test_external_data_path_writes_and_reloads(tmp_path, monkeypatch):
     """Above the threshold (lowered to 1 KB) the weights go to model.onnx.data: the file passes the checker, onnx
     and ONNX Runtime reload it with the same outputs as torch, and a copy carries its data file under its own name."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1024)
     model = load_model(SAMPLES / "digits_cnn.pt2").module
     data = load_dataset(HELDOUT, ["x"])
     path = tmp_path / "model.onnx"
@@ -45,7 +46,7 @@ def test_external_data_path_writes_and_reloads(tmp_path, monkeypatch):
 def test_quantize_runs_from_an_external_data_export(tmp_path, monkeypatch):
     """The whole quantize pipeline when the fp32 export is written with external data: model.onnx (int8, under
     the threshold's scale again) is one self-contained file that reloads."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1024)
     out = tmp_path / "out"
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--set", "quantize.mode=dynamic",
                   "--data", HELDOUT, "--train-data", TRAIN, "--out", out)

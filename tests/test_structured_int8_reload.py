@@ -22,10 +22,9 @@ from compressor.algorithms.rpg.onnx_graph import ring_to_int8
 from compressor.algorithms.rpg.ring_int8 import RING_INT8_BLOCK
 from compressor.errors import ArtifactError
 from compressor.export.int8_weights import match_int8
-from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import load_dataset
-from compressor.io.onnx_export import ort_session
 from compressor.io.safetensors_io import read_weights, save_weights
+from compressor.runtime.calls import onnx_predict, ort_session, predict
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 TEXT_HELDOUT = SAMPLES / "text_heldout.npz"

@@ -8,7 +8,7 @@ import yaml
 from compressor.errors import UsageError
 from compressor.judge.budget import BudgetDecision
 from compressor.judge.search import first_within
-from compressor.run.ranges import parse_duration
+from compressor.run.settings import parse_duration
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
 
 
@@ -45,7 +45,7 @@ def test_prune_stops_at_the_time_limit_and_keeps_a_state_within_budget(tmp_path)
     assert res.code == 0, res
     stage = read_report(out)["stages"][0]
     assert stage["sparsity"] < 0.9, stage["sparsity"]  # the default target is never reached in a second
-    assert "--time-limit reached before step" in stage["notes"][0]
+    assert stage["outcome"]["stop"] == "time_limit" and stage["outcome"]["value"] == stage["sparsity"]
     assert any("--time-limit reached by the end of this stage" in n for n in stage["notes"])
     assert yaml.safe_load((out / "recipe.yaml").read_text())["time_limit"] == 1.0
     bad = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--data", HELDOUT, "--train-data", TRAIN,

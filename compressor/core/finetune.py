@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from compressor.core.contract import StageContext
-from compressor.io.calls import call_model, set_train
-from compressor.io.data import Dataset
 from compressor.core.precision import MixedPrecision
-from compressor.io.parallel import data_parallel, my_share, share_weight, sync_buffers
+from compressor.io.data import Dataset
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
+from compressor.runtime.calls import call_model, set_train
+from compressor.runtime.parallel import data_parallel, my_share, share_weight, sync_buffers
 
 DISTILL_TEMPERATURE = 2.0
 GradHook = Callable[[nn.Module, int], dict[str, float] | None]  # after backward, before step; may return stats
@@ -112,7 +112,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     where a later epoch of equal validation metric is the more compressible one).
     Past --time-limit (`ctx.out_of_time()`) no further step is taken: the epoch so far is validated and the best
     state kept as usual.
-    In a data-parallel run (io/parallel.py) each rank trains on its share of every batch's rows and DDP averages the
+    In a data-parallel run (runtime/parallel.py) each rank trains on its share of every batch's rows and DDP averages the
     gradients, so the steps are those of the whole batch. `ctx.precision` (--precision) autocasts the forward
     pass; the loss, weights and validation stay float32 (core/precision.py).
     """

@@ -15,8 +15,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from compressor.io.calls import set_train
 from compressor.io.data import Dataset
+from compressor.runtime.calls import set_train
 
 LINEAR_OPS = {"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "einsum", "_addmm_activation"}
 CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",

@@ -25,9 +25,9 @@ from torch import nn
 
 from compressor.core.contract import StageContext
 from compressor.core.precision import MixedPrecision
-from compressor.io.calls import call_model, set_train
 from compressor.io.data import Dataset
-from compressor.io.parallel import from_rank0
+from compressor.runtime.calls import call_model, set_train
+from compressor.runtime.parallel import from_rank0
 
 FACTORS = (1.0, 1 / 3, 1 / 10, 1 / 30, 1 / 100)
 PROBE_STEPS = 20      # optimizer steps per candidate (fewer on a small training set: at most half an epoch)

@@ -14,52 +14,31 @@ from torch import nn
 from compressor.core.contract import StageContext
 from compressor.core.features import FeatureTap, manifold_loss
 from compressor.core.finetune import FinetuneSettings, LossHook, finetune
+from compressor.core.finetune_options import FinetuneOptions
 from compressor.core.layers import select_names
-from compressor.io.calls import call_model
-from compressor.stage import option
+from compressor.runtime.calls import call_model
+from compressor.schema import option, with_default
 
 
 @dataclass
-class ShrinkConfig:
+class ShrinkConfig(FinetuneOptions):
+    lr: float = with_default(FinetuneOptions, "lr", 1e-3)
+    batch_size: int = with_default(FinetuneOptions, "batch_size", 100)
     rule: Literal["relevance", "lobster"] = option("relevance", "relevance-decay regularizer, or the LOBSTER rule")
-    gamma: float = option(1e-4, "strength of the relevance decay (the paper used 1e-5 with SGD-scale gradients)")
+    gamma: float = option(1e-4, "strength of the relevance decay (the paper used 1e-5 with SGD-scale gradients)",
+                          ge=0)
     alpha_mode: Literal["per_layer", "absolute"] = option("per_layer", "alpha from each layer's median |g| "
                                                           "(refreshed each epoch), or the absolute `alpha`")
-    alpha: float = option(1.0, "absolute alpha (alpha_mode=absolute; the paper's default)")
-    alpha_scale: float = option(1.0, "per-layer alpha = alpha_scale x median |g| of the layer")
-    lobster_lambda: float = option(1e-4, "LOBSTER decay lambda (rule=lobster)")
-    epochs: int = option(10, "fine-tuning epochs")
-    lr: float = option(1e-3, "learning rate (cosine annealed)")
-    batch_size: int = option(100, "minibatch size")
+    alpha: float = option(1.0, "absolute alpha (alpha_mode=absolute; the paper's default)", gt=0)
+    alpha_scale: float = option(1.0, "per-layer alpha = alpha_scale x median |g| of the layer", gt=0)
+    lobster_lambda: float = option(1e-4, "LOBSTER decay lambda (rule=lobster)", ge=0)
+    epochs: int = option(10, "fine-tuning epochs", ge=1)
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer (LOBSTER's paper used SGD, lr 0.1)")
     include: tuple[str, ...] = option((), "glob patterns of parameters to shrink (default: conv/linear weights)")
     exclude: tuple[str, ...] = option((), "glob patterns of parameters never shrunk")
-    mu: float = option(0.0, "weight of the manifold-preserving term (0: off)")
+    mu: float = option(0.0, "weight of the manifold-preserving term (0: off)", ge=0)
     manifold_layers: tuple[str, ...] = option((), "module paths (globs) whose outputs keep their geometry "
                                               "(default: the shrunk layers' outputs)")
-    max_steps_per_epoch: int = option(0, "cap on optimizer steps per epoch (0: a full pass; a large training set on "
-                                      "a transformer: e.g. 100)")
-    max_drop: float | None = option(None, "the selected epoch's budget in points (default: half of --max-drop when a "
-                                          "stage follows, else --max-drop); over it, the input weights are kept")
-    distill: float = option(0.0, "with labels: weight of a distillation term to the original model's outputs "
-                                 "(KL at temperature, x T^2; Hinton et al. 2015); 0 = labels only")
-    temperature: float = option(2.0, "distillation temperature T")
-
-    def validate(self) -> str | None:
-        if (self.max_drop is not None and self.max_drop < 0) or self.max_steps_per_epoch < 0:
-            return "max_drop and max_steps_per_epoch must be non-negative"
-        for key in ("gamma", "alpha", "alpha_scale", "lobster_lambda", "lr", "mu"):
-            if getattr(self, key) < 0:
-                return f"{key} must be non-negative"
-        if self.epochs < 1 or self.batch_size < 1:
-            return "epochs and batch_size must be at least 1"
-        if self.lr <= 0:
-            return "lr must be positive"
-        if self.distill < 0 or self.temperature <= 0:
-            return "distill must be >= 0 and temperature > 0"
-        if self.alpha <= 0 or self.alpha_scale <= 0:
-            return "alpha and alpha_scale must be positive"
-        return None
 
 
 class Regulariser:

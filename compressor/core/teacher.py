@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compressor.io.calls import call_model, predict
 from compressor.io.data import Dataset
+from compressor.runtime.calls import call_model, predict
 
 TEACHER_CACHE_BYTES = 512 * 2**20
 

@@ -17,10 +17,11 @@ from torch import nn
 
 from compressor.errors import ArtifactError
 from compressor.export.structured_int8 import compact_values
-from compressor.io.calls import onnx_predict, predict
+from compressor.export.torch_onnx import export_onnx_proto
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import export_onnx_proto, max_abs_diff, ort_session, save_onnx
+from compressor.io.onnx_files import save_onnx
 from compressor.registry import StructureHandler, structure_handler
+from compressor.runtime.calls import max_abs_diff, onnx_predict, ort_session, predict
 
 CHECK_SAMPLES = 256
 

@@ -10,7 +10,7 @@ the sha256 of the canonical JSON (sorted keys, no spaces) of every other metadat
 the sha256 of the model.onnx written beside it. `read_weights` verifies them before decoding, so a flipped byte,
 a re-valued tensor or an edited record is refused instead of loading wrong weights. A checksum detects
 corruption, not tampering (a crafted file can recompute it): that is why loading never runs code named in the
-metadata (`compressor.export.rebuild`). Every malformed input raises `ArtifactError` naming the file.
+metadata (`compressor.io.reload`). Every malformed input raises `ArtifactError` naming the file.
 """
 from __future__ import annotations
 

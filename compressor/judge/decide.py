@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compressor.io.calls import predict
 from compressor.io.data import Dataset
 from compressor.judge.budget import (
     BudgetDecision,
@@ -26,6 +25,7 @@ from compressor.judge.saturation import (
     saturated,
     within_budget_both,
 )
+from compressor.runtime.calls import predict
 
 
 def stage_budget(plan: list[str], stage: str, own: float | None, max_drop: float) -> float:

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from compressor.errors import DataError
-from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import Dataset
-from compressor.registry import plugin_metrics
 from compressor.judge.kind import MetricChoice, detect
+from compressor.registry import plugin_metrics
+from compressor.runtime.calls import onnx_predict, predict
 
 
 @dataclass

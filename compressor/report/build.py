@@ -10,18 +10,17 @@ import os
 import platform
 from typing import Any
 
-from rich.markup import escape
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from compressor.io.onnx_export import write_bytes_atomic
-from compressor.report.sparsity import markdown_lines
-from compressor.registry import plugin_metrics
+from compressor.io.onnx_files import write_bytes_atomic
 from compressor.judge.budget import drop
-from compressor.verify.gates import evaluate_gates
+from compressor.registry import plugin_metrics
 from compressor.report.cpu import cpu_info
+from compressor.report.sparsity import markdown_lines
+from compressor.verify.gates import evaluate_gates
 from compressor.version import __version__
-
 
 UNITS = {"accuracy": "%", "agreement": "%", "cosine": " pts"}  # cosine: 100 x mean cosine to the original
 

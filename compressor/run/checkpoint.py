@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError, OutputError
-from compressor.export.rebuild import rebuild_structures
 from compressor.io.load import file_sha256, load_state_dict_into
-from compressor.io.parallel import world
+from compressor.io.reload import rebuild_structures
 from compressor.io.safetensors_io import read_weights, save_weights
 from compressor.run.outputs import CKPT_DIR, remove_dead_debris
-from compressor.stage import config_as_dict
+from compressor.runtime.parallel import world
+from compressor.schema import config_as_dict
 
 
 class ResumeError(CompressorError):

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from compressor.export.onnx import compact_int8, export_model
-from compressor.io.calls import onnx_predict, predict
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import copy_onnx, max_abs_diff, ort_session, save_onnx
+from compressor.io.onnx_files import copy_onnx, save_onnx
 from compressor.judge.metrics import score
 from compressor.run.pipeline import RunContext
+from compressor.runtime.calls import max_abs_diff, onnx_predict, ort_session, predict
 from compressor.stage import ExportStage
 from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
@@ -78,6 +78,6 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
     q_out = onnx_predict(session, heldout)
     metric = score(q_out, heldout, reference, ctx.metric)
     record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
-              "seconds": round(time.perf_counter() - t0, 3), "notes": result.notes, "decision": result.decision_line(),
+              "seconds": round(time.perf_counter() - t0, 3), **result.report_fields(),
               "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out), "bytes": file_sizes(onnx_path)["size"]}
     return record, session, q_out, compact is not None

@@ -9,16 +9,15 @@ from typing import Any
 
 import torch
 
-from compressor.export.rebuild import load as load_artifact
-from compressor.io.calls import EVAL_BATCH, onnx_predict, predict
 from compressor.io.data import Dataset
 from compressor.io.load import file_sha256
-from compressor.io.onnx_export import max_abs_diff
+from compressor.io.reload import load as load_artifact
 from compressor.judge.kind import MetricChoice
 from compressor.judge.metrics import score
 from compressor.run.export_onnx import Exported
 from compressor.run.pipeline import RunContext, RunOptions
-from compressor.io.timing import ort_latency_ms
+from compressor.runtime.calls import EVAL_BATCH, max_abs_diff, onnx_predict, predict
+from compressor.runtime.timing import ort_latency_ms
 from compressor.verify.artifacts import file_sizes, ort_peak_memory_bytes
 
 

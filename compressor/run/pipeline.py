@@ -20,16 +20,19 @@ from compressor.core.teacher import TeacherOutputs
 from compressor.errors import DataError
 from compressor.io.data import Dataset
 from compressor.io.load import LoadedModel
-from compressor.io.parallel import from_rank0
 from compressor.judge.budget import DEFAULT_CONFIDENCE, BudgetDecision
 from compressor.judge.decide import judge_model, stage_budget
 from compressor.judge.kind import MetricChoice
 from compressor.judge.metrics import Metrics, evaluate
 from compressor.run.progress import Reporter
+from compressor.run.settings import RunSettings
+from compressor.runtime.parallel import from_rank0
 
 
-@dataclass
-class RunOptions:
+@dataclass(kw_only=True)
+class RunOptions(RunSettings):
+    """What the user asked for: the files, the stages and their options, and the run settings (run/settings.py)."""
+
     model: Path
     pipeline: list[str]
     data: Path
@@ -41,21 +44,11 @@ class RunOptions:
     arch: str | None = None
     trust_pickle: bool = False
     force: bool = False
-    seed: int = 0
-    device: str = "cpu"
     quiet: bool = False
-    max_drop: float = 1.0
-    min_recovery: float | None = None
-    max_bytes: int | None = None
     floors: dict[str, float] = field(default_factory=dict)
     recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> options from a recipe
     resume: bool = False
     keep_checkpoints: bool = False
-    threads: int = 1
-    confidence: float = DEFAULT_CONFIDENCE  # --confidence: of the one-sided bound every stage decision uses
-    metric: str | None = None  # --metric: accuracy | agreement | cosine | mse | a plugin's name (None: detected)
-    time_limit: float | None = None  # --time-limit, seconds: no stage starts new work after it (None: no limit)
-    precision: str = "fp32"  # --precision: fine-tunes autocast to bf16 / fp16 (core/precision.py)
 
 
 @dataclass
@@ -99,7 +92,7 @@ class RunContext:
 
     def out_of_time(self) -> bool:
         """Whether --time-limit has passed: searches and fine-tunes then start no new work and keep the best state
-        found within budget. In a data-parallel run rank 0's clock decides for every rank (io/parallel.py)."""
+        found within budget. In a data-parallel run rank 0's clock decides for every rank (runtime/parallel.py)."""
         if self.deadline is None:
             return False
         return bool(from_rank0(time.perf_counter() > self.deadline))

@@ -8,7 +8,7 @@ from compressor.errors import DataError, ModelLoadError, UsageError
 from compressor.judge.kind import BUILTIN
 from compressor.registry import get_stage, plugin_metrics, validate_order
 from compressor.run.pipeline import RunOptions
-from compressor.run.ranges import check_ranges
+from compressor.run.settings import check_settings
 from compressor.stage import Stage, build_config, parse_overrides
 from compressor.verify.gates import KNOWN_METRICS
 
@@ -16,7 +16,7 @@ from compressor.verify.gates import KNOWN_METRICS
 def plan_stages(options: RunOptions) -> list[Stage]:
     """Resolve names and `--set` values into configured stages; all errors before anything runs."""
     check_floor_names(options)
-    check_ranges(options)
+    check_settings(options)
     check_metric_name(options)
     names = [n.strip() for n in options.pipeline if n.strip()]
     validate_order(names)

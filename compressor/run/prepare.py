@@ -10,7 +10,6 @@ from torch import nn
 from compressor.core.layers import find_weights
 from compressor.core.masks import MaskRegistry
 from compressor.errors import DataError, UsageError
-from compressor.io.calls import other_outputs_notes, predict
 from compressor.io.data import Dataset, load_splits
 from compressor.io.load import load_model
 from compressor.judge.budget import sample_scores
@@ -20,6 +19,7 @@ from compressor.judge.power import selection_gap_note
 from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.run.progress import Reporter
+from compressor.runtime.calls import other_outputs_notes, predict
 
 
 def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True):

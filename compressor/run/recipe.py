@@ -24,17 +24,19 @@ from typing import Any
 
 import yaml
 
-from compressor.core.precision import PRECISIONS
 from compressor.errors import UsageError
 from compressor.registry import get_stage
-from compressor.run.ranges import parse_duration
-from compressor.stage import build_config, config_as_dict
+from compressor.run.settings import SETTINGS, device_problem, parse_setting, recipe_value
+from compressor.schema import config_as_dict
+from compressor.stage import build_config
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("seed", "device", "threads", "metric", "confidence", "time_limit", "precision", "data", "gates",
-            "stages")
+# where a recipe holds each run setting is declared with the setting (run/settings.py)
+RUN_KEYS = tuple(f.metadata["recipe"] for f in SETTINGS.values() if "." not in f.metadata["recipe"])
+TOP_KEYS = (*RUN_KEYS, "data", "gates", "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
-GATE_KEYS = ("max_drop", "min_recovery", "max_bytes", "floors")
+GATE_KEYS = (*(f.metadata["recipe"].split(".")[1] for f in SETTINGS.values() if f.metadata["recipe"].startswith(
+    "gates.")), "floors")
 MAX_RECIPE_BYTES = 1 << 20
 MAX_VALUES = 10_000  # values built from the YAML, aliases followed
 PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
@@ -145,11 +147,7 @@ def load_recipe(path: Path) -> Recipe:
         if value is not None and not isinstance(value, str):
             raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
     _check_run_settings(recipe, data)
-    if "time_limit" in data:
-        parse_duration(data["time_limit"], recipe.where("time_limit") + ": time_limit")
-    for key in ("seed", "device", "threads", "metric", "confidence", "time_limit", "precision"):
-        if key in data:
-            recipe.settings[key] = data[key]
+    recipe.settings.update({key: data[key] for key in RUN_KEYS if key in data})
     return recipe
 
 
@@ -175,51 +173,39 @@ def _stage_entry(recipe: Recipe, key: str, item: Any) -> tuple[str, dict, int | 
 
 
 def _check_gates(recipe: Recipe, gates: dict) -> dict:
-    for key, value in gates.items():
-        if key == "floors":
-            if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                       for v in value.values()):
-                raise UsageError(f"{recipe.where('gates.floors')}: floors must map metric names to numbers")
-        elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UsageError(f"{recipe.where('gates.' + key)}: gates.{key} must be a number, got {value!r}")
+    floors = gates.get("floors")
+    if floors is not None and not (isinstance(floors, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in floors.values())):
+        raise UsageError(f"{recipe.where('gates.floors')}: floors must map metric names to numbers")
     return gates
 
 
 def _check_run_settings(recipe: Recipe, data: dict) -> None:
-    if "device" in data and not (isinstance(data["device"], str) and
-                                 data["device"].split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
-        raise UsageError(f"{recipe.where('device')}: device must be cpu, cuda, cuda:N (got {data['device']!r})")
-    if "threads" in data and (isinstance(data["threads"], bool) or not isinstance(data["threads"], int)
-                              or data["threads"] < 1):
-        raise UsageError(f"{recipe.where('threads')}: threads must be an integer >= 1")
-    if "metric" in data and not isinstance(data["metric"], str):
-        raise UsageError(f"{recipe.where('metric')}: metric must be a name (accuracy, agreement, cosine, mse, plugin)")
-    if "confidence" in data and (isinstance(data["confidence"], bool)
-                                 or not isinstance(data["confidence"], (int, float))):
-        raise UsageError(f"{recipe.where('confidence')}: confidence must be a number (e.g. 0.9)")
-    if "precision" in data and data["precision"] not in PRECISIONS:
-        raise UsageError(f"{recipe.where('precision')}: precision must be one of {', '.join(PRECISIONS)}")
-    if "seed" in data and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
-        raise UsageError(f"{recipe.where('seed')}: seed must be an integer")
+    """Every run setting the recipe holds, parsed and range-checked by its declaration (run/settings.py)."""
+    for name, f in SETTINGS.items():
+        value = recipe_value({**data, "gates": recipe.settings["gates"]}, name)
+        key = f.metadata["recipe"]
+        if value is not None:
+            value = parse_setting(name, value, f"{recipe.where(key)}: {key}")
+        if name == "device" and value is not None and (problem := device_problem(value)):
+            raise UsageError(f"{recipe.where(key)}: {problem}")
 
 
 def resolved_recipe(options, stages) -> str:
-    """YAML of the run as executed: every stage option (defaults filled in) and every run-level setting."""
+    """YAML of the run as executed: every run setting that has a value, the data, every gate, and every stage
+    option (defaults filled in)."""
     def s(p):
         return None if p is None else str(p)
 
+    top = {f.metadata["recipe"]: getattr(options, name) for name, f in SETTINGS.items()
+           if "." not in f.metadata["recipe"] and getattr(options, name) is not None}
+    gates = {f.metadata["recipe"].split(".")[1]: getattr(options, name) for name, f in SETTINGS.items()
+             if f.metadata["recipe"].startswith("gates.")}
     doc = {
-        "seed": options.seed,
-        "device": options.device,
-        "threads": options.threads,
-        **({"metric": options.metric} if options.metric else {}),
-        "confidence": options.confidence,
-        **({"time_limit": options.time_limit} if options.time_limit is not None else {}),
-        **({"precision": options.precision} if options.precision != "fp32" else {}),
+        **top,
         "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
                  "calib": s(options.calib_data)},
-        "gates": {"max_drop": options.max_drop, "min_recovery": options.min_recovery,
-                  "max_bytes": options.max_bytes, "floors": dict(options.floors)},
+        "gates": {**gates, "floors": dict(options.floors)},
         "stages": [{st.name: config_as_dict(st.config)} for st in stages],
     }
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

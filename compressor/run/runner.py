@@ -13,11 +13,8 @@ import torch
 
 from compressor.core.params import count_params
 from compressor.errors import StageError
-from compressor.io.calls import predict
 from compressor.io.load import file_sha256, model_bytes_of
-from compressor.io.onnx_export import write_bytes_atomic
-from compressor.io.parallel import all_digests, backend, state_digest, stop, world
-from compressor.io.threads import pin_threads
+from compressor.io.onnx_files import write_bytes_atomic
 from compressor.judge.power import resolution_note
 from compressor.report.build import build_report, write_reports
 from compressor.report.plots import accuracy_vs_size, latency_bars
@@ -33,6 +30,9 @@ from compressor.run.progress import Reporter
 from compressor.run.recipe import resolved_recipe
 from compressor.run.stages import run_stages
 from compressor.run.store import store_weights
+from compressor.runtime.calls import predict
+from compressor.runtime.parallel import all_digests, backend, state_digest, stop, world
+from compressor.runtime.threads import pin_threads
 from compressor.stage import Stage
 from compressor.verify.artifacts import slower_warnings, stored_bytes_later
 
@@ -66,7 +66,7 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
 
 
 def _other_rank(options: RunOptions, stages: list[Stage], reporter: Reporter) -> tuple[None, int]:
-    """A data-parallel rank other than 0 (io/parallel.py): the same load and torch-side stages in step with rank 0,
+    """A data-parallel rank other than 0 (runtime/parallel.py): the same load and torch-side stages in step with rank 0,
     which alone writes (checkpoints, artifacts, report); this rank ends when the stages do."""
     previous_threads = pin_threads(options.threads)
     try:

@@ -12,10 +12,10 @@ from compressor.core.params import count_params
 from compressor.errors import CompressorError, StageError
 from compressor.export.onnx import handler_of, verify_structure
 from compressor.io.data import Dataset
-from compressor.io.parallel import from_rank0, world
 from compressor.judge.metrics import evaluate
 from compressor.run.checkpoint import Checkpoints
 from compressor.run.pipeline import RunContext
+from compressor.runtime.parallel import from_rank0, world
 from compressor.stage import Stage
 from compressor.verify.artifacts import stored_bytes_later
 
@@ -65,7 +65,7 @@ def run_model_stage(stage: Stage, ctx: RunContext, heldout: Dataset, reference: 
     result.metrics.setdefault("bytes", measured_bytes(ctx.model))
     return {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, "params": params,
             "nonzeros": nonzeros, "dof": int(result.metrics.pop("dof", params)), "seconds": round(seconds, 3),
-            "notes": result.notes, "decision": result.decision_line(), **result.metrics}
+            **result.report_fields(), **result.metrics}
 
 
 def check_structure(ctx: RunContext, result) -> None:

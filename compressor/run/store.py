@@ -9,11 +9,12 @@ import onnx
 import torch
 
 from compressor.export.int8_weights import match_int8
-from compressor.export.rebuild import source_record
+from compressor.io.onnx_files import run_time_quantized
+from compressor.io.reload import source_record
 from compressor.io.safetensors_io import save_weights
-from compressor.io.onnx_export import run_time_quantized
 from compressor.run.pipeline import RunContext, RunOptions
-from compressor.stage import Stage, config_as_dict
+from compressor.schema import config_as_dict
+from compressor.stage import Stage
 from compressor.version import __version__
 
 

@@ -12,11 +12,10 @@ from torch import nn
 
 from compressor.export.onnx import export_model
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import external_data_path, ort_session, save_onnx
+from compressor.io.onnx_files import external_data_path, save_onnx
 from compressor.io.safetensors_io import save_weights
-from compressor.io.timing import LATENCY_BATCH, SLOWER_MARGIN, latency_batch, ort_latency_ms
-
-
+from compressor.runtime.calls import ort_session
+from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, latency_batch, ort_latency_ms
 
 CHUNK = 1 << 24
 

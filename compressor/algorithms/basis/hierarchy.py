@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.io.calls import takes_keywords
+from compressor.runtime.calls import takes_keywords
 
 
 def hierarchical_model(model: nn.Module, example_args: tuple, input_names: list[str] | None = None,

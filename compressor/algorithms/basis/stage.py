@@ -20,55 +20,47 @@ import torch
 from torch import nn
 
 from compressor.algorithms.basis.functions import Basis, projection_matrix, resolve_size, valid_size
-from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, block_layout, block_row, set_child
 from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
 from compressor.algorithms.basis.search import SizeFit, search_notes, size_schedule
+from compressor.algorithms.basis.stack import BasisStack, StackPassthrough, block_layout, block_row, set_child
 from compressor.algorithms.basis.stacks import Stack, detect_stacks
 from compressor.core.contract import StageContext
 from compressor.core.finetune import FinetuneSettings, finetune
+from compressor.core.finetune_options import StageBudget
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
 from compressor.judge.search import first_within
-from compressor.stage import Stage, StageResult, option
+from compressor.schema import option
+from compressor.stage import Outcome, Stage, StageResult
 
 BasisKind = Literal["piecewise_constant", "piecewise_linear", "discontinuous_linear", "legendre"]
 
 
 @dataclass
-class BasisConfig:
+class BasisConfig(StageBudget):
     basis: BasisKind = option("piecewise_constant", "target basis: piecewise_constant, piecewise_linear (hat "
                               "functions), discontinuous_linear, legendre (polynomials)")
     size: float = option(0.5, "functions per stack, the first size tried (see grow): a whole number (K), or a "
-                              "fraction of the stack's depth")
-    n_steps: int = option(0, "evaluation steps per stack (forward Euler at t=j/n); 0 = the original depth")
+                              "fraction of the stack's depth", gt=0)
+    n_steps: int = option(0, "evaluation steps per stack (forward Euler at t=j/n); 0 = the original depth", ge=0)
     stacks: tuple[str, ...] = option((), "glob patterns of stack names (e.g. stage1.*) to compress; empty = all")
-    min_depth: int = option(2, "shortest run of blocks treated as a stack")
+    min_depth: int = option(2, "shortest run of blocks treated as a stack", ge=2)
     finetune: bool | Literal["auto"] = option("auto", "fine-tune the coefficients after projection (needs "
                                               "--train-data): true, false, or auto = only when the projection "
                                               "is over basis's budget on validation (see max_drop)")
-    max_drop: float | None = option(None, "the stage's own budget in points of the metric for its decisions "
-                                    "(fine-tune, grow K; default: half of --max-drop when a stage follows, else all)")
     grow: bool = option(True, "while a size is over budget on validation (after the fine-tune, if any), grow every "
                               "stack's K by grow_factor; a stack whose K would reach its depth is left as it was")
-    grow_factor: float = option(1.5, "factor between successive sizes tried (1.05 to 10; at least one more function)")
-    finetune_epochs: int = option(3, "fine-tune epochs")
-    finetune_lr: float = option(1e-3, "fine-tune learning rate (Adam, cosine schedule)")
+    grow_factor: float = option(1.5, "factor between successive sizes tried (at least one more function)",
+                                ge=1.05, le=10)
+    finetune_epochs: int = option(3, "fine-tune epochs", ge=1)
+    finetune_lr: float = option(1e-3, "fine-tune learning rate (Adam, cosine schedule)", gt=0)
     remask: bool = option(False, "after prune: re-derive masks on the coefficients at the blocks' sparsity "
                           "(otherwise the merged, denser weights are kept)")
 
     def validate(self) -> str | None:
-        if self.size <= 0 or (self.size >= 1 and not float(self.size).is_integer()):
+        """What the fields' ranges cannot say alone."""
+        if self.size >= 1 and not float(self.size).is_integer():
             return "size must be a fraction in (0, 1) or a whole number of functions"
-        if self.n_steps < 0:
-            return "n_steps must be 0 (original depth) or positive"
-        if self.min_depth < 2:
-            return "min_depth must be at least 2"
-        if self.max_drop is not None and self.max_drop < 0:
-            return "max_drop must be >= 0"
-        if not 1.05 <= self.grow_factor <= 10:
-            return "grow_factor must be in [1.05, 10]"
-        if self.finetune_epochs < 1 or self.finetune_lr <= 0:
-            return "finetune_epochs must be >= 1 and finetune_lr > 0"
         return None
 
 
@@ -236,9 +228,13 @@ class BasisStage(Stage):
         if kept.val_finetune is not None:
             metrics["val_after_finetune"] = kept.val_finetune
         notes += search_notes(fits, budget, ctx.confidence, ctx.max_drop, cfg)
+        d = kept.decision
+        bound = d.bound if d is not None else min((f.decision.bound for f in fits if f.decision), default=None)
         if kept.unchanged:
             metrics["dof"] = unique_param_count(ctx.model)
-            return StageResult(model=ctx.model, notes=notes, metrics=metrics)
+            return StageResult(model=ctx.model, notes=notes, metrics=metrics,
+                               outcome=Outcome("input", "none_within" if any(f.decision for f in fits) else "unjudged",
+                                               None, "", bound, budget))
         example_rec = [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
                        for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         structure = {"kind": "basis", "stacks": kept.records, "unflattened": work is not ctx.model,
@@ -248,7 +244,10 @@ class BasisStage(Stage):
         stats = sum(int(torch.Size(s).numel()) * m.basis.size for _, m in kept.modules for _, s, kind in m.layout
                     if kind == "buffer")
         metrics["dof"] = unique_param_count(kept.model) - stats
-        return StageResult(model=kept.model, notes=notes, metrics=metrics, structure=structure)
+        stop = "unjudged" if d is None else ("within_budget" if d.accepted else "over_budget")  # grow=false keeps it
+        ratio = kept.params_after / kept.params_before if kept.params_before else None
+        outcome = Outcome("compressed", stop, ratio, "stack parameters after / before", bound, budget)
+        return StageResult(model=kept.model, notes=notes, metrics=metrics, structure=structure, outcome=outcome)
 
     def _fit(self, ctx: StageContext, work: nn.Module, chosen: list[Stack], sizes: list[int | None], budget: float,
              task) -> SizeFit:

@@ -30,11 +30,9 @@ from compressor.core.layers import select_names
 from compressor.core.lr_probe import ProbeResult, fit_lr
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
-from compressor.io.calls import call_model, set_train
 from compressor.judge.search import Snapshot, attempt
-from compressor.stage import Stage, StageResult
-
-
+from compressor.runtime.calls import call_model, set_train
+from compressor.stage import Outcome, Stage, StageResult
 
 
 def prune_targets(weights, cfg) -> list[str]:
@@ -106,11 +104,13 @@ class PruneStage(Stage):
         good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
+        stop, deciding = "target", None  # the outcome's fields: why the steps ended, and the last decision
         tunes: list[FinetuneResult] = []
         with ctx.reporter.task("prune", len(self._step_targets())) as task:  # steps planned: an upper bound
             for step, target in enumerate(self._step_targets(), 1):
                 if ctx.out_of_time():
                     stop_reason = f"--time-limit reached before step {step}: kept {kept:.1%}"
+                    stop = "time_limit"
                     break
                 masks = {n: ctx.masks.get(n) for n in names}
                 weights = {n: params[n] for n in names}
@@ -144,7 +144,7 @@ class PruneStage(Stage):
                         break
                     tunes.append(self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}"))
                     decision = ctx.judge(budget)
-                decision = decision or ctx.judge(budget)
+                decision = deciding = decision or ctx.judge(budget)
                 val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
                                 "drop_bound": round(decision.bound, 4), "rule": decision.rule})
@@ -156,6 +156,7 @@ class PruneStage(Stage):
                     # giving up, and always return to the last accepted state
                     rejected += 1
                     stop_reason = f"at {sparsity:.1%} validation {decision.describe()}: restored {kept:.1%}"
+                    stop = "over_budget"
                     if rejected > cfg.lookahead or ended:
                         break
                     continue
@@ -163,9 +164,11 @@ class PruneStage(Stage):
                 good = Snapshot(ctx.model, ctx.masks)
                 if ended:
                     stop_reason = "target reached" if sparsity >= cfg.target - 1e-9 else "LOBSTER found no threshold"
+                    stop = "target" if sparsity >= cfg.target - 1e-9 else "no_threshold"
                     break
             else:
                 stop_reason = f"schedule or max_steps exhausted (kept {kept:.1%})"
+                stop = "exhausted"
         if rejected:
             good.restore()
         final_masks = {n: ctx.masks.get(n) for n in names}
@@ -186,7 +189,9 @@ class PruneStage(Stage):
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
                      for n, m in final_masks.items()}
-        return StageResult(model=ctx.model, notes=notes, metrics={
+        outcome = Outcome("compressed" if sparsity_of(final_masks) > history[0]["sparsity"] else "input", stop,
+                          sparsity_of(final_masks), "sparsity", deciding.bound if deciding else None, budget)
+        return StageResult(model=ctx.model, notes=notes, outcome=outcome, metrics={
             "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,
             "prunable": names})
 

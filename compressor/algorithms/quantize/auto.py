@@ -29,9 +29,9 @@ import onnx
 import torch
 
 from compressor.algorithms.quantize.taps import tapped
-from compressor.io.calls import onnx_predict
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import ort_session, run_time_quantized
+from compressor.io.onnx_files import run_time_quantized
+from compressor.runtime.calls import onnx_predict, ort_session
 
 WEIGHTED = ("MatMul", "Gemm", "Conv")
 LISTED = 12  # node names spelled out in a note (worst first)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from compressor.stage import option
+from compressor.schema import option
 
 
 @dataclass
@@ -14,18 +14,20 @@ class QuantizeConfig:
         "or float (auto.py); static: int8 weights and activations (calibrated); dynamic: int8 weights, "
         "activations quantized at run time")
     auto_min_cosine: float = option(0.985, "auto: least per-sample cosine to the float graph on the check set (one "
-                                    "output value a sample: max |error| / std <= sqrt(2 (1 - this)), auto.py)")
+                                    "output value a sample: max |error| / std <= sqrt(2 (1 - this)), auto.py)",
+                                    ge=-1, le=1)
     auto_mean_cosine: float = option(0.995, "auto: least mean cosine to the float graph on the check set (one output "
-                                     "value a sample: mse / variance <= 2 (1 - this), auto.py)")
+                                     "value a sample: mse / variance <= 2 (1 - this), auto.py)", ge=-1, le=1)
     format: Literal["QDQ", "QOperator"] = option("QDQ", "graph format of static quantization")
     per_channel: bool = option(True, "one scale per output channel of each weight (else per tensor)")
     reduce_range: bool = option(True, "int8 weights in 7 bits ([-64, 64]), so x86 CPUs without VNNI (AVX2) compute "
                                 "the same numbers as those with it (docs/ALGORITHMS.md §5); false: full 8 bits")
     calibration: Literal["MinMax", "Entropy", "Percentile"] = option("MinMax", "activation range estimator")
-    percentile: float = option(99.999, "percentile kept by the Percentile calibrator")
-    calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set")
+    percentile: float = option(99.999, "percentile kept by the Percentile calibrator", gt=0, le=100)
+    calib_samples: int = option(256, "calibration samples drawn (seeded) from the calibration/training set",
+                               ge=1)
     calib_batch: int = option(32, "largest batch fed to the calibrator (fewer samples where one batch's "
-                              "activations would pass 128 MB: calibration.py)")
+                              "activations would pass 128 MB: calibration.py)", ge=1)
     objective: Literal["balanced", "size", "latency"] = option(
         "balanced", "mode=auto, among the forms that hold the check (objective.py): balanced: int8 no slower than "
         "the float graph on this CPU, else the float graph; size: the smallest, 4-bit included, whatever its speed; "
@@ -34,22 +36,16 @@ class QuantizeConfig:
         "auto", "auto: with mode=auto and objective=size, MatMul weights go 4-bit block-wise (weight-only) where the "
         "check set's output stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every "
         "MatMul weight 4-bit, unchecked, in any mode")
-    int4_block: int = option(32, "4-bit weights: input rows sharing one scale (a power of two, at least 16)")
+    int4_block: int = option(32, "4-bit weights: input rows sharing one scale (a power of two, at least 16)",
+                            ge=16)
     exclude: tuple[str, ...] = option((), "glob patterns of weight or node names left in float (e.g. fc3.*)")
     preprocess: bool = option(True, "run ONNX Runtime's quant_pre_process (shape inference, graph optimisation)")
 
     def validate(self) -> str | None:
+        """What the fields' ranges cannot say alone."""
         if self.objective == "latency" and (self.mode != "auto" or self.weight_bits == "4"):
             return ("objective=latency chooses among auto's checked forms: it needs mode=auto and weight_bits other "
                     "than 4")
-        if self.calib_samples < 1:
-            return "calib_samples must be at least 1"
-        if self.calib_batch < 1:
-            return "calib_batch must be at least 1"
-        if not (-1 <= self.auto_min_cosine <= 1 and -1 <= self.auto_mean_cosine <= 1):
-            return "auto_min_cosine and auto_mean_cosine must be in [-1, 1]"
-        if self.int4_block < 16 or self.int4_block & (self.int4_block - 1):
+        if self.int4_block & (self.int4_block - 1):
             return "int4_block must be a power of two, at least 16"
-        if not 0 < self.percentile <= 100:
-            return "percentile must be in (0, 100]"
         return None

@@ -4,7 +4,7 @@ Why: an int8 graph is smaller but not always faster. ONNX Runtime's QDQ graph ad
 every op, which a small conv net's fp32 kernels (AVX-512, AMX) outrun; 4-bit MatMulNBits weights are dequantized to
 float32 on every call; dynamic int8 can win on transformers where static int8 loses. What is faster depends on the
 CPU and the model, so it is measured, never assumed: auto's choice and the float graph are timed in turns on a
-batch of the check set (io/timing.py), and when the choice is slower by more than the timing margin, the all-dynamic
+batch of the check set (runtime/timing.py), and when the choice is slower by more than the timing margin, the all-dynamic
 form is checked and timed as well.
 
 - `size`: the smallest form that holds the check (4-bit MatMul weights with weight_bits=auto), whatever its speed.
@@ -24,8 +24,9 @@ import onnx
 
 from compressor.algorithms.quantize.auto import gather_tables, weighted_nodes
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import copy_onnx, ort_session
-from compressor.io.timing import LATENCY_BATCH, SLOWER_MARGIN, latencies_ms
+from compressor.io.onnx_files import copy_onnx
+from compressor.runtime.calls import ort_session
+from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, latencies_ms
 
 Check = Callable[[Path], tuple[bool, str]]
 
@@ -86,6 +87,25 @@ def pick_by_speed(objective: str, float_graph: Path, dst: Path, tmp: Path, check
 
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
             "QLinearConv", "QLinearMatMul", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm"}
+
+
+STATIC_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
+DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
+
+
+def graph_form(path: Path) -> str:
+    """The quantized form of the graph at `path`, read from its ops: "static" (activations quantized with fixed
+    scales), "dynamic" (scales from each batch), "mixed" (both), "4bit" (MatMulNBits weights), "weight_only"
+    (int8 weights dequantized, float activations), or "float"."""
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    static, dynamic = bool(ops & STATIC_OPS), bool(ops & DYNAMIC_OPS)
+    if static and dynamic:
+        return "mixed"
+    if static or dynamic:
+        return "static" if static else "dynamic"
+    if "MatMulNBits" in ops:
+        return "4bit"
+    return "weight_only" if "DequantizeLinear" in ops else "float"
 
 
 def quantized(path: Path) -> bool:

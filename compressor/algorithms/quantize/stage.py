@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import io
 import itertools
 import logging
@@ -23,56 +22,18 @@ from typing import Callable
 import onnx
 
 from compressor.algorithms.quantize.auto import checker, choose
-from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
+from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
-from compressor.algorithms.quantize.objective import all_dynamic_writer, pick_by_speed, shipped_form
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
+from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
+from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, shipped_form
 from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
-from compressor.io.onnx_export import external_data_path
-from compressor.stage import ExportStage, StageResult
-
-
-def nodes_matching(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
-    """Names of nodes whose name, or one of whose weight initializers' names, matches a pattern."""
-    if not patterns:
-        return []
-    inits = {i.name for i in model.graph.initializer}
-    out = []
-    for node in model.graph.node:
-        names = [node.name] + [i for i in node.input if i in inits]
-        if any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns):
-            out.append(node.name)
-    return out
-
-
-WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-
-
-def computed_weight_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of Conv/Gemm/MatMul nodes whose weight is computed in the graph (an RPG ring's or a basis stack's
-    generated weights): quantizing those with ORT would add Q/DQ pairs around activations and weights that
-    cost more bytes than they save, so they are left to the structure's own int8 rewrite."""
-    inits = {i.name for i in model.graph.initializer}
-    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node
-            if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in inits | consts]
-
-
-def constant_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes computed from initializers and constants only (a ring's or basis's weight generation):
-    ONNX Runtime folds them once per session unless a quantizer puts Q/DQ pairs on them, so they stay float."""
-    known = {i.name for i in model.graph.initializer} | {""}
-    names = []
-    for node in model.graph.node:  # ONNX graphs are topologically sorted
-        if node.op_type == "Constant" or all(i in known for i in node.input):
-            known.update(node.output)
-            if node.name:  # an unnamed node cannot be excluded by name (and "" would match every unnamed one)
-                names.append(node.name)
-    return names
+from compressor.io.onnx_files import external_data_path
+from compressor.stage import ExportStage, Outcome, StageResult
 
 
 @contextlib.contextmanager
@@ -111,7 +72,12 @@ class _Forms:
             self.extra["CalibPercentile"] = config.percentile
 
     def static(self, dst: Path, nodes: list[str] | None = None) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         if self.sample is None:
             raise DataError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
@@ -286,7 +252,7 @@ class QuantizeStage(ExportStage):
         if not compact:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
                                   ctx.out_of_time)
-            return StageResult(model=ctx.model, notes=notes, decision=shipped_form(notes))
+            return self._result(ctx, notes, dst)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
@@ -297,4 +263,10 @@ class QuantizeStage(ExportStage):
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
-        return StageResult(model=ctx.model, notes=notes, decision=shipped_form(notes))
+        return self._result(ctx, notes, dst)
+
+    def _result(self, ctx: StageContext, notes: list[str], dst: Path) -> StageResult:
+        """The shipped form, read from the written graph (of the ordinary layers: a ring or basis coefficients
+        are int8 whatever it is), under the objective that chose it."""
+        outcome = Outcome(graph_form(dst), self.config.objective)
+        return StageResult(model=ctx.model, notes=notes, decision=shipped_form(notes), outcome=outcome)

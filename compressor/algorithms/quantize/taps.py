@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from compressor.io.data import Dataset
-from compressor.io.onnx_export import ort_session
+from compressor.runtime.calls import ort_session
 
 TAP_BATCH = 64
 TAP_BYTES = 128 * 2**20  # a batch's tapped outputs (float32, as ORT returns them) stay within this

@@ -31,7 +31,7 @@ from torch import nn
 
 from compressor.algorithms.rpg.sign_hash import SIGN_HASH, hashed_signs
 from compressor.errors import ArtifactError
-from compressor.io.calls import takes_keywords
+from compressor.runtime.calls import takes_keywords
 
 RING_NAME = "rpg_ring"
 SLOTS_NAME = "rpg_slots"

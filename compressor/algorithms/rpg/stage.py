@@ -31,45 +31,42 @@ import torch
 from compressor.algorithms.rpg.fit import RingFit, fit_ring, ring_schedule
 from compressor.algorithms.rpg.ring import RING_NAME, RingLayer
 from compressor.core.contract import StageContext
+from compressor.core.finetune_options import FinetuneOptions
 from compressor.core.layers import WeightInfo, select
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
 from compressor.judge.search import first_within, lowest_bound
-from compressor.stage import Stage, StageResult, option
-
+from compressor.schema import option, with_default
+from compressor.stage import Outcome, Stage, StageResult
 
 # N = 25% of the generated weights, chosen with distill=1 on validation data (the comparison: docs/ALGORITHMS.md §3).
 DEFAULT_RING_FRACTION = 0.25
 
 
 @dataclass
-class RpgConfig:
+class RpgConfig(FinetuneOptions):
+    # 1e-2 recovers the projection faster than 1e-3 on the digits models; distillation on by default
+    lr: float = with_default(FinetuneOptions, "lr", 1e-2)
+    distill: float = with_default(FinetuneOptions, "distill", 1.0)
     include: tuple[str, ...] = option((), "glob patterns of weights generated from the ring (default: every "
                                           "conv/linear weight except the first and the last layer's)")
     exclude: tuple[str, ...] = option((), "glob patterns of weights that stay ordinary parameters")
     ring_fraction: float | None = option(None, f"ring size N as a fraction of the generated weights (default "
-                                               f"{DEFAULT_RING_FRACTION} when no other size is set: always leaves room)")
+                                               f"{DEFAULT_RING_FRACTION} when no other size is set: always leaves room)",
+                                         gt=0, le=1)
     dof_fraction: float | None = option(None, "ring size such that DoF (ring + ordinary params) is this fraction of "
-                                              "the whole model's parameters (refused if the ordinary ones exceed it)")
-    ring_size: int | None = option(None, "absolute ring size N")
+                                              "the whole model's parameters (refused if the ordinary ones exceed it)",
+                                        gt=0, le=1)
+    ring_size: int | None = option(None, "absolute ring size N", ge=1)
     grow: bool = option(True, "if the fine-tuned ring is over budget on validation (the run's paired upper bound, "
                               "see max_drop), grow N by grow_factor (ring_size / ring_fraction / dof_fraction is the "
                               "start), while below the generated weights, until one is within; if none is, keep "
                               "the stage's input (false: keep the first N whatever it costs)")
-    grow_factor: float = option(1.5, "factor between successive ring sizes tried (1.05 to 10)")
-    max_drop: float | None = option(None, "the stage's own budget in points of the metric (default: half the "
-                                          "run's --max-drop when quantize follows, which spends the rest; else all "
-                                          "of it); --max-drop applies too: the stricter wins")
+    grow_factor: float = option(1.5, "factor between successive ring sizes tried (a smaller one tries thousands)",
+                                ge=1.05, le=10)
     scale: Literal["rms", "kaiming"] = option("rms", "per-layer scale c_l: the layer's trained weight RMS, or "
                                                      "sqrt(2/fan_in)")
-    epochs: int = option(20, "fine-tuning epochs after the projection (0: projection only)")
-    lr: float = option(1e-2, "fine-tuning learning rate (Adam, cosine schedule; 1e-2 recovers the projection "
-                             "faster than 1e-3 on the digits models)")
-    batch_size: int = option(64, "fine-tuning batch size")
-    max_steps_per_epoch: int = option(0, "cap on optimizer steps per epoch (0: a full pass)")
-    distill: float = option(1.0, "weight of a distillation term to the original model's outputs while "
-                                 "fine-tuning (Hinton et al. 2015: T^2 KL of temperature-T softmaxes; 0: off)")
-    temperature: float = option(2.0, "distillation temperature T")
+    epochs: int = option(20, "fine-tuning epochs after the projection (0: projection only)", ge=0)
     select: Literal["last", "best"] = option("last", "state kept after fine-tuning: the last epoch (the cosine "
                                                      "schedule's converged state), or the best validation epoch "
                                                      "(on a small validation set the maximum of 20 noisy scores "
@@ -77,22 +74,9 @@ class RpgConfig:
     verify_onnx: bool = option(True, "export once, rewrite the graph, and compare ONNX Runtime with torch")
 
     def validate(self) -> str | None:
-        if self.dof_fraction is not None and not 0 < self.dof_fraction <= 1:
-            return "dof_fraction must be in (0, 1]"
-        if self.ring_fraction is not None and not 0 < self.ring_fraction <= 1:
-            return "ring_fraction must be in (0, 1]"
-        if self.ring_size is not None and self.ring_size < 1:
-            return "ring_size must be at least 1"
+        """What the fields' ranges cannot say alone."""
         if sum(v is not None for v in (self.ring_size, self.ring_fraction, self.dof_fraction)) > 1:
             return "set one of ring_size, ring_fraction and dof_fraction"
-        if self.max_drop is not None and self.max_drop < 0:
-            return "max_drop must be >= 0"
-        if not 1.05 <= self.grow_factor <= 10:
-            return "grow_factor must be in [1.05, 10] (a smaller one tries thousands of ring sizes)"
-        if self.distill < 0 or self.temperature <= 0:
-            return "distill must be >= 0 and temperature > 0"
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps_per_epoch < 0:
-            return "epochs and max_steps_per_epoch must be >= 0, batch_size >= 1 and lr > 0"
         return None
 
 
@@ -219,7 +203,12 @@ class RpgStage(Stage):
             notes.append("a .pt2 model: batch-norm statistics stayed frozen while fine-tuning")
         entry = {"kind": "rpg", **layout.as_dict(), "masked": keep is not None, "checksum": model.checksum()}
         ctx.weights = [w for w in ctx.weights if w.name not in set(names)] + [WeightInfo(RING_NAME, (n,), "other")]
-        return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx)
+        d = chosen_fit.decision
+        stop = "unjudged" if d is None else ("within_budget" if d.accepted else "over_budget")  # grow=false keeps it
+        outcome = Outcome("compressed", stop, n / generated, "ring size / generated weights",
+                          d.bound if d is not None else None, budget)
+        return StageResult(model=model, notes=notes, metrics=metrics, structure=entry, verify_onnx=cfg.verify_onnx,
+                           outcome=outcome)
 
     def _input_kept(self, ctx: StageContext, fits: list[RingFit], generated: int, budget: float) -> StageResult:
         """No ring size below the generated weights is within budget: the stage's input, unchanged, and why."""
@@ -228,8 +217,9 @@ class RpgStage(Stage):
         notes = [f"WARNING: no ring smaller than the {generated:,} generated weights is within budget{why} "
                  f"({budget:.2f} points; {tried}): rpg kept its input (a ring of all the generated weights would "
                  "save nothing, so it is not fitted); a larger --val-data, --max-drop or rpg.epochs leaves room"]
-        return StageResult(model=ctx.model, notes=notes, metrics={
-            "ring_sizes_tried": [f.summary(generated) for f in fits], "kept_input": True})
+        lowest = min((f.decision.bound for f in fits), default=None)
+        return StageResult(model=ctx.model, notes=notes, outcome=Outcome("input", "none_within", None, "", lowest, budget),
+                           metrics={"ring_sizes_tried": [f.summary(generated) for f in fits], "kept_input": True})
 
     def budget(self, ctx: StageContext) -> float:
         """rpg's share of the run's budget (RunContext.stage_budget): rpg.max_drop, else half of --max-drop when a

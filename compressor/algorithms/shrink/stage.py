@@ -25,7 +25,7 @@ from compressor.core.contract import StageContext
 from compressor.core.finetune import distill_hook
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage, shrink_targets
 from compressor.judge.search import Snapshot, attempt
-from compressor.stage import Stage, StageResult
+from compressor.stage import Outcome, Stage, StageResult
 
 INERT_LOW, INERT_HIGH = 0.01, 0.99
 
@@ -69,5 +69,7 @@ class ShrinkStage(Stage):
             notes.append(f"WARNING: the fraction of relevant weights is ~{mean_rel:.3f}: the selective part is inert "
                          "(the rule acts as plain decay or not at all); adjust alpha/alpha_scale")
         history = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in result.history]
-        return StageResult(model=ctx.model, notes=notes, decision=notes[2],  # the budget's verdict
+        outcome = Outcome("compressed" if trial.kept else "input", "within_budget" if trial.kept else "none_within",
+                          after, "fraction of |w| < 1e-3", decision.bound, decision.budget)
+        return StageResult(model=ctx.model, notes=notes, decision=notes[2], outcome=outcome,  # the budget's verdict
                            metrics={"history": history, "small_weight_fraction": after, "relevant_mean": mean_rel})

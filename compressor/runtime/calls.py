@@ -2,6 +2,7 @@
 position, and ONNX Runtime sessions."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -10,7 +11,8 @@ from torch import nn
 
 from compressor.errors import DataError
 from compressor.io.data import Dataset
-from compressor.io.parallel import gather_rows, my_share, unwrapped, world
+from compressor.runtime.parallel import gather_rows, my_share, unwrapped, world
+from compressor.runtime.threads import pinned_threads
 
 EVAL_BATCH = 256
 
@@ -88,7 +90,7 @@ def other_outputs_notes(model: nn.Module, example: Dataset, device: torch.device
 def predict(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
             batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Outputs of the whole dataset (on CPU, float32). Bad input shapes become one-line DataErrors. In a data-parallel
-    run each rank computes its share of the rows and every rank gets all of them (io/parallel.py)."""
+    run each rank computes its share of the rows and every rank gets all of them (runtime/parallel.py)."""
     set_train(model, False)
     if world()[1] > 1:
         return gather_rows(_predict(model, my_share(data), device, batch_size), len(data))
@@ -129,3 +131,19 @@ def set_train(model: nn.Module, mode: bool) -> bool:
         return True
     except NotImplementedError:
         return False
+
+
+def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
+    """An ONNX Runtime CPU session pinned to the run's threads (`threads` 0: the pinned count)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or pinned_threads()
+    opts.inter_op_num_threads = 1
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(np.max(np.abs(a.numpy() - b.numpy()))) if a.numel() else 0.0
