@@ -22,7 +22,7 @@ from compressor.errors import Terminated, UsageError, request_stop
 from compressor.inspect_model import inspect_model
 from compressor.registry import available_stages
 from compressor.report.build import print_report, verdict_line
-from compressor.report.diff import diff_markdown, diff_rows, read_report, source_warning
+from compressor.report.diff import diff_markdown, diff_table
 from compressor.run.launch import launch, without_option
 from compressor.run.options_doc import options_markdown
 from compressor.run.pipeline import RunOptions
@@ -218,22 +218,16 @@ def diff_cmd(
     report_a: Path = typer.Argument(..., help="report.json of the reference run."),
     report_b: Path = typer.Argument(..., help="report.json of the new run."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for a PR comment)."),
+    allow_different: bool = typer.Option(False, "--allow-different-models",
+                                         help="Compare runs of different source models (warned) instead of refusing."),
 ) -> None:
-    """Compare two runs: metrics, sizes, latency, sparsity and verdicts."""
-    from rich.table import Table
-
+    """Compare two runs of one model: metrics, sizes, latency with its spread, sparsity and verdicts."""
     if markdown:
-        print(diff_markdown(report_a, report_b), end="")
+        print(diff_markdown(report_a, report_b, allow_different), end="")
         return
-    table = Table(title=f"{report_a}  vs  {report_b}", title_justify="left")
-    for col in ("quantity", "A", "B", "change"):
-        table.add_column(col, justify="left" if col == "quantity" else "right")
-    a, b = read_report(report_a), read_report(report_b)
-    warning = source_warning(a, b)
+    table, warning = diff_table(report_a, report_b, allow_different)
     if warning:
         err.print(warning, style="bold yellow", highlight=False)
-    for row in diff_rows(a, b):
-        table.add_row(*row)
     out.print(table)
 
 

@@ -70,14 +70,15 @@ def test_diff_compares_two_runs(passing_run, tmp_path):
     # the same model: no warning; the latency compared as each run's ratio to its own fp32 timing
     res = run_cli("diff", passing_run / "report.json", out / "report.json", "--markdown")
     assert "different source models" not in res.stdout
-    assert "| model.onnx ORT ms / its run's fp32 ms |" in res.stdout and "model.safetensors ORT ms" not in res.stdout
+    assert "| model.onnx ORT ms / its run's fp32 ms (range of the p10-p90s) |" in res.stdout
+    assert "model.safetensors ORT ms" not in res.stdout and " - |" not in res.stdout
     other = json.loads((out / "report.json").read_text())
     other["model"]["sha256"] = "0" * 64
     (tmp_path / "other.json").write_text(json.dumps(other))
     res = run_cli("diff", passing_run / "report.json", tmp_path / "other.json", "--markdown")
-    assert res.code == 0 and res.stdout.startswith("> WARNING: the two runs compressed different source models")
-    res = run_cli("diff", passing_run / "report.json", tmp_path / "other.json")
-    assert "different source models" in res.stderr
+    assert res.code == 2 and "different source models" in res.stderr and res.stdout == ""
+    res = run_cli("diff", passing_run / "report.json", tmp_path / "other.json", "--allow-different-models")
+    assert res.code == 0 and "different source models" in res.stderr
 
 
 def test_the_batch_norm_note_only_where_there_is_batch_norm(passing_run, cnn_quantized):

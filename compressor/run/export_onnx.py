@@ -33,6 +33,7 @@ class Exported:
     base_latency: float          # ms, the fp32 original in ONNX Runtime
     record: dict[str, Any] | None  # the export-time stage's record, if one ran
     compacted: bool = False      # the structures' own tensors were made int8 (the torch model took their values)
+    base_spread: list[float] | None = None  # [p10, p90] ms of the fp32 original's timed runs
 
 
 def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset, reference: torch.Tensor,
@@ -49,15 +50,17 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         fp32_session = ort_session(fp32_path)
         fp32_out = onnx_predict(fp32_session, heldout)
         parity = max_abs_diff(fp32_out, final_torch)
-        base_latency = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
+        base_latency, base_spread = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
         if stage is None:
             copy_onnx(fp32_path, onnx_path)
-            return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes(), base_latency, None)
+            return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes(), base_latency, None,
+                            base_spread=base_spread)
         fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
         record, session, q_out, compacted = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout,
                                                                reference, fp32_out, sizes)
         fp32_sizes = fp32_sizes()
-    return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record, compacted)
+    return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record, compacted,
+                    base_spread)
 
 
 def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onnx_path: Path, tmp: Path,

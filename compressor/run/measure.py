@@ -17,7 +17,7 @@ from compressor.judge.metrics import score
 from compressor.run.export_onnx import Exported
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.runtime.calls import EVAL_BATCH, max_abs_diff, onnx_predict, predict
-from compressor.runtime.timing import ort_latency_ms
+from compressor.runtime.timing import ort_latency_spread_ms
 from compressor.verify.artifacts import file_sizes, ort_peak_memory_bytes
 
 
@@ -35,7 +35,7 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                          f"difference| {batch['max_abs_diff_batch1_vs_batch']:.3g} and {ctx.metric.name} "
                          f"{batch['metric_value_batch1']:.4g}, against {batch['metric_value_batched']:.4g} in batches "
                          f"of {EVAL_BATCH}")
-    latency = ort_latency_ms(exported.session, heldout)
+    latency, spread = ort_latency_spread_ms(exported.session, heldout)
     exported.session = None  # its weights and activation arena are freed before the reload and the memory check
     gc.collect()
     # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
@@ -47,7 +47,7 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
     st_metric = score(st_out, heldout, reference, ctx.metric)
     return [
         {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
-         "metric_extra": onnx_metric.extra, "latency_ms": latency,
+         "metric_extra": onnx_metric.extra, "latency_ms": latency, "latency_spread_ms": spread,
          "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_baseline_latency_ms": exported.base_latency,
          "fp32_export_bytes": exported.fp32_sizes["bytes"], "fp32_export_gzip_bytes": exported.fp32_sizes["gzip_bytes"],

@@ -113,7 +113,8 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings, run_time)
     run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,
-           "encodings": encodings, "latency": exported.base_latency, "started": started, "parallel": parallel}
+           "encodings": encodings, "latency": exported.base_latency, "latency_spread": exported.base_spread,
+           "started": started, "parallel": parallel}
     return write_report(options, ctx, stages, out, notes, run)
 
 
@@ -157,6 +158,7 @@ def write_report(options: RunOptions, ctx: RunContext, stages: list[Stage], out:
     if sparse is not None:
         report["sparsity"] = sparse
     report["baseline"]["latency_ms"] = run["latency"]
+    report["baseline"]["latency_spread_ms"] = run["latency_spread"]
     report["parallel"] = run["parallel"]
     if accuracy_vs_size(report, out.path("accuracy_vs_size.png")):
         report["plots"] = {"accuracy_vs_size": "accuracy_vs_size.png"}

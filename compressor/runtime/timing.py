@@ -1,5 +1,5 @@
-"""Latency of ONNX Runtime sessions on a batch of the run's data: one graph's median (the report's figures), or
-several graphs timed in turns (quantize's latency objective).
+"""Latency of ONNX Runtime sessions on a batch of the run's data: one graph's median (the report's figures, with
+the p10-p90 spread of its timed runs), or several graphs timed in turns (quantize's latency objective).
 
 Why in turns: on a shared machine the load changes over seconds, so timing one graph and then another compares the
 load as much as the graphs; alternating one run of each, round after round, gives every graph the same conditions.
@@ -40,9 +40,32 @@ def ort_latency_ms(session, data: Dataset, repeats: int = 20, warmup: int = 3) -
     return latencies_ms([session], data, repeats, warmup)[0]
 
 
+def ort_latency_spread_ms(session, data: Dataset) -> tuple[float, list[float]]:
+    """`ort_latency_ms` and the [p10, p90] of the same timed runs: how far one run's timings scatter, so that a
+    comparison of two runs (`compress diff`) can tell a change from timing noise."""
+    runs = [r[0] for r in timed_rounds_ms([session], data)]
+    return round(statistics.median(runs), 4), [round(percentile(runs, 10), 4), round(percentile(runs, 90), 4)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile by linear interpolation between ranks; defined for a single value (a slow model may
+    be timed once), where statistics.quantiles is not."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
 def latencies_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int = 3) -> list[float]:
     """Median batch-64 wall time of each session, timed in turns (one run of each per round; module docstring),
     with the same early stops as `ort_latency_ms` applied to a round."""
+    rounds = timed_rounds_ms(sessions, data, repeats, warmup)
+    return [round(statistics.median(r[i] for r in rounds), 4) for i in range(len(sessions))]
+
+
+def timed_rounds_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int = 3) -> list[list[float]]:
+    """The timed rounds behind `latencies_ms`: per round, one batch-64 wall time (ms) of each session."""
     batch = latency_batch(data)
     feeds = [feed_for(s, batch) for s in sessions]
 
@@ -65,4 +88,4 @@ def latencies_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int =
             break
         if len(rounds) >= repeats and spent >= MIN_SECONDS * 1000.0 * len(sessions):
             break
-    return [round(statistics.median(r[i] for r in rounds), 4) for i in range(len(sessions))]
+    return rounds

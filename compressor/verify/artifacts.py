@@ -15,7 +15,7 @@ from compressor.io.data import Dataset
 from compressor.io.onnx_files import external_data_path, save_onnx
 from compressor.io.safetensors_io import save_weights
 from compressor.runtime.calls import ort_session
-from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, latency_batch, ort_latency_ms
+from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, latency_batch, ort_latency_spread_ms
 
 CHUNK = 1 << 24
 
@@ -75,15 +75,16 @@ def stored_bytes_later(model: nn.Module) -> Callable[[], int]:
     return result
 
 
-def baseline_latency_ms(ctx, data: Dataset, fp32_session, tmp: Path) -> float:
-    """ORT latency of the original (uncompressed) model, measured the same way as each artifact. Without a
-    structural stage the compressed model's fp32 export is the original graph (same ops and shapes; pruned
-    zeros are stored densely), so its session is timed; otherwise the original model is exported and timed."""
+def baseline_latency_ms(ctx, data: Dataset, fp32_session, tmp: Path) -> tuple[float, list[float]]:
+    """ORT latency of the original (uncompressed) model and its [p10, p90], measured the same way as each
+    artifact. Without a structural stage the compressed model's fp32 export is the original graph (same ops and
+    shapes; pruned zeros are stored densely), so its session is timed; otherwise the original model is exported
+    and timed."""
     if not ctx.structures:
-        return ort_latency_ms(fp32_session, data)
+        return ort_latency_spread_ms(fp32_session, data)
     path = tmp / "original.fp32.onnx"
     save_onnx(export_model(ctx.original, data.example(), str(ctx.device), []), path)
-    return ort_latency_ms(ort_session(path), data)
+    return ort_latency_spread_ms(ort_session(path), data)
 
 
 def slower_warnings(artifacts: list[dict], baseline_ms: float, margin: float = SLOWER_MARGIN) -> list[str]:
