@@ -1,9 +1,11 @@
 """The `compress` command: `compress MODEL --pipeline a,b --data heldout.npz --out DIR`, plus sub-commands
 `inspect` and `stages` beside it (a group whose default command is `run`, so the plain form keeps working).
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed, 130 interrupted (SIGINT), 143 terminated (SIGTERM: handled
-like SIGINT, the staging directory removed). Errors print one line, never a traceback (`cli_errors.py`), and
-third-party warnings and logs stay off stderr (`--debug` or COMPRESSOR_DEBUG=1 shows them, and the traceback).
+Exit codes: 0 ok, 1 error, 2 usage, 3 gate failed, 130 interrupted (SIGINT), 143 terminated (SIGTERM: handled like
+SIGINT, the staging directory removed). Each command imports what it runs when it runs (run/command.py for a run), so
+`--help`, `--version` and `diff` start without torch or ONNX Runtime. Errors print one line, never a traceback
+(`cli_errors.py`), and third-party warnings and logs stay off stderr (`--debug` or COMPRESSOR_DEBUG=1 shows them, and
+the traceback).
 """
 from __future__ import annotations
 
@@ -18,21 +20,10 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
-from compressor.errors import Terminated, UsageError, request_stop
-from compressor.inspect_model import inspect_model
-from compressor.registry import available_stages
-from compressor.report.build import print_report, verdict_line
+from compressor.errors import Terminated, request_stop
 from compressor.report.diff import diff_markdown, diff_table
-from compressor.run.launch import launch, without_option
-from compressor.run.options_doc import options_markdown
-from compressor.run.pipeline import RunOptions
-from compressor.run.progress import Reporter
-from compressor.run.recipe import is_recipe, load_recipe
-from compressor.run.runner import compress
-from compressor.run.settings import merge_settings, setting_help
-from compressor.runtime.parallel import launched, start, world
+from compressor.run.settings import setting_help
 from compressor.schema import describe
-from compressor.verify.gates import parse_floors
 from compressor.version import __version__
 
 DEFAULT_PIPELINE = "quantize"
@@ -125,6 +116,8 @@ def run(
                                 "restored from their checkpoints (same inputs and settings required)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep --out/.checkpoints after success."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Every step's line (prune steps, epochs, sizes "
+                                 "tried) kept on screen, and every note of each stage after the tables."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=setting_help("threads")),
     time_limit: Optional[str] = typer.Option(None, "--time-limit", help=setting_help("time_limit")),
@@ -137,48 +130,11 @@ def run(
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)
-    if nproc is not None and launched() and nproc != int(os.environ["WORLD_SIZE"]):
-        raise UsageError(f"--nproc {nproc} under a launcher of {os.environ['WORLD_SIZE']} processes: drop --nproc")
-    if nproc is not None and nproc > 1 and not launched():
-        raise typer.Exit(launch(nproc, without_option(ctx.meta[ARGV][1:], "--nproc")))
-    names, recipe_options, settings = pipeline.split(","), {}, {}
-    if is_recipe(pipeline):
-        recipe = load_recipe(Path(pipeline))
-        names = [n for n, _, _ in recipe.stages]
-        recipe_options = {n: opts for n, opts, _ in recipe.stages}
-        settings = recipe.settings
-    rdata, gates = settings.get("data", {}), settings.get("gates", {})
+    from compressor.run.command import run_command  # torch and ONNX Runtime load here, not for --help or diff
 
-    def pick_path(cli_value, key):
-        value = cli_value if cli_value is not None else rdata.get(key)
-        return None if value is None else Path(value)
-
-    heldout = pick_path(data, "heldout")
-    if heldout is None:
-        raise UsageError("--data (the held-out set) is required, on the command line or as data.heldout in a recipe")
-    floors = {**{k: float(v) for k, v in (gates.get("floors") or {}).items()}, **parse_floors(floor or [])}
-    cli_settings = dict(seed=seed, device=device, max_drop=max_drop, confidence=confidence, min_recovery=min_recovery,
-                        max_bytes=max_bytes, threads=threads, time_limit=time_limit, precision=precision,
-                        metric=metric)
-    options = RunOptions(model=model, pipeline=names, data=heldout, out=out_dir, overrides=set_ or [],
-                         train_data=pick_path(train_data, "train"), val_data=pick_path(val_data, "val"),
-                         calib_data=pick_path(calib_data, "calib"), arch=arch, trust_pickle=trust_pickle,
-                         force=force, quiet=quiet, floors=floors, recipe_options=recipe_options, resume=resume,
-                         keep_checkpoints=keep_checkpoints, **merge_settings(cli_settings, settings))
-    if launched():  # one rank of torchrun: join its process group; only rank 0 prints and writes
-        options.device = start(options.device)
-        quiet = options.quiet = quiet or world()[0] > 0
-    report, code = compress(options, Reporter(err, quiet))
-    if report is None:  # a rank > 0 of a data-parallel run, done once it left the process group (runtime/parallel.py)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # no interpreter teardown, which raced gloo's threads ("terminate called without ...")
-    if not quiet:
-        print_report(report, out)
-        written = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
-        out.print(f"wrote {out_dir}/: {', '.join(written)}", highlight=False)
-    print(verdict_line(report))
-    raise typer.Exit(code)
+    args = dict(locals())
+    args.pop("ctx")
+    raise typer.Exit(run_command(ctx.meta[ARGV][1:], args, out, err))
 
 
 @app.command("stages")
@@ -186,6 +142,9 @@ def run(
 def stages_cmd(markdown: bool = typer.Option(False, "--markdown", help="Print docs/options.md: every run setting "
                                               "and stage option as Markdown tables.")) -> None:
     """List every stage with its options: default, type, range and one line of help (from their declarations)."""
+    from compressor.registry import available_stages  # loads every stage (and torch)
+    from compressor.run.options_doc import options_markdown
+
     if markdown:
         print(options_markdown(), end="")
         return
@@ -209,6 +168,8 @@ def inspect_cmd(
 ) -> None:
     """Layers, parameters, bytes per layer, and what each stage would touch."""
     _debug(debug)
+    from compressor.inspect_model import inspect_model
+
     inspect_model(model, arch, trust_pickle, data, out)
 
 

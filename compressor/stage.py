@@ -1,11 +1,11 @@
 """Stages: the base class, the record a stage returns, and typed, documented configs.
 
 A stage declares ``name``, a one-line ``summary``, a ``Config`` dataclass (every field declared with
-`compressor.schema.option`: a default, a ``help`` and a range), the stages it may follow, and
-``apply(ctx) -> StageResult``; it never writes files or builds ONNX. A stage registers through the `compressor.stages` entry point of its package (pyproject.toml); the
-``register_stage`` decorator of `compressor.registry` is for stages defined in code (tests, notebooks).
-``--set stage.key=value`` values are parsed from the field's type and checked against its range; an unknown key is a
-usage error naming the valid ones.
+`compressor.schema.option`: a default, a ``help`` and a range), the stages it may follow, and ``apply(ctx) ->
+StageResult``; it never writes files or builds ONNX. A stage registers through the `compressor.stages` entry point of
+its package (pyproject.toml); the ``register_stage`` decorator of `compressor.registry` is for stages defined in code
+(tests, notebooks). ``--set stage.key=value`` values are parsed from the field's type and checked against its range;
+an unknown key is a usage error naming the valid ones.
 """
 from __future__ import annotations
 

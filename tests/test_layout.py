@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle, no function-local import of compressor modules, no module over 300 lines,
-one folder per algorithm. Read from the source (AST), so nothing here depends on import order."""
+"""The package's shape: no import cycle, no function-local import of compressor modules (but the command line's and
+the package's lazy ones), no module over 300 lines, one folder per algorithm. Read from the source (AST), so
+nothing here depends on import order."""
 from __future__ import annotations
 
 import ast
@@ -75,9 +76,16 @@ def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
+# the command line imports each command's implementation when it runs, and the package its torch-backed public names
+# when first asked for (PEP 562), so `compress --help` and `diff` start without torch; the floor check still sees them
+LAZY_IMPORTERS = ("compressor", "compressor.cli")
+
+
 def test_no_function_local_imports_of_compressor_modules():
     local = []
     for name, path in modules().items():
+        if name in LAZY_IMPORTERS:
+            continue
         for fn in ast.walk(ast.parse(path.read_text())):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):
@@ -110,7 +118,7 @@ def test_each_algorithm_in_its_own_folder():
 # below. Judging (judge/) sits below the algorithms that search with it; measuring written artifacts (verify/) sits
 # after export/.
 FLOORS = (
-    ("compressor.errors", "compressor.version"),
+    ("compressor.errors", "compressor.version", "compressor.defaults"),
     ("compressor.schema", "compressor.stage"),
     ("compressor.registry",),
     ("compressor.io",),

@@ -14,19 +14,10 @@ import contextlib
 
 import torch
 
+from compressor.defaults import precision_error
 from compressor.errors import UsageError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def precision_error(name: str, device: str) -> str | None:
-    """Why `name` cannot run on `device` (None when it can)."""
-    if name not in PRECISIONS:
-        return f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}"
-    if name == "fp16" and torch.device(device).type != "cuda":
-        return "precision fp16 needs a CUDA device (--device cuda): on a CPU use bf16"
-    return None
 
 
 class MixedPrecision:

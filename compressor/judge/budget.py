@@ -28,7 +28,7 @@ from statistics import NormalDist
 
 import torch
 
-DEFAULT_CONFIDENCE = 0.75
+from compressor.defaults import DEFAULT_CONFIDENCE
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
+def print_report(report: dict[str, Any], console: Console, verbose: bool = False) -> None:
+    """The tables, then one line per stage saying what it decided (`verbose`: every note of each stage), then the
+    run's notes."""
     stage_header, artifact_header = _headers(report)
     for title, header, rows in (("Stages (held-out)", stage_header, _stage_rows(report)),
                                 ("Artifacts", artifact_header, _artifact_rows(report))):
@@ -211,6 +213,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for r in report["stages"]:  # what each stage decided and why, one line each (the rest is in report.md)
         if r.get("decision"):
             console.print(f"[bold]{r['name']}[/bold]: {escape(r['decision'])}", highlight=False)
+        for n in r.get("notes", []) if verbose else []:
+            if n != r.get("decision"):
+                console.print(f"  [dim]{escape(n)}[/dim]", highlight=False)
     for n in report.get("notes", []):
         console.print(f"[dim]note: {escape(n)}[/dim]", highlight=False)
 

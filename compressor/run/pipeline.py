@@ -20,7 +20,8 @@ from compressor.core.teacher import TeacherOutputs
 from compressor.errors import DataError
 from compressor.io.data import Dataset
 from compressor.io.load import LoadedModel
-from compressor.judge.budget import DEFAULT_CONFIDENCE, BudgetDecision
+from compressor.defaults import DEFAULT_CONFIDENCE
+from compressor.judge.budget import BudgetDecision
 from compressor.judge.decide import judge_model, stage_budget
 from compressor.judge.kind import MetricChoice
 from compressor.judge.metrics import Metrics, evaluate

@@ -1,5 +1,6 @@
 """Progress inside long stages: a rich bar (step, status such as loss and metric, elapsed, ETA) on a terminal,
-one plain line per step when stderr is not a terminal (CI logs, pipes), nothing under --quiet."""
+one plain line per step when stderr is not a terminal (CI logs, pipes), nothing under --quiet; --verbose keeps the
+plain lines on a terminal too, above the bar, so every step's numbers stay on screen."""
 from __future__ import annotations
 
 import contextlib
@@ -14,11 +15,12 @@ from compressor.errors import check_stop
 
 
 class Reporter:
-    """Hands out progress tasks and prints status lines unless quiet."""
+    """Hands out progress tasks and prints status lines unless quiet (`verbose`: every step's line, bar or not)."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(self, console: Console | None = None, quiet: bool = False, verbose: bool = False) -> None:
         self.console = console or Console(stderr=True)
         self.quiet = quiet
+        self.verbose = verbose and not quiet
 
     def log(self, message: str) -> None:
         check_stop()
@@ -57,7 +59,7 @@ class _Task:
         self.last = self.start
 
     def _line(self, status: str, force: bool = True) -> None:
-        if self.progress is not None or self.reporter is None:
+        if self.reporter is None or (self.progress is not None and not self.reporter.verbose):
             return
         now = time.perf_counter()
         if not force and now - self.last < PLAIN_EVERY_S:

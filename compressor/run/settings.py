@@ -9,9 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compressor.core.precision import precision_error
+from compressor.defaults import DEFAULT_CONFIDENCE, precision_error
 from compressor.errors import UsageError
-from compressor.judge.budget import DEFAULT_CONFIDENCE
 from compressor.schema import default_of, fields_of, option, parse_field
 
 # torch.manual_seed takes 64 bits and each stage seeds itself from seed * 1000 + stage index: a 32-bit seed
