@@ -289,9 +289,10 @@ class BasisStage(Stage):
                                  f"{res.best.name} {res.best.value:.4g} (best epoch {res.best_epoch})")
             if ctx.val is not None:
                 fit.decision = ctx.judge(budget, work)
-            fit.notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while fine-tuning"
-                             + ("; a .pt2 model: all batch-norm statistics stayed frozen" if ctx.loaded.exported
-                                else ""))
+            if any(kind == "buffer" for _, m in fit.modules for _, _, kind in m.layout):  # stacks hold BN stats
+                fit.notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while "
+                                 "fine-tuning" + ("; a .pt2 model: all batch-norm statistics stayed frozen"
+                                                  if ctx.loaded.exported else ""))
         elif fit.projection is not None and not fit.projection.accepted and cfg.finetune == "auto":
             fit.notes.append("the projection is over budget and there is no --train-data to fine-tune it")
         return fit

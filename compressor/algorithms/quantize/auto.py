@@ -247,9 +247,11 @@ def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -
     ok, how = passes(dst)
     if ok:
         return [f"auto: static QDQ on every op kept: {how} {where}"], lambda f, d: f.static_all(d)
-    notes = [f"auto: static QDQ on every op failed the check ({how} {where}): Softmax, LayerNormalization, Add and "
-             "other non-weighted ops keep float activations"]
     model = onnx.load(str(work))  # only the node list is kept: a node proto would keep the whole graph alive
+    others = sorted({n.op_type for n in model.graph.node} - set(WEIGHTED) - {"Gather", "Constant"})
+    shown = ", ".join(others[:4]) + (f" and {len(others) - 4} other op kinds" if len(others) > 4 else "")
+    notes = [f"auto: static QDQ on every op failed the check ({how} {where}): the ops without weights"
+             + (f" ({shown})" if others else "") + " keep float activations"]
     nodes = [detached(n) for n in weighted_nodes(model) if n.name not in forms.exclude]
     tables = [t for t in gather_tables(model) if t not in forms.exclude]
     del model

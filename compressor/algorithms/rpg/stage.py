@@ -199,7 +199,7 @@ class RpgStage(Stage):
             metrics["val_metric"], metrics["best_epoch"] = chosen_fit.val, chosen_fit.epoch
         if chosen_fit.decision is not None:
             metrics["drop_bound"] = round(chosen_fit.decision.bound, 4)
-        if ctx.loaded.exported:
+        if ctx.loaded.exported and cfg.epochs > 0 and any(n.endswith("running_mean") for n, _ in model.named_buffers()):
             notes.append("a .pt2 model: batch-norm statistics stayed frozen while fine-tuning")
         entry = {"kind": "rpg", **layout.as_dict(), "masked": keep is not None, "checksum": model.checksum()}
         ctx.weights = [w for w in ctx.weights if w.name not in set(names)] + [WeightInfo(RING_NAME, (n,), "other")]
