@@ -20,7 +20,8 @@ from torch import nn
 
 from compressor.errors import ArtifactError, CompressorError
 from compressor.io.archive import quiet_loaders, zip_names
-from compressor.io.load import file_sha256, load_state_dict_into, resolve_arch
+from compressor.io.arch import resolve_arch
+from compressor.io.load import file_sha256, load_state_dict_into
 from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.io.safetensors_io import check_onnx, read_weights
 from compressor.registry import structure_handler
