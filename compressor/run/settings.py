@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from compressor.core.precision import precision_error
 from compressor.errors import UsageError
+from compressor.io.hf.files import TASKS
 from compressor.judge.budget import DEFAULT_CONFIDENCE
 from compressor.schema import default_of, fields_of, option, parse_field
 
@@ -48,6 +49,9 @@ class RunSettings:
                                         gt=0, le=1, recipe="gates.min_recovery")
     max_bytes: int | None = option(None, "Gate: model.onnx size (smallest of raw and gzip bytes) at most this.",
                                    ge=1, recipe="gates.max_bytes")
+    task: Literal[TASKS] | None = option(None, "What a Hugging Face model directory is run for, which sets its "
+                                               f"output: {', '.join(TASKS)} (default: from its config.json).",
+                                         recipe="task")
 
 
 SETTINGS = {f.name: f for f in fields_of(RunSettings)}
