@@ -88,12 +88,14 @@ def _on_sigint(signum, frame) -> None:
 @guard
 def run(
     ctx: typer.Context,
-    model: Path = typer.Argument(..., help="Checkpoint: .pt2, TorchScript, state_dict (+ --arch), pickle (+ --trust-pickle)."),
+    model: Path = typer.Argument(..., help="Checkpoint: .pt2, TorchScript, state_dict (+ --arch), pickle "
+                                 "(+ --trust-pickle), or a Hugging Face model directory (+ --task)."),
     pipeline: str = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Comma-separated stages, in order, "
                                  "or a recipe file (.yaml/.toml) with stages, options, data and gates."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Stage option: stage.key=value (repeatable)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Held-out set (.npz or .pt dict): used only for "
-                                        "reporting (required unless the recipe names it)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Held-out set (.npz or .pt dict; .txt/.jsonl/.csv "
+                                        "text with a Hugging Face model): used only for reporting (required unless "
+                                        "the recipe names it)."),
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Training set for stages that fine-tune."),
     val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation set for every stage decision "
                                             "(default: a seeded 10% split of the training set)."),
@@ -103,6 +105,9 @@ def run(
                                        "or path/to/file.py:factory."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a whole nn.Module "
                                       "(runs code from the file: only for files you trust)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run a Hugging Face directory's own "
+                                           "modelling code (config.json auto_map): only for files you trust."),
+    task: Optional[str] = typer.Option(None, "--task", help=setting_help("task")),
     force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
     seed: Optional[int] = typer.Option(None, "--seed", help=setting_help("seed")),
     device: Optional[str] = typer.Option(None, "--device", help=setting_help("device")),

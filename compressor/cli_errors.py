@@ -31,7 +31,8 @@ def one_line(message: str) -> str:
 def _fail(exc: BaseException, message: str | None = None, code: int | None = None) -> None:
     if os.environ.get("COMPRESSOR_DEBUG"):  # --debug: the cause behind the one line (e.g. the exporter's error)
         traceback.print_exception(exc, file=sys.stderr)
-    err.print(f"error: {one_line(message if message is not None else exc)}", highlight=False, soft_wrap=True)
+    err.print(f"error: {one_line(message if message is not None else exc)}", highlight=False, soft_wrap=True,
+              markup=False)  # a message may hold brackets: `pip install "compressor[hf]"`, a shape [N, C]
     raise typer.Exit(getattr(exc, "exit_code", 1) if code is None else code)
 
 
@@ -84,7 +85,7 @@ def framework_errors_as_one_line(main):
             if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `compress`: the help, as before
                 exc.show()
             else:
-                err.print(f"error: {one_line(exc.format_message())}", highlight=False, soft_wrap=True)
+                err.print(f"error: {one_line(exc.format_message())}", highlight=False, soft_wrap=True, markup=False)
             code = getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE
         except typer.Abort:
             err.print("error: aborted", highlight=False)

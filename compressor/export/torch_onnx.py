@@ -2,7 +2,8 @@
 seed gives byte-identical files) and with the output every metric judges first.
 
 The default torch exporter (torch.export-based, needs onnxscript) is used; TorchScript modules fall back to the
-TorchScript exporter. Batch is dynamic. Writing the graph is `compressor.io.onnx_files.save_onnx`.
+TorchScript exporter. Batch is dynamic (and the dims a model names in `dynamic_dims`); a model's
+`onnx_output_names` name the graph's outputs. Writing the graph is `compressor.io.onnx_files.save_onnx`.
 """
 from __future__ import annotations
 
@@ -74,8 +75,10 @@ def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _dynamic_shapes(example: Dataset) -> dict[str, dict[int, object]]:
-    return {name: {0: torch.export.Dim.DYNAMIC} for name in example.inputs}
+def _dynamic_shapes(example: Dataset, model: nn.Module) -> dict[str, dict[int, object]]:
+    """Batch is dynamic; a model may free more dims (`dynamic_dims`: a text model's sequence length)."""
+    dims = getattr(model, "dynamic_dims", None) or {}
+    return {name: {d: torch.export.Dim.DYNAMIC for d in dims.get(name, (0,))} for name in example.inputs}
 
 
 def main_output_first(proto: onnx.ModelProto, model: nn.Module, args: tuple, kwargs: dict | None) -> None:
@@ -116,10 +119,10 @@ def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -
                     dyn = tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
                 else:
                     args, kwargs = (), dict(inputs)
-                    dyn = _dynamic_shapes(example)
+                    dyn = _dynamic_shapes(example, model)
                 program = torch.onnx.export(model, args, None, kwargs=kwargs, dynamo=True, external_data=False,
                                             dynamic_shapes=dyn, opset_version=OPSET, verbose=False,
-                                            optimize=True)
+                                            optimize=True, output_names=getattr(model, "onnx_output_names", None))
                 proto = program.model_proto
                 main_output_first(proto, model, args, kwargs)
     except Exception as exc:

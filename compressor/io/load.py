@@ -3,31 +3,32 @@
 Accepted: a ``torch.export`` program (``.pt2``); a state_dict (``.pt``/``.pth``/``.safetensors``) with
 ``--arch package.module:factory`` or ``--arch path/to/file.py:factory``; TorchScript; and a pickled
 ``nn.Module`` only with ``--trust-pickle`` (unpickling runs code from the file, so it is never done by default).
-The format is read from the file's content, not trusted from its extension.
+The format is read from the file's content, not trusted from its extension. A Hugging Face model directory
+(config.json and weights, or a sentence-transformers directory) is read by `compressor.io.hf`.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import inspect
-
 import pickle
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from compressor.errors import ModelLoadError, Terminated, UsageError
+from compressor.errors import ModelLoadError, UsageError
+from compressor.io.arch import resolve_arch
 from compressor.io.archive import quiet_loaders, zip_names
+from compressor.io.hf.files import digest, is_hf_dir, layout, missing_model_message
+from compressor.io.hf.load import load_hf_dir
 from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.registry import loader_for
 
 FORMATS_ACCEPTED = (
     "a torch.export program (.pt2), TorchScript, a state_dict (.pt/.pth/.safetensors) with --arch, "
-    "or a pickled nn.Module with --trust-pickle"
+    "a pickled nn.Module with --trust-pickle, or a Hugging Face model directory"
 )
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "weights")
 
@@ -37,12 +38,13 @@ class LoadedModel:
     """The working model and what is known about where it came from."""
 
     module: nn.Module
-    format: str  # "pt2" | "state_dict" | "torchscript" | "pickle"
+    format: str  # "pt2" | "state_dict" | "torchscript" | "pickle" | "hf"
     source: str
     sha256: str
     arch: str | None = None
     input_names: list[str] = field(default_factory=list)
     program: torch.export.ExportedProgram | None = None
+    hf: Any = None  # a Hugging Face directory's HFModel (io/hf/load.py): task, tokenizer, files to copy
 
     @property
     def input_dtypes(self) -> dict[str, torch.dtype]:
@@ -54,6 +56,11 @@ class LoadedModel:
         specs = [s for s in self.program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
         dtypes = {s.arg.name: getattr(vals.get(s.arg.name), "dtype", None) for s in specs}
         return {k: v for k, v in dtypes.items() if isinstance(v, torch.dtype)}
+
+    @property
+    def text_encoder(self) -> Any:
+        """The model's tokenizer side for raw text data (a Hugging Face directory's); None for other formats."""
+        return None if self.hf is None else self.hf.encoder
 
     @property
     def exported(self) -> bool:
@@ -76,6 +83,22 @@ def retie_shared(module: nn.Module) -> nn.Module:
             owner, _, attr = name.rpartition(".")
             setattr(module.get_submodule(owner) if owner else module, attr, first[key])
     return module
+
+
+def source_sha256(path: Path) -> str:
+    """A model file's sha256, or for a Hugging Face directory one over the files that define its model."""
+    if is_hf_dir(path):
+        return digest(layout(path, trust_pickle=True))
+    if path.is_dir():
+        raise ModelLoadError(f"model path is not a file: {path} (a Hugging Face model directory has a config.json)")
+    return file_sha256(path)
+
+
+def source_bytes(path: Path) -> int:
+    """The bytes of a model file, or of a Hugging Face directory's weight files."""
+    if is_hf_dir(path):
+        return sum(p.stat().st_size for p in layout(path, trust_pickle=True).weights)
+    return path.stat().st_size
 
 
 def file_sha256(path: Path) -> str:
@@ -106,45 +129,6 @@ def detect_format(path: Path) -> str:
     if len(head) >= 8 and int.from_bytes(head[:8], "little") < (1 << 27) and head[8:9] == b"{":
         return "safetensors"
     raise ModelLoadError(f"{path}: unknown model format; accepted: {FORMATS_ACCEPTED}")
-
-
-def resolve_arch(spec: str) -> nn.Module:
-    """Build a module from ``package.module:factory`` or ``path/to/file.py:factory`` (cwd importable)."""
-    if ":" not in spec:
-        raise UsageError(f"--arch {spec!r}: expected 'package.module:factory' or 'path/to/file.py:factory'")
-    target, _, attr = spec.rpartition(":")
-    try:
-        if target.endswith(".py"):
-            file = Path(target)
-            if not file.is_file():
-                raise ModelLoadError(f"--arch: file not found: {file}")
-            mod_name = "compressor_arch_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
-            spec_obj = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(spec_obj)
-            sys.modules[mod_name] = module
-            spec_obj.loader.exec_module(module)
-        else:
-            if str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(target)
-    except ModelLoadError:
-        raise
-    except (KeyboardInterrupt, Terminated):
-        raise
-    except BaseException as exc:  # SystemExit(0) included: code that exits is a failed import, never a success
-        raise ModelLoadError(f"--arch {spec!r}: cannot import {target}: {type(exc).__name__}: {exc}")
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise ModelLoadError(f"--arch {spec!r}: {target} has no attribute {attr!r}")
-    try:
-        model = factory()
-    except (KeyboardInterrupt, Terminated):
-        raise
-    except BaseException as exc:
-        raise ModelLoadError(f"--arch {spec!r}: calling {attr}() failed: {type(exc).__name__}({exc})")
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"--arch {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -187,12 +171,21 @@ def forward_input_names(model: nn.Module, program: torch.export.ExportedProgram 
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False, task: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
     """Read a checkpoint (never modifying it) and return the working model in eval mode; weights must be finite
     (a corrupted archive can decode to NaN without any error from torch). Zip archives are CRC-checked first and
-    torch's logging is kept off stderr (`compressor.io.archive`)."""
+    torch's logging is kept off stderr (`compressor.io.archive`). `task` and `trust_remote_code` are for a Hugging
+    Face model directory (io/hf/)."""
+    path = Path(path)
     with quiet_loaders():
-        loaded = _load_model(path, arch, trust_pickle)
+        if is_hf_dir(path):
+            hf = load_hf_dir(path, task, trust_pickle, trust_remote_code)
+            loaded = LoadedModel(hf.module, "hf", str(path), hf.sha256, None, hf.input_names, hf=hf)
+        elif task is not None and path.exists():
+            raise UsageError(f"--task {task}: only for a Hugging Face model directory; {path} is not one")
+        else:
+            loaded = _load_model(path, arch, trust_pickle)
     for name, t in list(loaded.module.named_parameters()) + list(loaded.module.named_buffers()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelLoadError(f"{path}: weight {name} contains NaN or infinite values; the file is corrupt")
@@ -202,9 +195,9 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
 def _load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
+        raise ModelLoadError(missing_model_message(path))
     if not path.is_file():
-        raise ModelLoadError(f"model path is not a file: {path}")
+        raise ModelLoadError(f"model path is not a file: {path} (a Hugging Face model directory has a config.json)")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty; accepted: {FORMATS_ACCEPTED}")
     plugin = loader_for(path)

@@ -20,7 +20,11 @@ from torch import nn
 
 from compressor.errors import ArtifactError, CompressorError
 from compressor.io.archive import quiet_loaders, zip_names
-from compressor.io.load import file_sha256, load_state_dict_into, resolve_arch
+from compressor.io.arch import resolve_arch
+from compressor.io.hf.files import POOLING_MODES
+from compressor.io.hf.load import AUTO_CLASSES
+from compressor.io.hf.load import rebuild as rebuild_hf
+from compressor.io.load import file_sha256, load_state_dict_into, source_sha256
 from compressor.io.pt2_check import load_program, load_torchscript
 from compressor.io.safetensors_io import check_onnx, read_weights
 from compressor.registry import structure_handler
@@ -33,8 +37,9 @@ def source_record(loaded) -> dict[str, Any]:
     if arch and ":" in arch and arch.rpartition(":")[0].endswith(".py"):
         file, _, attr = arch.rpartition(":")
         arch = f"{os.path.abspath(file)}:{attr}"
-    return {"format": loaded.format, "path": os.path.abspath(loaded.source), "sha256": loaded.sha256,
-            "arch": arch, "cwd": os.getcwd() if arch and not arch.rpartition(":")[0].endswith(".py") else None}
+    record = {"format": loaded.format, "path": os.path.abspath(loaded.source), "sha256": loaded.sha256,
+              "arch": arch, "cwd": os.getcwd() if arch and not arch.rpartition(":")[0].endswith(".py") else None}
+    return record if loaded.hf is None else {**record, "hf": loaded.hf.record}
 
 
 def _import_arch(source: dict[str, Any], file: Path) -> nn.Module:
@@ -51,6 +56,24 @@ def _import_arch(source: dict[str, Any], file: Path) -> nn.Module:
         sys.path[:] = saved
 
 
+def _rebuild_hf(source: dict[str, Any], file: Path, trust_code: bool) -> nn.Module:
+    """A Hugging Face model's wrapper from the config.json written beside the artifact (else the source
+    directory's, while its files are unchanged): built-in transformers classes only, unless `trust_code`."""
+    record = source.get("hf")
+    if not (isinstance(record, dict) and record.get("task") in AUTO_CLASSES and isinstance(record.get("inputs"), list)
+            and isinstance(record.get("model_dir"), str) and ".." not in Path(record["model_dir"]).parts
+            and isinstance(record.get("pooling"), list) and set(map(str, record["pooling"])) <= set(POOLING_MODES)):
+        raise ArtifactError(f"{file}: malformed Hugging Face record in the metadata")
+    config_dir = file.parent
+    if not (config_dir / "config.json").is_file():
+        path = Path(source.get("path") or "")
+        if not path.is_dir() or source_sha256(path) != source.get("sha256"):
+            raise ArtifactError(f"{file}: no config.json beside it and the source directory {path} is gone or "
+                                "changed; pass the architecture: compressor.load(dir, model=...)")
+        config_dir = path / record["model_dir"]
+    return rebuild_hf(record, config_dir, trust_remote_code=trust_code)
+
+
 def rebuild_architecture(source: dict[str, Any], file: Path, trust_pickle: bool = False,
                          trust_code: bool = False) -> nn.Module:
     """A fresh module of the source architecture (its weights are overwritten by the caller)."""
@@ -63,6 +86,8 @@ def rebuild_architecture(source: dict[str, Any], file: Path, trust_pickle: bool 
                                 "metadata (code, not run by default); pass model=... or trust_code=True")
         return _import_arch(source, file)
     path = Path(source.get("path") or "")
+    if fmt == "hf":
+        return _rebuild_hf(source, file, trust_code)
     if not path.is_file():
         raise ArtifactError(f"{file}: the source model {path} is gone; pass the architecture: "
                             "compressor.load(dir, model=...)")

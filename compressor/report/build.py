@@ -6,14 +6,15 @@ percent, cosine in points of 100 x mean, mse raw); a drop is how much worse, in 
 from __future__ import annotations
 
 import json
-import os
 import platform
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from compressor.io.load import source_bytes
 from compressor.io.onnx_files import write_bytes_atomic
 from compressor.judge.budget import drop
 from compressor.registry import plugin_metrics
@@ -58,7 +59,7 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, b
         "metric": {"name": ctx.metric.name, "reason": ctx.metric.reason, "higher_is_better": up,
                    "unit": ctx.metric.unit.strip()},
         "baseline": {"metric": baseline.name, "value": baseline.value, "params": base_params, "bytes": base_bytes,
-                     "file_bytes": os.path.getsize(options.model),
+                     "file_bytes": source_bytes(Path(options.model)),
                      "stored_bytes": base_stored_bytes, **baseline.extra},
         "stages": records,
         "artifacts": artifacts,

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError, OutputError
-from compressor.io.load import file_sha256, load_state_dict_into
+from compressor.io.load import load_state_dict_into, source_sha256
 from compressor.io.reload import rebuild_structures
 from compressor.io.safetensors_io import read_weights, save_weights
 from compressor.run.outputs import CKPT_DIR, remove_dead_debris
@@ -50,7 +50,7 @@ def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def fingerprint(options, stages) -> str:
-    files = {k: file_sha256(Path(p)) if p and Path(p).is_file() else str(p) for k, p in (
+    files = {k: source_sha256(Path(p)) if p and Path(p).exists() else str(p) for k, p in (
         ("model", options.model), ("heldout", options.data), ("train", options.train_data),
         ("val", options.val_data), ("calib", options.calib_data))}
     doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,
@@ -58,6 +58,8 @@ def fingerprint(options, stages) -> str:
            "metric": None if options.metric in (None, "auto") else options.metric,  # both mean: detected
            "world_size": world()[1], "time_limit": options.time_limit,  # data-parallel ranks split every batch: another count, other numbers
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}
+    if options.task is not None:  # another transformers class and output (None keeps earlier checkpoints valid)
+        doc["task"] = options.task
     if options.precision != "fp32":  # other arithmetic, other numbers (fp32 keeps earlier checkpoints valid)
         doc["precision"] = options.precision
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -44,7 +44,8 @@ def run_options(args: dict[str, Any]) -> RunOptions:
     return RunOptions(model=args["model"], pipeline=names, data=heldout, out=args["out_dir"],
                       overrides=args["set_"] or [], train_data=pick_path(args["train_data"], "train"),
                       val_data=pick_path(args["val_data"], "val"), calib_data=pick_path(args["calib_data"], "calib"),
-                      arch=args["arch"], trust_pickle=args["trust_pickle"], force=args["force"], quiet=args["quiet"],
+                      arch=args["arch"], trust_pickle=args["trust_pickle"], trust_remote_code=args["trust_remote_code"],
+                      force=args["force"], quiet=args["quiet"],
                       floors=floors, recipe_options=recipe_options, resume=args["resume"],
                       keep_checkpoints=args["keep_checkpoints"],
                       **merge_settings({name: args[name] for name in SETTINGS}, settings))

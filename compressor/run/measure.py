@@ -40,7 +40,7 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
     gc.collect()
     # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
     reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
-                             trust_code=ctx.loaded.format == "state_dict")
+                             trust_code=ctx.loaded.format == "state_dict" or options.trust_remote_code)
     st_out = predict(reloaded, heldout, "cpu")
     del reloaded  # one torch copy of the weights fewer while the artifact's own peak memory is measured
     ctx.model.to("cpu")

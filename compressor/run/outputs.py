@@ -104,8 +104,11 @@ class OutputDir:
             raise OutputError(f"--out {out} is read-only (not writable); choose another directory or change its mode")
         resolved_out = out.resolve()
         for p in inputs:
-            if p.resolve().parent == resolved_out:
+            if resolved_out in p.resolve().parents:
                 raise OutputError(f"--out {out} holds the input {p.name}; choose another output directory")
+            if p.is_dir() and (resolved_out == p.resolve() or p.resolve() in resolved_out.parents):
+                raise OutputError(f"--out {out} is, or is inside, the input directory {p}; choose another output "
+                                  "directory")
         parent = resolved_out.parent
         self.staging = parent / f".{out.name}.tmp-{os.getpid()}"
         self.old = parent / f".{out.name}.old-{os.getpid()}"

@@ -44,6 +44,7 @@ class RunOptions(RunSettings):
     calib_data: Path | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    trust_remote_code: bool = False  # a Hugging Face directory's own modelling code (config.json auto_map)
     force: bool = False
     quiet: bool = False
     floors: dict[str, float] = field(default_factory=dict)

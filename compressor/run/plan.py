@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor.errors import DataError, ModelLoadError, UsageError
+from compressor.io.hf.files import missing_model_message
 from compressor.judge.kind import BUILTIN
 from compressor.registry import get_stage, plugin_metrics, validate_order
 from compressor.run.pipeline import RunOptions
@@ -49,7 +50,7 @@ def check_metric_name(options: RunOptions) -> None:
 
 def check_input_files(options: RunOptions) -> None:
     if not Path(options.model).exists():
-        raise ModelLoadError(f"model file not found: {options.model}")
+        raise ModelLoadError(missing_model_message(Path(options.model)))
     for flag, path in (("--data", options.data), ("--train-data", options.train_data),
                        ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
         if path is not None and Path(path).is_dir():

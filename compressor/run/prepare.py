@@ -27,10 +27,10 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
     `copy_original` False (only export-time stages run): the original is the loaded model itself, not a copy."""
     torch.manual_seed(options.seed)
     device = run_device(options.device)
-    loaded = load_model(options.model, options.arch, options.trust_pickle)
+    loaded = load_model(options.model, options.arch, options.trust_pickle, options.task, options.trust_remote_code)
     heldout, train, val, calib, notes = load_splits(options.data, options.train_data, options.val_data,
                                                     options.calib_data, loaded.input_names, options.seed,
-                                                    loaded.input_dtypes)
+                                                    loaded.input_dtypes, loaded.text_encoder)
     model = loaded.module.to(device)
     original = frozen_copy(model) if copy_original else model
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")

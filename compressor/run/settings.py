@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from compressor.defaults import DEFAULT_CONFIDENCE, precision_error
 from compressor.errors import UsageError
+from compressor.io.hf.files import TASKS
 from compressor.schema import default_of, fields_of, option, parse_field
 
 # torch.manual_seed takes 64 bits and each stage seeds itself from seed * 1000 + stage index: a 32-bit seed
@@ -47,6 +48,9 @@ class RunSettings:
                                         gt=0, le=1, recipe="gates.min_recovery")
     max_bytes: int | None = option(None, "Gate: model.onnx size (smallest of raw and gzip bytes) at most this.",
                                    ge=1, recipe="gates.max_bytes")
+    task: Literal[TASKS] | None = option(None, "What a Hugging Face model directory is run for, which sets its "
+                                               f"output: {', '.join(TASKS)} (default: from its config.json).",
+                                         recipe="task")
 
 
 SETTINGS = {f.name: f for f in fields_of(RunSettings)}

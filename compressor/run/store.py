@@ -1,5 +1,6 @@
 """The run's store phase: model.safetensors written with the run's metadata (source, stages, structures), its
-quantized weights stored exactly as model.onnx holds them."""
+quantized weights stored exactly as model.onnx holds them; for a Hugging Face model, its config and tokenizer files
+beside them (what ONNX Runtime or optimum need to run model.onnx on text)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ import onnx
 import torch
 
 from compressor.export.int8_weights import match_int8
+from compressor.io.hf.files import copy_side_files
 from compressor.io.onnx_files import run_time_quantized
 from compressor.io.reload import source_record
 from compressor.io.safetensors_io import save_weights
@@ -23,6 +25,8 @@ def store_weights(ctx: RunContext, options: RunOptions, stages: list[Stage], st_
     """Write model.safetensors; returns (its encodings by tensor, whether the torch model took stored int8 weights,
     so its outputs changed, whether model.onnx quantizes activations at run time)."""
     ctx.reporter.log("writing and verifying model.safetensors")
+    if ctx.loaded.hf is not None:
+        write_hf_files(ctx, st_path.parent)
     meta = {"source": source_record(ctx.loaded), "compressor_version": __version__, "seed": options.seed,
             "stages": [{"name": s.name, "config": config_as_dict(s.config)} for s in stages],
             "structures": ctx.structures}
@@ -51,3 +55,15 @@ def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict
                      + "dequantized on load)"
                      + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded into another "
                         "op, e.g. conv + batch norm, or kept float by quantize)" if floats else ""))
+
+
+def write_hf_files(ctx: RunContext, staging: Path) -> None:
+    """config.json and the tokenizer files copied into the output, and a note naming model.onnx's inputs and output
+    (compressor.load rebuilds the module from this config.json too)."""
+    hf = ctx.loaded.hf
+    copied = copy_side_files(hf.layout, staging)
+    inputs = ", ".join(hf.input_names)
+    kind = (f"int64 [batch, sequence], texts truncated at {hf.encoder.max_length} tokens" if hf.encoder is not None
+            else "float32 [batch, channels, height, width]")
+    ctx.notes.append(f"Hugging Face {hf.task}: model.onnx takes {inputs} ({kind}) and returns "
+                     f"{hf.module.onnx_output_names[0]}; {', '.join(copied)} copied beside it from {hf.layout.root}")

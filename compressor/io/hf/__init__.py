@@ -1,0 +1,1 @@
+"""Hugging Face model directories: files (no transformers needed), the working model's wrapper, the loader."""
