@@ -132,6 +132,10 @@ def run(
                                         "--standalone --nproc-per-node N (DDP; gloo on CPU, nccl on CUDA) "
                                         "\\[default: 1]."),
     metric: Optional[str] = typer.Option(None, "--metric", help=setting_help("metric")),
+    output_metric: Optional[List[str]] = typer.Option(None, "--output-metric", help="A model with several "
+                                                      "outputs: the metric of another output, "
+                                                      "NAME=agreement|cosine|mse (names as the report's note "
+                                                      "gives them; repeatable) \\[default: detected per output]."),
 ) -> None:
     """Compress MODEL with a pipeline of stages, verify on held-out data, write ONNX + safetensors + report."""
     _debug(debug)

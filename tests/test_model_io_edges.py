@@ -57,7 +57,19 @@ def test_dict_output_with_logits_second_is_judged_on_logits_in_torch_and_onnx(tm
     graph = onnx.load(str(out / "model.onnx")).graph
     first = graph.output[0].type.tensor_type.shape.dim
     assert first[-1].dim_value == 10 and len(graph.output) == 2  # logits first, the embedding kept after it
-    assert any("returns 2 output tensors; `logits`" in n for n in report["notes"])
+    assert any("returns 2 output tensors: logits drives the metric" in n for n in report["notes"])
+    # the other output is verified too: its own metric against the original's, gated by --max-drop
+    (emb,) = report["artifacts"][0]["outputs"]
+    assert emb["output"] == "emb" and emb["metric"] == "cosine" and emb["drop"] < 1.0 and emb["passed"], emb
+    assert {"name": "output:emb", "value": emb["drop"], "limit": 1.0, "passed": True} in report["gate"]["gates"]
+    wrong = run_cli(tmp_path / "two.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--out", tmp_path / "w",
+                    "--output-metric", "boxes=mse")
+    assert wrong.code == 2 and "other outputs are emb" in wrong.stderr, wrong
+    mse = run_cli(tmp_path / "two.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--out", tmp_path / "m", "--quiet", "--output-metric", "emb=mse", "--max-drop", "0",
+                  "--set", "quantize.objective=size")  # int8 whatever its speed: the outputs move
+    record = read_report(tmp_path / "m")["artifacts"][0]["outputs"][0]
+    assert record["metric"] == "mse" and record["drop"] > 0 and not record["passed"] and mse.code == 3, record
 
 
 class MaskedMean(nn.Module):

@@ -45,6 +45,8 @@ def build_report(*, options, ctx, baseline, base_params: int, base_bytes: int, b
     gates = evaluate_gates(baseline.value, final, artifacts[0].get("metric_extra", {}), baseline.name,
                            artifacts[0]["size"], options.max_drop, options.min_recovery, options.max_bytes,
                            options.floors, up, lower)
+    gates += [{"name": f"output:{o['output']}", "value": o["drop"], "limit": o["limit"], "passed": o["passed"]}
+              for o in artifacts[0].get("outputs", [])]  # every other output of model.onnx (verify/outputs.py)
     passed = all(g["passed"] for g in gates)
     return {
         "verdict": "pass" if passed else "fail",

@@ -20,6 +20,7 @@ from compressor.run.runner import compress
 from compressor.run.settings import SETTINGS, merge_settings
 from compressor.runtime.parallel import launched, start, world
 from compressor.verify.gates import parse_floors
+from compressor.verify.outputs import parse_output_metrics
 
 
 def run_options(args: dict[str, Any]) -> RunOptions:
@@ -46,6 +47,7 @@ def run_options(args: dict[str, Any]) -> RunOptions:
                       val_data=pick_path(args["val_data"], "val"), calib_data=pick_path(args["calib_data"], "calib"),
                       arch=args["arch"], trust_pickle=args["trust_pickle"], trust_remote_code=args["trust_remote_code"],
                       force=args["force"], quiet=args["quiet"],
+                      output_metrics=parse_output_metrics(args["output_metric"]),
                       floors=floors, recipe_options=recipe_options, resume=args["resume"],
                       keep_checkpoints=args["keep_checkpoints"],
                       **merge_settings({name: args[name] for name in SETTINGS}, settings))

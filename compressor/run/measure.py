@@ -19,6 +19,7 @@ from compressor.run.pipeline import RunContext, RunOptions
 from compressor.runtime.calls import EVAL_BATCH, max_abs_diff, onnx_predict, predict
 from compressor.runtime.timing import ort_latency_spread_ms
 from compressor.verify.artifacts import file_sizes, ort_peak_memory_bytes
+from compressor.verify.outputs import verify_outputs
 
 
 def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldout: Dataset,
@@ -35,6 +36,8 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                          f"difference| {batch['max_abs_diff_batch1_vs_batch']:.3g} and {ctx.metric.name} "
                          f"{batch['metric_value_batch1']:.4g}, against {batch['metric_value_batched']:.4g} in batches "
                          f"of {EVAL_BATCH}")
+    outputs = verify_outputs(ctx.original, exported.session, heldout, ctx.device, options.output_metrics,
+                             options.max_drop)
     latency, spread = ort_latency_spread_ms(exported.session, heldout)
     exported.session = None  # its weights and activation arena are freed before the reload and the memory check
     gc.collect()
@@ -51,7 +54,8 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
          "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_baseline_latency_ms": exported.base_latency,
          "fp32_export_bytes": exported.fp32_sizes["bytes"], "fp32_export_gzip_bytes": exported.fp32_sizes["gzip_bytes"],
-         "parity_max_abs_diff_fp32_vs_torch": exported.parity, **({"batch_dependence": batch} if batch else {})},
+         "parity_max_abs_diff_fp32_vs_torch": exported.parity, **({"batch_dependence": batch} if batch else {}),
+         **({"outputs": outputs} if outputs else {})},
         {"path": "model.safetensors", **file_sizes(st_path), "sha256": file_sha256(st_path),
          "metric_value": st_metric.value, "latency_ms": None,
          "peak_memory_bytes": None, "reload_max_abs_diff_vs_torch": max_abs_diff(st_out, final_torch),

@@ -44,6 +44,7 @@ class RunOptions(RunSettings):
     calib_data: Path | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    output_metrics: dict[str, str] = field(default_factory=dict)  # --output-metric NAME=KIND (verify/outputs.py)
     trust_remote_code: bool = False  # a Hugging Face directory's own modelling code (config.json auto_map)
     force: bool = False
     quiet: bool = False

@@ -19,7 +19,8 @@ from compressor.judge.power import selection_gap_note
 from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.run.progress import Reporter
-from compressor.runtime.calls import other_outputs_notes, predict
+from compressor.runtime.calls import other_outputs_notes, output_names, predict
+from compressor.verify.outputs import check_output_names
 
 
 def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True):
@@ -38,7 +39,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
     val_reference = predict(original, val, device) if val is not None else None
     choice = run_metric(options, heldout, reference, val, val_reference, (train, val, calib))
     reporter.log(f"metric: {choice.name} ({choice.reason})")
-    notes += other_outputs_notes(original, heldout.example(), device)
+    notes += output_notes(options, original, heldout, device)
     baseline = score(reference, heldout, reference, choice)
     baseline_val = score(val_reference, val, val_reference, choice) if val is not None else None
     notes += baseline_notes(options, choice, baseline, baseline_val, heldout, val, val_reference)
@@ -51,6 +52,13 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
                      reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice,
                      confidence=options.confidence, precision=options.precision)
     return ctx, heldout, baseline, reference, notes
+
+
+def output_notes(options: RunOptions, original: nn.Module, heldout: Dataset, device: torch.device) -> list[str]:
+    """The model's outputs named (a requested per-output metric must name one) and, when several, a note."""
+    names = output_names(original, heldout.example(), device)
+    check_output_names(options.output_metrics, names)
+    return other_outputs_notes(names)
 
 
 def run_device(name: str) -> torch.device:

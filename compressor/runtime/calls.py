@@ -73,17 +73,44 @@ def output_tensors(out: object) -> list[torch.Tensor]:
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-@torch.no_grad()
-def other_outputs_notes(model: nn.Module, example: Dataset, device: torch.device | str = "cpu") -> list[str]:
-    """A report line when the forward returns several tensors (only the main one is judged); else none."""
-    out = call_model_raw(model, example, device)
-    leaves = output_tensors(out)
-    if len(leaves) < 2:
-        return []
+def named_outputs(out: object) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor a forward returned, named by its place (`boxes`, `extra.0`, `1`), the main one (`first_tensor`)
+    first and the others in the order the ONNX exporter flattens them: the order of model.onnx's outputs."""
+    leaves = [(".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path) or "output", t)
+              for path, t in torch.utils._pytree.tree_flatten_with_path(out)[0] if isinstance(t, torch.Tensor)]
     main = first_tensor(out)
-    which = "`logits`" if isinstance(out, Mapping) and "logits" in out else "the first"
-    return [f"the model returns {len(leaves)} output tensors; {which} ({list(main.shape[1:])} per sample) is the one "
-            "every metric, stage decision and gate judges: the others are exported and kept, but not verified"]
+    index = next((i for i, (_, t) in enumerate(leaves) if t is main), 0)
+    return [leaves[index]] + leaves[:index] + leaves[index + 1:]
+
+
+@torch.no_grad()
+def output_names(model: nn.Module, example: Dataset, device: torch.device | str = "cpu") -> list[str]:
+    """The names of the model's outputs (`named_outputs` order: the main one first)."""
+    return [n for n, _ in named_outputs(call_model_raw(model, example, device))]
+
+
+def other_outputs_notes(names: list[str]) -> list[str]:
+    """A report line when the forward returns several tensors (the main one drives every decision; each other one
+    is verified on held-out and gated, verify/outputs.py); else none."""
+    if len(names) < 2:
+        return []
+    return [f"the model returns {len(names)} output tensors: {names[0]} drives the metric and every stage decision; "
+            f"{', '.join(names[1:])} are verified too on held-out (model.onnx against the original, each with its "
+            "own metric and the --max-drop gate)"]
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
+                    batch_size: int = EVAL_BATCH) -> list[tuple[str, torch.Tensor]]:
+    """Every named output (`named_outputs` order) of the whole dataset, on CPU, float32 (one process)."""
+    set_train(model, False)
+    parts: list[list[torch.Tensor]] = []
+    names: list[str] = []
+    for batch in data.batches(batch_size):
+        named = named_outputs(call_model_raw(model, batch, device))
+        names = [n for n, _ in named]
+        parts.append([t.detach().float().cpu() for _, t in named])
+    return [(name, torch.cat([p[i] for p in parts])) for i, name in enumerate(names)]
 
 
 @torch.no_grad()
@@ -113,15 +140,23 @@ def _predict(model: nn.Module, data: Dataset, device: torch.device | str, batch_
 
 def onnx_predict(session, data: Dataset, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Outputs of an ONNX Runtime session on the dataset (first graph output)."""
+    return onnx_predict_outputs(session, data, batch_size, first_only=True)[0]
+
+
+def onnx_predict_outputs(session, data: Dataset, batch_size: int = EVAL_BATCH,
+                         first_only: bool = False) -> list[torch.Tensor]:
+    """Every graph output of an ONNX Runtime session on the dataset, in the graph's order (`first_only`: the
+    first)."""
     names = [i.name for i in session.get_inputs()]
-    outs = []
+    wanted = [session.get_outputs()[0].name] if first_only else None
+    parts = []
     for batch in data.batches(batch_size):
         if set(names) == set(batch.inputs):
             feed = {n: batch.inputs[n].numpy() for n in names}
         else:
             feed = dict(zip(names, (v.numpy() for v in batch.inputs.values())))
-        outs.append(torch.from_numpy(np.asarray(session.run(None, feed)[0], dtype=np.float32)))
-    return torch.cat(outs)
+        parts.append([torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in session.run(wanted, feed)])
+    return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def set_train(model: nn.Module, mode: bool) -> bool:
