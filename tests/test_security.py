@@ -217,8 +217,10 @@ def bomb_pt2(dst: Path, size: int = 1 << 30) -> Path:
 
 
 # VmHWM: this process's own peak (ru_maxrss would carry the forking pytest worker's peak across exec), read once
-# compressor and torch are imported and again at exit: what the run itself added
-RSS_WRAPPER = ("import sys\nfrom compressor.cli import entrypoint\nreport = sys.argv.pop(1)\n"
+# compressor and torch are imported (the command line imports a run's modules only when it runs: loaded first
+# here) and again at exit: what the run itself added
+RSS_WRAPPER = ("import sys\nimport compressor.run.command\nfrom compressor.cli import entrypoint\n"  # a run's imports
+               "report = sys.argv.pop(1)\n"
                "def peak():\n    return int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
                "imported = peak()\ntry:\n    entrypoint()\nfinally:\n"
                "    open(report, 'w').write(f'{imported} {peak()}')\n")
