@@ -110,7 +110,8 @@ def predict_outputs(model: nn.Module, data: Dataset, device: torch.device | str 
         named = named_outputs(call_model_raw(model, batch, device))
         names = [n for n, _ in named]
         parts.append([t.detach().float().cpu() for _, t in named])
-    return [(name, torch.cat([p[i] for p in parts])) for i, name in enumerate(names)]
+    return [(name, torch.cat([p[i] for p in parts]) if all(p[i].ndim for p in parts) else parts[0][i])
+            for i, name in enumerate(names)]  # a 0-d output (a scalar per call, not per sample) as the first call's
 
 
 @torch.no_grad()

@@ -4,8 +4,9 @@ not only the main one that drives the stage decisions.
 
 Each secondary output gets its own metric, detected from the original's outputs without labels (judge/kind.py:
 class scores -> agreement, a single column -> mse, anything else -> cosine) or named with
-`--output-metric NAME=KIND` (NAME as `other_outputs_notes` and the report print it: `boxes`, `extra.0`, `1`). Its drop is the paired drop of
-judge/budget.py's per-sample scores (points of agreement or 100 x cosine; the rise of mse), gated by --max-drop.
+`--output-metric NAME=KIND` (NAME as `other_outputs_notes` and the report print it: `boxes`, `extra.0`, `1`). Its
+drop is the paired drop of judge/budget.py's per-sample scores (points of agreement or 100 x cosine; the rise of
+mse), gated by --max-drop. An output that is not one value per sample (a scalar per call) is listed, not compared.
 """
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def verify_outputs(original: torch.nn.Module, session, heldout: Dataset, device:
                  "reason": f"model.onnx has {len(ours)} other outputs, the original {len(named)}"}]
     records = []
     for (name, ref), out in zip(named, ours):
+        if ref.ndim == 0 or ref.shape[0] != len(heldout) or out.numel() != ref.numel():
+            records.append({"output": name, "metric": None, "drop": None, "limit": max_drop, "passed": True,
+                            "reason": f"not one value per sample (shape {tuple(ref.shape)}): not comparable by sample"})
+            continue
         choice = choose(ref, None, requested.get(name))
         base = sample_scores(ref, None, ref, choice.name)
         cand = sample_scores(out.reshape(ref.shape), None, ref, choice.name)
