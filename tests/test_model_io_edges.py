@@ -137,3 +137,30 @@ def test_prune_warns_when_most_parameters_are_in_a_fused_recurrent_op(tmp_path):
     notes = read_report(out)["stages"][0]["notes"]
     warning = next(n for n in notes if n.startswith("WARNING: the prunable weights hold"))
     assert "rnn.weight_hh_l0" in warning and "prune.include" in warning
+
+
+class ManyOutputs(nn.Module):
+    """Logits, boxes, and a tuple holding a second head and a scalar per call (not one value per sample)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return {"logits": self.a(x), "boxes": self.b(x), "extra": (self.a(x) * 2, self.b(x).sum())}
+
+
+def test_every_other_output_is_named_and_compared_or_listed():
+    from compressor.export.torch_onnx import export_onnx_proto
+    from compressor.io.data import Dataset
+    from compressor.runtime.calls import ort_session
+    from compressor.verify.outputs import verify_outputs
+
+    torch.manual_seed(0)
+    model, data = ManyOutputs().eval(), Dataset({"x": torch.randn(50, 4)}, None, "t")
+    session = ort_session(export_onnx_proto(model, data).SerializeToString())
+    records = verify_outputs(model, session, data, torch.device("cpu"), {"boxes": "mse"}, 1.0)
+    assert [r["output"] for r in records] == ["boxes", "extra.0", "extra.1"]
+    assert records[0]["metric"] == "mse" and records[0]["reason"] == "--output-metric boxes=mse"
+    assert records[1]["drop"] < 1e-3 and records[1]["passed"]
+    assert records[2]["metric"] is None and records[2]["passed"] and "not one value per sample" in records[2]["reason"]

@@ -157,7 +157,8 @@ def onnx_predict_outputs(session, data: Dataset, batch_size: int = EVAL_BATCH,
         else:
             feed = dict(zip(names, (v.numpy() for v in batch.inputs.values())))
         parts.append([torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in session.run(wanted, feed)])
-    return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return [torch.cat([p[i] for p in parts]) if all(p[i].ndim for p in parts) else parts[0][i]
+            for i in range(len(parts[0]))]  # a 0-d output (a scalar per call) as the first call's
 
 
 def set_train(model: nn.Module, mode: bool) -> bool:
