@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from compressor.io.data import Dataset
 from compressor.io.onnx_files import copy_onnx, save_onnx
 from compressor.judge.metrics import score
 from compressor.run.pipeline import RunContext
-from compressor.runtime.calls import max_abs_diff, onnx_predict, ort_session, predict
+from compressor.runtime.calls import max_abs_diff, onnx_predict_outputs, ort_session, predict
 from compressor.stage import ExportStage
 from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
@@ -34,6 +34,7 @@ class Exported:
     record: dict[str, Any] | None  # the export-time stage's record, if one ran
     compacted: bool = False      # the structures' own tensors were made int8 (the torch model took their values)
     base_spread: list[float] | None = None  # [p10, p90] ms of the fp32 original's timed runs
+    other_outs: list[torch.Tensor] = field(default_factory=list)  # model.onnx's other outputs (verify/outputs.py)
 
 
 def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset, reference: torch.Tensor,
@@ -48,26 +49,26 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
         fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
         fp32_session = ort_session(fp32_path)
-        fp32_out = onnx_predict(fp32_session, heldout)
+        fp32_out, *fp32_others = onnx_predict_outputs(fp32_session, heldout)  # one pass for every output
         parity = max_abs_diff(fp32_out, final_torch)
         base_latency, base_spread = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
         if stage is None:
             copy_onnx(fp32_path, onnx_path)
             return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes(), base_latency, None,
-                            base_spread=base_spread)
+                            base_spread=base_spread, other_outs=fp32_others)
         fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
-        record, session, q_out, compacted = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout,
-                                                               reference, fp32_out, sizes)
+        record, session, q_outs, compacted = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout,
+                                                                reference, fp32_out, sizes)
         fp32_sizes = fp32_sizes()
-    return Exported(onnx_path, session, q_out, final_torch, parity, fp32_sizes, base_latency, record, compacted,
-                    base_spread)
+    return Exported(onnx_path, session, q_outs[0], final_torch, parity, fp32_sizes, base_latency, record, compacted,
+                    base_spread, q_outs[1:])
 
 
 def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onnx_path: Path, tmp: Path,
                        heldout: Dataset, reference: torch.Tensor, fp32_out: torch.Tensor, sizes: dict[str, int]):
     """Run the export-time stage on the fp32 graph (after the structures' own tensors are made int8, if any);
-    returns (its record, the session of model.onnx, model.onnx's held-out outputs, whether the structures' tensors
-    were made int8)."""
+    returns (its record, the session of model.onnx, model.onnx's held-out outputs (every graph output, the main one
+    first), whether the structures' tensors were made int8)."""
     ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
     t0 = time.perf_counter()
     compact = compact_int8(fp32_path, ctx.structures, ctx.model)
@@ -78,9 +79,10 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
         save_onnx(compact, mid)
         result = stage.apply_onnx(ctx, mid, onnx_path, compact=True)
     session = ort_session(onnx_path)
-    q_out = onnx_predict(session, heldout)
+    q_outs = onnx_predict_outputs(session, heldout)
+    q_out = q_outs[0]
     metric = score(q_out, heldout, reference, ctx.metric)
     record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
               "seconds": round(time.perf_counter() - t0, 3), **result.report_fields(),
               "max_abs_diff_vs_fp32": max_abs_diff(q_out, fp32_out), "bytes": file_sizes(onnx_path)["size"]}
-    return record, session, q_out, compact is not None
+    return record, session, q_outs, compact is not None

@@ -36,7 +36,7 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                          f"difference| {batch['max_abs_diff_batch1_vs_batch']:.3g} and {ctx.metric.name} "
                          f"{batch['metric_value_batch1']:.4g}, against {batch['metric_value_batched']:.4g} in batches "
                          f"of {EVAL_BATCH}")
-    outputs = verify_outputs(ctx.original, exported.session, heldout, ctx.device, options.output_metrics,
+    outputs = verify_outputs(ctx.original, exported.other_outs, heldout, ctx.device, options.output_metrics,
                              options.max_drop)
     latency, spread = ort_latency_spread_ms(exported.session, heldout)
     exported.session = None  # its weights and activation arena are freed before the reload and the memory check

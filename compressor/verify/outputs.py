@@ -18,7 +18,7 @@ from compressor.errors import UsageError
 from compressor.io.data import Dataset
 from compressor.judge.budget import sample_scores
 from compressor.judge.kind import choose
-from compressor.runtime.calls import onnx_predict_outputs, predict_outputs
+from compressor.runtime.calls import predict_outputs
 
 OUTPUT_KINDS = ("agreement", "cosine", "mse")
 
@@ -45,14 +45,14 @@ def check_output_names(requested: dict[str, str], names: list[str]) -> None:
                              f"({names[0] if names else 'its output'} is the main one: --metric KIND sets its metric)")
 
 
-def verify_outputs(original: torch.nn.Module, session, heldout: Dataset, device: torch.device,
+def verify_outputs(original: torch.nn.Module, ours: list[torch.Tensor], heldout: Dataset, device: torch.device,
                    requested: dict[str, str], max_drop: float) -> list[dict[str, Any]]:
-    """One record per secondary output of model.onnx (none for a one-output model): its metric, why, the paired
-    drop against the original's output on held-out, and whether it is within --max-drop."""
-    if len(session.get_outputs()) < 2:
+    """One record per secondary output of model.onnx (`ours`: its outputs after the main one on held-out, from the
+    run's one ONNX Runtime pass; none for a one-output model): its metric, why, the paired drop against the
+    original's output on held-out, and whether it is within --max-drop."""
+    if not ours:
         return []
     named = predict_outputs(original, heldout, device)[1:]
-    ours = onnx_predict_outputs(session, heldout)[1:]
     if len(named) != len(ours):
         return [{"output": "*", "passed": False, "drop": None, "limit": max_drop,
                  "reason": f"model.onnx has {len(ours)} other outputs, the original {len(named)}"}]
