@@ -20,7 +20,7 @@ from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.run.progress import Reporter
 from compressor.runtime.calls import other_outputs_notes, output_names, predict
-from compressor.verify.outputs import check_output_names
+from compressor.verify.outputs import check_output_names, parse_output_metrics
 
 
 def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True):
@@ -57,6 +57,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
 def output_notes(options: RunOptions, original: nn.Module, heldout: Dataset, device: torch.device) -> list[str]:
     """The model's outputs named (a requested per-output metric must name one) and, when several, a note."""
     names = output_names(original, heldout.example(), device)
+    options.output_metrics = parse_output_metrics(options.output_metrics)  # the Python API's mapping checked too
     check_output_names(options.output_metrics, names)
     return other_outputs_notes(names)
 
