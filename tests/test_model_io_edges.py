@@ -57,7 +57,7 @@ def test_dict_output_with_logits_second_is_judged_on_logits_in_torch_and_onnx(tm
     graph = onnx.load(str(out / "model.onnx")).graph
     first = graph.output[0].type.tensor_type.shape.dim
     assert first[-1].dim_value == 10 and len(graph.output) == 2  # logits first, the embedding kept after it
-    assert any("returns 2 output tensors: logits drives the metric" in n for n in report["notes"])
+    assert any("returns 2 output tensors, named logits, emb: logits drives the metric" in n for n in report["notes"])
     # the other output is verified too: its own metric against the original's, gated by --max-drop
     (emb,) = report["artifacts"][0]["outputs"]
     assert emb["output"] == "emb" and emb["metric"] == "cosine" and emb["drop"] < 1.0 and emb["passed"], emb

@@ -94,9 +94,9 @@ def other_outputs_notes(names: list[str]) -> list[str]:
     is verified on held-out and gated, verify/outputs.py); else none."""
     if len(names) < 2:
         return []
-    return [f"the model returns {len(names)} output tensors: {names[0]} drives the metric and every stage decision; "
-            f"{', '.join(names[1:])} are verified too on held-out (model.onnx against the original, each with its "
-            "own metric and the --max-drop gate)"]
+    return [f"the model returns {len(names)} output tensors, named {', '.join(names)}: {names[0]} drives the metric "
+            "and every stage decision (the others are not optimised for); each other one is verified on held-out too "
+            "(model.onnx against the original, its own metric, the --max-drop gate; --output-metric NAME=KIND)"]
 
 
 @torch.no_grad()
