@@ -50,6 +50,20 @@ def test_embedder_is_cosine_and_labels_that_do_not_fit_are_ignored():
     assert detect(mlm, y).name != "accuracy" and "labels ignored" in detect(mlm, y).reason
 
 
+def test_probability_outputs_are_told_apart():
+    """A sigmoid head (independent per-class probabilities) is no single-class decision: cosine, and the reason says
+    multi-label; a softmax head is class probabilities: agreement, distilled on the probabilities, not as logits.
+    Two columns matter most: any 2-column row of values in [0, 1] passes the logit rule's softmax confidence."""
+    logits, y = outputs_of("digits_cnn.pt2", HELDOUT.name)
+    sigmoid = detect(torch.sigmoid(logits), None)
+    assert (sigmoid.name, sigmoid.loss) == ("cosine", "cosine") and "sigmoid, multi-label" in sigmoid.reason
+    pair = detect(torch.sigmoid(logits[:, :2]), None)
+    assert pair.name == "cosine" and "class logits" not in pair.reason
+    softmax = detect(torch.softmax(logits, -1), None)
+    assert (softmax.name, softmax.loss) == ("agreement", "cosine") and "class probabilities" in softmax.reason
+    assert detect(logits, y).reason.startswith("labels present and the output is class scores")
+
+
 def test_regression_is_mse_and_unsure_prefers_cosine():
     g = torch.Generator().manual_seed(0)
     assert detect(torch.randn(50, 1, generator=g), None).name == "mse"

@@ -1,15 +1,19 @@
 """Which metric a run uses: detected from the model's outputs and the data, or chosen with `--metric`.
 
 The rule (docs/metrics.md), on the original model's outputs:
-1. labels present and the output is [N, C] with C > 1 (labels in range)  -> `accuracy` (class logits);
+1. labels present and the output is [N, C] with C > 1 (labels in range)  -> `accuracy` (class scores);
 2. no labels, the output is a single column (or 1-D)                      -> `mse` (a regression);
 3. no labels, every row has unit L2 norm (a normalised embedding)         -> `cosine`;
-4. no labels, the output looks like confident class scores: on average the softmax of a row puts at least
+4. no labels, every value in [0, 1]: rows that sum to 1 are class probabilities (softmax) -> `agreement`;
+   rows that do not are independent per-class probabilities (sigmoid, multi-label), where one argmax is no
+   decision                                                               -> `cosine`;
+5. no labels, the output looks like confident class scores: on average the softmax of a row puts at least
    `LOGIT_CONFIDENCE` on its argmax, and at least two different classes are predicted       -> `agreement`;
-5. otherwise (unsure: raw embeddings, hidden states, anything else)       -> `cosine`.
+6. otherwise (unsure: raw embeddings, hidden states, anything else)       -> `cosine`.
 Agreement with the original's argmax is meaningless on an embedding (the argmax of a 384-d sentence embedding
 is no class), so when in doubt cosine is preferred. The chosen metric also picks the label-free fine-tuning loss:
-agreement -> KL distillation of logits, cosine/mse -> cosine + MSE distillation of outputs (core/finetune.py).
+agreement on logits -> KL distillation, anything else (probabilities, cosine, mse) -> cosine + MSE distillation of
+outputs (core/finetune.py).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from compressor.registry import plugin_metrics
 BUILTIN = ("accuracy", "agreement", "cosine", "mse")
 LOGIT_CONFIDENCE = 0.5
 UNIT_NORM_TOL = 1e-3
+PROBABILITY_SUM_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,18 @@ def _classes(outputs: torch.Tensor) -> int:
     return int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
 
 
+def probabilities(outputs: torch.Tensor) -> str | None:
+    """"softmax" when every value is in [0, 1] and every row (last axis) sums to 1, "sigmoid" when every value is
+    in [0, 1] and some row does not, None for anything else (logits, embeddings, one column)."""
+    if _classes(outputs) < 2 or outputs.numel() == 0:
+        return None
+    scores = outputs.float()
+    if float(scores.min()) < 0 or float(scores.max()) > 1:
+        return None
+    sums = scores.reshape(-1, scores.shape[-1]).sum(-1)
+    return "softmax" if bool(((sums - 1).abs() < PROBABILITY_SUM_TOL).all()) else "sigmoid"
+
+
 def labels_fit(outputs: torch.Tensor, labels: torch.Tensor | None) -> bool:
     return (labels is not None and outputs.ndim == 2 and outputs.shape[1] > 1 and labels.ndim == 1
             and labels.shape[0] == outputs.shape[0] and int(labels.min()) >= 0
@@ -67,7 +84,7 @@ def detect(outputs: torch.Tensor, labels: torch.Tensor | None) -> MetricChoice:
         raise DataError(f"label {int(labels.max())} is out of range for a model with {outputs.shape[1]} outputs "
                         f"(labels must be 0..{outputs.shape[1] - 1})")
     if labels_fit(outputs, labels):
-        return MetricChoice("accuracy", f"labels present and the output is class logits [N, {shape}]", loss="ce")
+        return MetricChoice("accuracy", f"labels present and the output is class scores [N, {shape}]", loss="ce")
     why_not_labels = " (labels ignored: they do not fit the output)" if labels is not None else ""
     if _classes(outputs) == 1:
         return MetricChoice("mse", f"a single output column [N, {shape}]: regression{why_not_labels}",
@@ -77,6 +94,14 @@ def detect(outputs: torch.Tensor, labels: torch.Tensor | None) -> MetricChoice:
     if outputs.ndim == 2 and bool(((norms - 1).abs() < UNIT_NORM_TOL).all()):
         return MetricChoice("cosine", f"no labels; every output row [N, {shape}] has unit L2 norm: an "
                                       f"embedding{why_not_labels}")
+    kind = probabilities(outputs)
+    if kind == "softmax":
+        return MetricChoice("agreement", f"no labels; every output row [N, {shape}] is in [0, 1] and sums to 1: "
+                                         f"class probabilities{why_not_labels}")
+    if kind == "sigmoid":
+        return MetricChoice("cosine", f"no labels; outputs [N, {shape}] are in [0, 1] and their rows do not sum to "
+                                      f"1: independent per-class probabilities (sigmoid, multi-label), judged as "
+                                      f"score vectors{why_not_labels}")
     scores = outputs.reshape(-1, outputs.shape[-1]).float()
     confidence = float(torch.softmax(scores, -1).max(-1).values.mean())
     distinct = int(scores.argmax(-1).unique().numel())
