@@ -165,3 +165,36 @@ def test_every_other_output_is_named_and_compared_or_listed():
     assert records[0]["metric"] == "mse" and records[0]["reason"] == "--output-metric boxes=mse"
     assert records[1]["drop"] < 1e-3 and records[1]["passed"]
     assert records[2]["metric"] is None and records[2]["passed"] and "not one value per sample" in records[2]["reason"]
+
+
+class LstmClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(8, 32, batch_first=True), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("mode, lstm_reason", [
+    ("static", "2 kept float in model.onnx (read by LSTM): lstm.weight_ih_l0, lstm.weight_hh_l0"),
+    ("dynamic", "2 quantized in a layout of its own in model.onnx (read by DynamicQuantizeLSTM): lstm.weight_ih_l0"),
+])
+def test_the_note_on_weights_that_stay_float_gives_the_graphs_reason(tmp_path, mode, lstm_reason):
+    """An LSTM's weights are no conv + batch norm: static QDQ leaves the LSTM float (its gates reordered), dynamic
+    int8 holds them in DynamicQuantizeLSTM's own layout, and its two biases are merged into one tensor."""
+    torch.manual_seed(0)
+    model = LstmClassifier().eval()
+    _export(model, (torch.randn(4, 12, 8),), tmp_path / "lstm.pt2")
+    g = torch.Generator().manual_seed(1)
+    for name, n in (("held", 128), ("val", 128)):
+        x = torch.randn(n, 12, 8, generator=g)
+        np.savez(tmp_path / f"{name}.npz", x=x.numpy(), y=model(x).argmax(1).numpy())
+    out = tmp_path / "out"
+    res = run_cli(tmp_path / "lstm.pt2", "--pipeline", "quantize", "--set", f"quantize.mode={mode}",
+                  "--set", "quantize.objective=size", "--data", tmp_path / "held.npz", "--val-data",
+                  tmp_path / "val.npz", "--calib-data", tmp_path / "val.npz", "--max-drop", "100", "--out", out, "-q")
+    assert res.code == 0, res
+    note = next(n for n in read_report(out)["notes"] + read_report(out)["stages"][0]["notes"] if "stay float" in n)
+    assert lstm_reason in note
+    assert "2 not a tensor of its own in model.onnx (folded or merged" in note and "lstm.bias_ih_l0" in note

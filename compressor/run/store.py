@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 import torch
 
+from compressor.export.float_weights import describe_float, stay_float_reasons
 from compressor.export.int8_weights import match_int8
 from compressor.io.hf.files import copy_side_files
 from compressor.io.onnx_files import run_time_quantized
@@ -34,27 +35,28 @@ def store_weights(ctx: RunContext, options: RunOptions, stages: list[Stage], st_
     graph = onnx.load(str(onnx_path)) if quantized else None  # read once: its int8 weights and its ops
     int8 = match_int8(graph, state) if graph is not None else None
     dynamic = graph is not None and run_time_quantized(graph.graph)
+    floats = ([w.name for w in ctx.weights if w.name in state and w.name not in int8] if int8 else [])
+    reasons = stay_float_reasons(graph, state, floats) if floats else {}
     del graph
     encodings = save_weights(state, st_path, meta, onnx_sha256=onnx_sha256, int8=int8)
     if int8:
-        take_stored_int8(ctx, state, int8, encodings)
+        take_stored_int8(ctx, state, int8, encodings, reasons)
     return encodings, bool(int8), dynamic
 
 
-def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict, encodings: dict) -> None:
+def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict, encodings: dict,
+                     floats: dict[str, str]) -> None:
     """The torch model takes the stored int8 weights, so the reload check after stays exact; a note says which
-    weights stay float."""
+    weights stay float and why (`floats`: name -> the graph's reason)."""
     with torch.no_grad():
         for name, weight in int8.items():
             if encodings.get(name, {}).get("encoding") == "int8":  # a tied alias keeps its stored twin's values
                 state[name].copy_(weight.dequantize())
-    floats = [w.name for w in ctx.weights if w.name in state and w.name not in int8]
     four = sum(1 for w in int8.values() if w.bits == 4)
     ctx.notes.append(f"model.safetensors: {len(int8)} weights stored as model.onnx holds them ("
                      + (f"{four} 4-bit block-wise, {len(int8) - four} int8; " if four else "int8; ")
                      + "dequantized on load)"
-                     + (f"; {len(floats)} stay float: no int8 form of their own in the graph (folded into another "
-                        "op, e.g. conv + batch norm, or kept float by quantize)" if floats else ""))
+                     + (f"; {len(floats)} stay float: {describe_float(floats)}" if floats else ""))
 
 
 def write_hf_files(ctx: RunContext, staging: Path) -> None:
