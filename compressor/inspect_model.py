@@ -9,8 +9,9 @@ from rich.table import Table
 from compressor.algorithms.basis.hierarchy import example_inputs, hierarchical_model
 from compressor.algorithms.basis.stacks import detect_stacks
 from compressor.core.layers import find_weights
+from compressor.core.params import count_params
 from compressor.io.data import load_dataset
-from compressor.io.load import load_model
+from compressor.io.load import load_model, model_bytes_of
 from compressor.registry import available_stages
 from compressor.report.build import human_bytes
 
@@ -34,14 +35,11 @@ def inspect_model(path: Path, arch: str | None, trust_pickle: bool, data: Path |
     for col in ("parameter", "shape", "read by", "params", "bytes"):
         table.add_column(col, justify="left" if col in ("parameter", "shape", "read by") else "right")
     params = dict(loaded.module.named_parameters())
-    total = total_bytes = 0
     for w in weights:
         p = params[w.name]
-        nbytes = p.numel() * p.element_size()
-        total += p.numel()
-        total_bytes += nbytes
-        table.add_row(w.name, "x".join(map(str, w.shape)), w.kind, f"{p.numel():,}", human_bytes(nbytes))
-    table.add_row("total", "", "", f"{total:,}", human_bytes(total_bytes))
+        table.add_row(w.name, "x".join(map(str, w.shape)), w.kind, f"{p.numel():,}",
+                      human_bytes(p.numel() * p.element_size()))
+    _add_rest(table, loaded.module, {id(params[w.name]) for w in weights})
     console.print(table)
     for stage, names in stage_targets(weights, loaded.module).items():
         console.print(f"[bold]{stage}[/bold] would touch {len(names)}: {', '.join(names) or '(nothing)'}",
@@ -49,6 +47,21 @@ def inspect_model(path: Path, arch: str | None, trust_pickle: bool, data: Path |
     _print_stacks(loaded, example, console)
     if example is None and loaded.program is None:
         console.print("[dim]no --data given: an eager model's layers were classified by module type[/dim]")
+
+
+def _add_rest(table: Table, module, listed: set[int]) -> None:
+    """Rows for the parameters no op reads as a weight and for the buffers (batch-norm statistics, ...), and the
+    total the report counts as the model's bytes (`model_bytes_of`: every tensor once, parameters and buffers)."""
+    rest = {id(p): p for p in module.parameters() if id(p) not in listed}
+    buffers = {id(b): b for b in module.buffers()}
+    if rest:
+        table.add_row(f"other parameters ({len(rest)})", "", "", f"{sum(p.numel() for p in rest.values()):,}",
+                      human_bytes(sum(p.numel() * p.element_size() for p in rest.values())))
+    if buffers:
+        table.add_row(f"buffers ({len(buffers)})", "", "", "",
+                      human_bytes(sum(b.numel() * b.element_size() for b in buffers.values())))
+    table.add_row("total (as the report counts)", "", "", f"{count_params(module)[0]:,}",
+                  human_bytes(model_bytes_of(module)))
 
 
 def _print_stacks(loaded, example, console: Console) -> None:

@@ -14,6 +14,7 @@ import compressor
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.runtime.calls import predict
+from compressor.report.build import human_bytes
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, read_report, run_cli
 
 REQUIRED_KEYS = {"baseline", "stages", "artifacts", "gate", "environment"}
@@ -113,13 +114,18 @@ def test_console_script_version():
     assert res.returncode == 0 and res.stdout.strip() == f"compressor {compressor.__version__}"
 
 
-def test_stages_and_inspect_commands():
+def test_stages_and_inspect_commands(cnn_quantized):
     res = run_cli("stages")
     assert res.code == 0, res
     assert "quantize.mode = auto" in res.stdout and "quantize.exclude" in res.stdout
     res = run_cli("inspect", SAMPLES / "digits_cnn.pt2")
     assert res.code == 0, res
     assert "conv2.weight" in res.stdout and "conv" in res.stdout and "fc1.weight" in res.stdout
+    # inspect's total counts what the report counts: the batch-norm statistics too
+    total = next(line for line in res.stdout.splitlines() if "total (as the report counts)" in line)
+    baseline = read_report(cnn_quantized)["baseline"]
+    assert f"{baseline['params']:,}" in total and human_bytes(baseline["bytes"]) in total
+    assert "buffers (6)" in res.stdout
 
 
 def test_gate_failure_exits_3_and_still_reports(tmp_path):
