@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from compressor.cli_errors import err, framework_errors_as_one_line, guard
 from compressor.errors import Terminated, request_stop
@@ -28,6 +28,19 @@ from compressor.version import __version__
 
 DEFAULT_PIPELINE = "quantize"
 ARGV = "compressor.argv"
+
+
+def hide_flag_types(command, ctx) -> None:
+    """A flag takes no value: no `<bool>` beside it in --help (typer shows the type of every option)."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class FlagsCommand(TyperCommand):
+    def format_help(self, ctx, formatter) -> None:
+        hide_flag_types(self, ctx)
+        super().format_help(ctx, formatter)
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -44,6 +57,7 @@ class DefaultCommandGroup(TyperGroup):
 
     def format_help(self, ctx, formatter) -> None:
         """`compress --help` shows the sub-commands and then the options of the default form (`run`)."""
+        hide_flag_types(self, ctx)
         super().format_help(ctx, formatter)
         run = self.commands[self.default_command]
         run.format_help(type(ctx)(run, info_name=ctx.info_name, parent=ctx.parent), formatter)
@@ -84,7 +98,7 @@ def _on_sigint(signum, frame) -> None:
     request_stop(KeyboardInterrupt)
 
 
-@app.command("run")
+@app.command("run", cls=FlagsCommand)
 @guard
 def run(
     ctx: typer.Context,
@@ -146,7 +160,7 @@ def run(
     raise typer.Exit(run_command(ctx.meta[ARGV][1:], args, out, err))
 
 
-@app.command("stages")
+@app.command("stages", cls=FlagsCommand)
 @guard
 def stages_cmd(markdown: bool = typer.Option(False, "--markdown", help="Print docs/options.md: every run setting "
                                               "and stage option as Markdown tables.")) -> None:
@@ -166,7 +180,7 @@ def stages_cmd(markdown: bool = typer.Option(False, "--markdown", help="Print do
             out.print(f"  {name}.{o.name} = {o.default}  [{o.type}{where}]  {o.help}", highlight=False, markup=False)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=FlagsCommand)
 @guard
 def inspect_cmd(
     model: Path = typer.Argument(..., help="Checkpoint to inspect."),
@@ -182,7 +196,7 @@ def inspect_cmd(
     inspect_model(model, arch, trust_pickle, data, out)
 
 
-@app.command("diff")
+@app.command("diff", cls=FlagsCommand)
 @guard
 def diff_cmd(
     report_a: Path = typer.Argument(..., help="report.json of the reference run."),

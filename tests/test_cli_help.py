@@ -9,6 +9,14 @@ def test_help_shows_commands_and_run_options():
         assert word in res.stdout, word
 
 
+def test_flags_show_no_value_type():
+    """A flag takes no value: --force, --quiet, --help and the like show no `<bool>` metavar in any command's help."""
+    for command in ([], ["run"], ["stages"], ["inspect"], ["diff"]):
+        res = run_cli(*command, "--help")
+        assert res.code == 0 and "--help" in res.stdout, res
+        assert "<bool>" not in res.stdout and "BOOLEAN" not in res.stdout, command
+
+
 def test_python_dash_m_compressor_runs_the_command():
     import subprocess
     import sys
