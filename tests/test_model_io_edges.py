@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from compressor.io.data import load_dataset
@@ -70,6 +71,11 @@ def test_dict_output_with_logits_second_is_judged_on_logits_in_torch_and_onnx(tm
                   "--set", "quantize.objective=size")  # int8 whatever its speed: the outputs move
     record = read_report(tmp_path / "m")["artifacts"][0]["outputs"][0]
     assert record["metric"] == "mse" and record["drop"] > 0 and not record["passed"] and mse.code == 3, record
+    # the resolved recipe keeps the output's metric, and running it again judges that output the same way
+    resolved = tmp_path / "m" / "recipe.yaml"
+    assert yaml.safe_load(resolved.read_text())["output_metrics"] == {"emb": "mse"}
+    again = run_cli(tmp_path / "two.pt2", "--pipeline", resolved, "--out", tmp_path / "again", "--quiet")
+    assert again.code == 3 and read_report(tmp_path / "again")["artifacts"][0]["outputs"][0] == record, again
 
 
 class MaskedMean(nn.Module):

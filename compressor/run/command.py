@@ -47,7 +47,8 @@ def run_options(args: dict[str, Any]) -> RunOptions:
                       val_data=pick_path(args["val_data"], "val"), calib_data=pick_path(args["calib_data"], "calib"),
                       arch=args["arch"], trust_pickle=args["trust_pickle"], trust_remote_code=args["trust_remote_code"],
                       force=args["force"], quiet=args["quiet"],
-                      output_metrics=parse_output_metrics(args["output_metric"]),
+                      output_metrics={**settings.get("output_metrics", {}),
+                                      **parse_output_metrics(args["output_metric"])},
                       floors=floors, recipe_options=recipe_options, resume=args["resume"],
                       keep_checkpoints=args["keep_checkpoints"],
                       **merge_settings({name: args[name] for name in SETTINGS}, settings))

@@ -4,6 +4,7 @@
     device: cpu
     data: {heldout: heldout.npz, train: train.npz, val: val.npz, calib: calib.npz}
     gates: {max_drop: 1.0, min_recovery: 0.99, max_bytes: 2000000, floors: {accuracy: 95}}
+    output_metrics: {boxes: mse}
     stages:
       - shrink: {epochs: 10}
       - prune: {target: 0.9}
@@ -29,11 +30,12 @@ from compressor.registry import get_stage
 from compressor.run.settings import SETTINGS, device_problem, parse_setting, recipe_value
 from compressor.schema import config_as_dict
 from compressor.stage import build_config
+from compressor.verify.outputs import parse_output_metrics
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
 # where a recipe holds each run setting is declared with the setting (run/settings.py)
 RUN_KEYS = tuple(f.metadata["recipe"] for f in SETTINGS.values() if "." not in f.metadata["recipe"])
-TOP_KEYS = (*RUN_KEYS, "data", "gates", "stages")
+TOP_KEYS = (*RUN_KEYS, "data", "gates", "output_metrics", "stages")
 DATA_KEYS = ("heldout", "train", "val", "calib")
 GATE_KEYS = (*(f.metadata["recipe"].split(".")[1] for f in SETTINGS.values() if f.metadata["recipe"].startswith(
     "gates.")), "floors")
@@ -147,6 +149,7 @@ def load_recipe(path: Path) -> Recipe:
         if value is not None and not isinstance(value, str):
             raise UsageError(f"{recipe.where('data.' + key)}: data.{key} must be a file path, got {value!r}")
     _check_run_settings(recipe, data)
+    recipe.settings["output_metrics"] = _check_output_metrics(recipe, data.get("output_metrics"))
     recipe.settings.update({key: data[key] for key in RUN_KEYS if key in data})
     return recipe
 
@@ -180,6 +183,18 @@ def _check_gates(recipe: Recipe, gates: dict) -> dict:
     return gates
 
 
+def _check_output_metrics(recipe: Recipe, value: Any) -> dict[str, str]:
+    """`output_metrics: {NAME: KIND}`, each kind checked like --output-metric NAME=KIND."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{recipe.where('output_metrics')}: output_metrics must map output names to a metric")
+    try:
+        return parse_output_metrics(value)
+    except UsageError as exc:
+        raise UsageError(f"{recipe.where('output_metrics')}: {exc}")
+
+
 def _check_run_settings(recipe: Recipe, data: dict) -> None:
     """Every run setting the recipe holds, parsed and range-checked by its declaration (run/settings.py)."""
     for name, f in SETTINGS.items():
@@ -206,6 +221,7 @@ def resolved_recipe(options, stages) -> str:
         "data": {"heldout": s(options.data), "train": s(options.train_data), "val": s(options.val_data),
                  "calib": s(options.calib_data)},
         "gates": {**gates, "floors": dict(options.floors)},
+        **({"output_metrics": dict(options.output_metrics)} if options.output_metrics else {}),
         "stages": [{st.name: config_as_dict(st.config)} for st in stages],
     }
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
