@@ -142,7 +142,10 @@ def test_prune_warns_when_most_parameters_are_in_a_fused_recurrent_op(tmp_path):
     assert res.code == 0, res
     notes = read_report(out)["stages"][0]["notes"]
     warning = next(n for n in notes if n.startswith("WARNING: the prunable weights hold"))
-    assert "rnn.weight_hh_l0" in warning and "prune.include" in warning
+    assert "rnn.weight_hh_l0 (1,728, read by no linear/matmul/conv op, e.g. a fused GRU/LSTM)" in warning
+    assert "prune.include" in warning
+    # the decision line is what prune kept and why it stopped, the warning stays a note
+    assert read_report(out)["stages"][0]["decision"].startswith("blinded policy on 1 tensors: sparsity 50.00%")
 
 
 class ManyOutputs(nn.Module):

@@ -7,19 +7,26 @@ from compressor.core.finetune import FinetuneResult
 from compressor.core.params import unique_param_count
 
 
-def uncovered_note(model: torch.nn.Module, names: list[str]) -> str | None:
+READ_BY = {"embedding": "an embedding lookup", "norm": "a normalisation", "other": "no linear/matmul/conv op, e.g. "
+           "a fused GRU/LSTM"}
+
+
+def uncovered_note(model: torch.nn.Module, names: list[str], kinds: dict[str, str] | None = None) -> str | None:
     """A warning when the prunable weights are under half of the model's parameters (e.g. a GRU/LSTM, whose
-    recurrent weights are read by one fused op, not by a linear/matmul/conv: the reported sparsity is of the rest)."""
+    recurrent weights are read by one fused op, or a transformer's token-embedding table: the reported sparsity is of
+    the rest). `kinds`: parameter name -> the kind of op that reads it (core/layers.py), to say what reads each."""
     params = {n: p for n, p in model.named_parameters()}
     total = unique_param_count(model)
     covered = sum(params[n].numel() for n in names if n in params)
     if not total or covered >= total / 2:
         return None
     others = sorted((p.numel(), n) for n, p in params.items() if n not in set(names) and p.ndim >= 2)[::-1][:3]
+    kinds = kinds or {}
     return (f"WARNING: the prunable weights hold {covered / total:.0%} of the model's {total:,} parameters, so the "
-            "sparsity above is of those only; the largest others: " + ", ".join(f"{n} ({k:,})" for k, n in others)
-            + " (not read by a linear/matmul/conv op, e.g. a fused GRU/LSTM; name them with prune.include to prune "
-              "them too)")
+            "sparsity above is of those only; the largest others: "
+            + ", ".join(f"{n} ({k:,}, read by {READ_BY.get(kinds.get(n, 'other'), READ_BY['other'])})"
+                        for k, n in others)
+            + "; name them with prune.include to prune them too")
 
 
 def finetune_note(tunes: list[FinetuneResult], epochs: int) -> str | None:

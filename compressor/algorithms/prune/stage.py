@@ -174,7 +174,7 @@ class PruneStage(Stage):
         final_masks = {n: ctx.masks.get(n) for n in names}
         notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
         ctx.reporter.log(f"prune: {notes[0]}")  # the terminal says where it stopped and what it kept
-        coverage = uncovered_note(ctx.model, names)
+        coverage = uncovered_note(ctx.model, names, {w.name: w.kind for w in ctx.weights})
         if coverage:
             notes.append(coverage)
         both = "; saturated: of both 0/1 and class probability" if any(h.get("rule") for h in history[1:]) else ""
@@ -191,7 +191,7 @@ class PruneStage(Stage):
                      for n, m in final_masks.items()}
         outcome = Outcome("compressed" if sparsity_of(final_masks) > history[0]["sparsity"] else "input", stop,
                           sparsity_of(final_masks), "sparsity", deciding.bound if deciding else None, budget)
-        return StageResult(model=ctx.model, notes=notes, outcome=outcome, metrics={
+        return StageResult(model=ctx.model, notes=notes, outcome=outcome, decision=notes[0], metrics={
             "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,
             "prunable": names})
 
