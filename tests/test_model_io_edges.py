@@ -145,7 +145,7 @@ def test_prune_warns_when_most_parameters_are_in_a_fused_recurrent_op(tmp_path):
     assert "rnn.weight_hh_l0 (1,728, read by no linear/matmul/conv op, e.g. a fused GRU/LSTM)" in warning
     assert "prune.include" in warning
     # the decision line is what prune kept and why it stopped, the warning stays a note
-    assert read_report(out)["stages"][0]["decision"].startswith("blinded policy on 1 tensors: sparsity 50.00%")
+    assert read_report(out)["stages"][0]["decision"].startswith("blinded policy on 1 tensor: sparsity 50.00%")
 
 
 class ManyOutputs(nn.Module):

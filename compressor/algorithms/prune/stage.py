@@ -172,7 +172,8 @@ class PruneStage(Stage):
         if rejected:
             good.restore()
         final_masks = {n: ctx.masks.get(n) for n in names}
-        notes = [f"{cfg.policy} policy on {len(names)} tensors: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        tensors = f"{len(names)} tensor" + ("s" if len(names) != 1 else "")
+        notes = [f"{cfg.policy} policy on {tensors}: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
         ctx.reporter.log(f"prune: {notes[0]}")  # the terminal says where it stopped and what it kept
         coverage = uncovered_note(ctx.model, names, {w.name: w.kind for w in ctx.weights})
         if coverage:
