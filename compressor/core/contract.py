@@ -72,7 +72,8 @@ class StageContext(Protocol):
 
     def stage_budget(self, stage: str, own: float | None) -> float: ...
 
-    def judge(self, stage_budget: float | None = None, model: nn.Module | None = None) -> BudgetDecision: ...
+    def judge(self, stage_budget: float | None = None, model: nn.Module | None = None,
+              outputs: torch.Tensor | None = None) -> BudgetDecision: ...
 
 
 CONTRACT = frozenset(n for n in dir(StageContext) if not n.startswith("_")) | frozenset(

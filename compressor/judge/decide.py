@@ -44,7 +44,12 @@ def judge_model(model: nn.Module, val: Dataset, val_reference: torch.Tensor, bas
     """Is `model` within `budget` on validation, in the run's metric? The paired upper confidence bound of
     `budget.py`, the same for every decision (a plugin metric without per-sample scores: its observed value against
     the budget)."""
-    out = predict(model, val, device)
+    return judge_outputs(predict(model, val, device), val, val_reference, baseline_val, metric, budget, confidence)
+
+
+def judge_outputs(out: torch.Tensor, val: Dataset, val_reference: torch.Tensor, baseline_val: Metrics,
+                  metric: MetricChoice, budget: float, confidence: float) -> BudgetDecision:
+    """`judge_model` on outputs already computed (a quantized graph's, run in ONNX Runtime)."""
     name, labels = metric.name, val.labels
     base = sample_scores(val_reference, labels, val_reference, name)
     if base is None:

@@ -22,7 +22,7 @@ from compressor.io.data import Dataset
 from compressor.io.load import LoadedModel
 from compressor.defaults import DEFAULT_CONFIDENCE
 from compressor.judge.budget import BudgetDecision
-from compressor.judge.decide import judge_model, stage_budget
+from compressor.judge.decide import judge_outputs, judge_model, stage_budget
 from compressor.judge.kind import MetricChoice
 from compressor.judge.metrics import Metrics, evaluate
 from compressor.run.progress import Reporter
@@ -122,10 +122,15 @@ class RunContext:
         """A stage's share of the run's budget (`judge/decide.py`)."""
         return stage_budget(self.plan, stage, own, self.max_drop)
 
-    def judge(self, stage_budget: float | None = None, model: nn.Module | None = None) -> BudgetDecision:
-        """Is the model within budget on validation (the run's gate, or a stage's own stricter budget)?"""
+    def judge(self, stage_budget: float | None = None, model: nn.Module | None = None,
+              outputs: torch.Tensor | None = None) -> BudgetDecision:
+        """Is the model (or `outputs` on the validation set, e.g. a quantized graph's) within budget on validation
+        (the run's gate, or a stage's own stricter budget)?"""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
         budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
+        if outputs is not None:
+            return judge_outputs(outputs, self.val, self.val_reference, self.baseline_val, self.metric, budget,
+                                 self.confidence)
         return judge_model(model or self.model, self.val, self.val_reference, self.baseline_val, self.metric,
                            self.device, budget, self.confidence)

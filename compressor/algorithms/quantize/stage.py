@@ -25,6 +25,7 @@ from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
+from compressor.algorithms.quantize.judged import Judge, judge_in_metric, weight_only_writer
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
 from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, shipped_form
@@ -150,11 +151,12 @@ def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | N
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
                   check: Dataset | None = None, on_check: Callable[[str], None] | None = None,
-                  out_of_time: Callable[[], bool] | None = None) -> list[str]:
+                  out_of_time: Callable[[], bool] | None = None, judge: Judge | None = None) -> list[str]:
     """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
     held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None.
     `on_check` hears the result of each of auto's checks (progress on a long model); `out_of_time` (--time-limit)
-    ends the 4-bit step's search, keeping the int8 choice or the last 4-bit set that held."""
+    ends the 4-bit step's search, keeping the int8 choice or the last 4-bit set that held. `judge` scores outputs on
+    `check` in the run's metric against quantize's budget (judged.py); None: not judged (no validation data)."""
     from onnxruntime.quantization import quant_pre_process
 
     notes = []
@@ -213,6 +215,11 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     if timed:
                         notes += pick_by_speed(config.objective, src, dst, tmp_dir, check_set, passes,
                                                all_dynamic_writer(work, forms, exclude))
+                if judge is not None and check is not None:
+                    by_auto = config.mode == "auto" and config.weight_bits != "4"
+                    notes += judge_in_metric(dst, src, check, judge, by_auto,
+                                             weight_only_writer(work, forms, exclude) if config.objective == "size"
+                                             else None)
         except (StageError, DataError):
             raise
         except Exception as exc:
@@ -251,7 +258,7 @@ class QuantizeStage(ExportStage):
     def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         if not compact:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
-                                  ctx.out_of_time)
+                                  ctx.out_of_time, self._judge(ctx))
             return self._result(ctx, notes, dst)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
@@ -259,11 +266,20 @@ class QuantizeStage(ExportStage):
             computed = computed_weight_nodes(graph) + constant_nodes(graph)
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
-            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time)
+            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time,
+                                   self._judge(ctx))
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
         return self._result(ctx, notes, dst)
+
+    def _judge(self, ctx: StageContext) -> Judge | None:
+        """The quantized graph's outputs on validation judged in the run's metric within quantize's share of
+        --max-drop (None without validation data)."""
+        if ctx.val is None:
+            return None
+        budget = ctx.stage_budget(self.name, None)
+        return lambda outputs: ctx.judge(budget, outputs=outputs)
 
     def _result(self, ctx: StageContext, notes: list[str], dst: Path) -> StageResult:
         """The shipped form, read from the written graph (of the ordinary layers: a ring or basis coefficients
