@@ -108,8 +108,8 @@ def run(
                                  "or a recipe file (.yaml/.toml) with stages, options, data and gates."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Stage option: stage.key=value (repeatable)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Held-out set (.npz or .pt dict; .txt/.jsonl/.csv "
-                                        "text with a Hugging Face model): used only for reporting (required unless "
-                                        "the recipe names it)."),
+                                        "text or an image folder with a Hugging Face model): used only for "
+                                        "reporting (required unless the recipe names it)."),
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Training set for stages that fine-tune."),
     val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation set for every stage decision "
                                             "(default: a seeded 10% split of the training set)."),

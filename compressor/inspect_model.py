@@ -28,8 +28,8 @@ def stage_targets(weights, model) -> dict[str, list[str]]:
 
 def inspect_model(path: Path, arch: str | None, trust_pickle: bool, data: Path | None, console: Console) -> None:
     loaded = load_model(path, arch, trust_pickle)
-    text = loaded.text_encoder  # a Hugging Face directory's tokenizer, for a text --data file
-    example = load_dataset(data, loaded.input_names, loaded.input_dtypes, text).example() if data else None
+    encoder = loaded.data_encoder  # a Hugging Face directory's tokenizer or image processor
+    example = load_dataset(data, loaded.input_names, loaded.input_dtypes, encoder).example() if data else None
     weights = find_weights(loaded.module, example, loaded.program)
     table = Table(title=f"{path} ({loaded.format}); inputs: {', '.join(loaded.input_names)}", title_justify="left")
     for col in ("parameter", "shape", "read by", "params", "bytes"):

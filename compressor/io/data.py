@@ -4,8 +4,9 @@ A data file is a ``.npz`` or a ``.pt`` dict of tensors (loaded with ``weights_on
 held to the archive limits of `compressor.io.archive` before anything is inflated). The model inputs are
 ``x``, or several arrays named after the model's forward arguments (``input_ids``, ``attention_mask``, ...);
 ``y``, when present, holds integer labels. Integer inputs (token ids) keep their dtype; float64 becomes float32.
-Raw text (``.txt``, ``.jsonl``, ``.csv``: `compressor.io.text_data`) becomes the same arrays through the model's own
-tokenizer, given as `text` (a Hugging Face model directory's `TextEncoder`).
+Raw text (``.txt``, ``.jsonl``, ``.csv``: `compressor.io.text_data`) and image folders (`compressor.io.image_data`)
+become the same arrays through the model's own tokenizer or image processor, given as `encoder` (a Hugging Face
+model directory's `TextEncoder` or `ImageEncoder`: its `reads` says which).
 """
 from __future__ import annotations
 
@@ -68,19 +69,16 @@ class Dataset:
         return self.subset(idx)
 
 
-def read_arrays(path: Path, text=None) -> dict[str, np.ndarray]:
+def read_arrays(path: Path, encoder=None) -> dict[str, np.ndarray]:
     """The named arrays of a data file (.npz, or a .pt dict of tensors), its archive limits checked first; a text
-    file through `text.arrays` (the model's tokenizer)."""
+    file or an image folder through `encoder.arrays` (the model's tokenizer or image processor)."""
     if not path.exists():
         raise DataError(f"data file not found: {path}")
+    if path.is_dir() or is_text_file(path):
+        return _encoded(path, encoder)
     if not path.is_file():
         raise DataError(f"data path is not a file: {path}")
     suffix = path.suffix.lower()
-    if is_text_file(path):
-        if text is None:
-            raise DataError(f"{path}: raw text needs the model's tokenizer: pass a Hugging Face model directory "
-                            "(config.json and tokenizer files) as MODEL, or tokenize it into an .npz yourself")
-        return text.arrays(path)
     try:
         if suffix in (".npz", ".pt", ".pth") and zipfile.is_zipfile(path):  # zip bombs: refused before inflating
             with zipfile.ZipFile(path) as zf:
@@ -108,13 +106,27 @@ def read_arrays(path: Path, text=None) -> dict[str, np.ndarray]:
                     "(or .txt/.jsonl/.csv text with a Hugging Face model)")
 
 
+def _encoded(path: Path, encoder) -> dict[str, np.ndarray]:
+    """Raw text or an image folder, read by the model's own encoder when it reads that kind of data."""
+    kind = "images" if path.is_dir() else "text"
+    if encoder is not None and encoder.reads == kind:
+        return encoder.arrays(path)
+    if kind == "text":
+        raise DataError(f"{path}: raw text needs the model's tokenizer: pass a Hugging Face model directory "
+                        "(config.json and tokenizer files) as MODEL, or tokenize it into an .npz yourself"
+                        + ("; this model takes images" if encoder is not None else ""))
+    raise DataError(f"{path} is a directory: an image folder needs the model's image processor: pass a Hugging Face "
+                    "image-classification directory (config.json, preprocessor_config.json) as MODEL, or give the "
+                    "arrays as an .npz" + ("; this model takes text" if encoder is not None else ""))
+
+
 def load_dataset(path: str | Path, input_names: Sequence[str],
-                 dtypes: Mapping[str, torch.dtype] | None = None, text=None) -> Dataset:
+                 dtypes: Mapping[str, torch.dtype] | None = None, encoder=None) -> Dataset:
     """Read a data file and map its arrays onto the model's inputs. Floats become float32; integer arrays int64 and
     bool arrays stay bool, unless `dtypes` (a `.pt2` program's input dtypes) names another integer or bool dtype for
     that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
     path = Path(path)
-    arrays = read_arrays(path, text)
+    arrays = read_arrays(path, encoder)
     labels_np = arrays.pop(LABEL_KEY, None)
     if not arrays:
         raise DataError(f"{path}: no input arrays (expected 'x' or arrays named {', '.join(input_names)})")
@@ -201,16 +213,17 @@ VAL_FRACTION = 0.1  # of the training set, when no --val-data is given
 
 def load_splits(data: str | Path, train_data: str | Path | None, val_data: str | Path | None,
                 calib_data: str | Path | None, input_names: Sequence[str], seed: int,
-                dtypes: Mapping[str, torch.dtype] | None = None, text=None):
+                dtypes: Mapping[str, torch.dtype] | None = None, encoder=None):
     """A run's data: (heldout, train, val, calib, notes). Without --val-data the validation set is a seeded split
-    of the training set (the notes say so); calibration samples come from the training set unless given. `text`:
-    the tokenizer side of a Hugging Face model, for text files."""
+    of the training set (the notes say so); calibration samples come from the training set unless given. `encoder`:
+    the tokenizer or image-processor side of a Hugging Face model, for text files and image folders (its notes,
+    e.g. how class folders were numbered, join the run's)."""
     notes = []
-    heldout = load_dataset(data, input_names, dtypes, text)
-    train = load_dataset(train_data, input_names, dtypes, text) if train_data else None
-    val = load_dataset(val_data, input_names, dtypes, text) if val_data else None
+    heldout = load_dataset(data, input_names, dtypes, encoder)
+    train = load_dataset(train_data, input_names, dtypes, encoder) if train_data else None
+    val = load_dataset(val_data, input_names, dtypes, encoder) if val_data else None
     if train is not None and val is None:
         train, val = split_validation(train, VAL_FRACTION, seed)
         notes.append(f"validation set: a seeded {VAL_FRACTION:.0%} split of {train_data} (no --val-data)")
-    calib = load_dataset(calib_data, input_names, dtypes, text) if calib_data else train
-    return heldout, train, val, calib, notes
+    calib = load_dataset(calib_data, input_names, dtypes, encoder) if calib_data else train
+    return heldout, train, val, calib, notes + list(getattr(encoder, "notes", ()))

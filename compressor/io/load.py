@@ -58,8 +58,9 @@ class LoadedModel:
         return {k: v for k, v in dtypes.items() if isinstance(v, torch.dtype)}
 
     @property
-    def text_encoder(self) -> Any:
-        """The model's tokenizer side for raw text data (a Hugging Face directory's); None for other formats."""
+    def data_encoder(self) -> Any:
+        """The model's tokenizer or image-processor side for raw text or image folders (a Hugging Face directory's);
+        None for other formats."""
         return None if self.hf is None else self.hf.encoder
 
     @property

@@ -22,7 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError, OutputError
-from compressor.io.load import load_state_dict_into, source_sha256
+from compressor.io.hf.files import is_hf_dir
+from compressor.io.image_data import read_folder
+from compressor.io.load import file_sha256, load_state_dict_into, source_sha256
 from compressor.io.reload import rebuild_structures
 from compressor.io.safetensors_io import read_weights, save_weights
 from compressor.run.outputs import CKPT_DIR, remove_dead_debris
@@ -49,8 +51,18 @@ def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
+def input_sha256(path: Path) -> str:
+    """A model or data file's sha256 (a Hugging Face directory's over its model files); an image folder's over
+    the names and sha256s of its images, in the order they are read."""
+    if not path.is_dir() or is_hf_dir(path):
+        return source_sha256(path)
+    folder = read_folder(path)
+    return hashlib.sha256("".join(f"{rel.as_posix()}\0{file_sha256(path / rel)}\0"
+                                  for rel in folder.files).encode()).hexdigest()
+
+
 def fingerprint(options, stages) -> str:
-    files = {k: source_sha256(Path(p)) if p and Path(p).exists() else str(p) for k, p in (
+    files = {k: input_sha256(Path(p)) if p and Path(p).exists() else str(p) for k, p in (
         ("model", options.model), ("heldout", options.data), ("train", options.train_data),
         ("val", options.val_data), ("calib", options.calib_data))}
     doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor.errors import DataError, ModelLoadError, UsageError
-from compressor.io.hf.files import missing_model_message
+from compressor.io.hf.files import is_hf_dir, missing_model_message
 from compressor.judge.kind import BUILTIN
 from compressor.registry import get_stage, plugin_metrics, validate_order
 from compressor.run.pipeline import RunOptions
@@ -49,12 +49,18 @@ def check_metric_name(options: RunOptions) -> None:
 
 
 def check_input_files(options: RunOptions) -> None:
+    """The inputs exist; a directory as data only with a Hugging Face model (an image folder: the loaded model's
+    image processor decides whether it can read it)."""
     if not Path(options.model).exists():
         raise ModelLoadError(missing_model_message(Path(options.model)))
+    hf = is_hf_dir(Path(options.model))
     for flag, path in (("--data", options.data), ("--train-data", options.train_data),
                        ("--val-data", options.val_data), ("--calib-data", options.calib_data)):
         if path is not None and Path(path).is_dir():
-            raise DataError(f"{flag} {path} is a directory, not a data file (.npz or .pt)")
+            if hf:
+                continue
+            raise DataError(f"{flag} {path} is a directory, not a data file (.npz or .pt; an image folder needs a "
+                            "Hugging Face image-classification model directory as MODEL)")
         if path is not None and not Path(path).is_file():
             raise DataError(f"data file not found: {path} ({flag})")
 

@@ -31,7 +31,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
     loaded = load_model(options.model, options.arch, options.trust_pickle, options.task, options.trust_remote_code)
     heldout, train, val, calib, notes = load_splits(options.data, options.train_data, options.val_data,
                                                     options.calib_data, loaded.input_names, options.seed,
-                                                    loaded.input_dtypes, loaded.text_encoder)
+                                                    loaded.input_dtypes, loaded.data_encoder)
     model = loaded.module.to(device)
     original = frozen_copy(model) if copy_original else model
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")

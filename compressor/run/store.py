@@ -60,12 +60,13 @@ def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict
 
 
 def write_hf_files(ctx: RunContext, staging: Path) -> None:
-    """config.json and the tokenizer files copied into the output, and a note naming model.onnx's inputs and output
-    (compressor.load rebuilds the module from this config.json too)."""
+    """config.json and the tokenizer or image-processor files copied into the output, and a note naming model.onnx's
+    inputs and output (compressor.load rebuilds the module from this config.json too)."""
     hf = ctx.loaded.hf
     copied = copy_side_files(hf.layout, staging)
     inputs = ", ".join(hf.input_names)
-    kind = (f"int64 [batch, sequence], texts truncated at {hf.encoder.max_length} tokens" if hf.encoder is not None
+    text = hf.encoder.reads == "text"
+    kind = (f"int64 [batch, sequence], texts truncated at {hf.encoder.max_length} tokens" if text
             else "float32 [batch, channels, height, width]")
     ctx.notes.append(f"Hugging Face {hf.task}: model.onnx takes {inputs} ({kind}) and returns "
                      f"{hf.module.onnx_output_names[0]}; {', '.join(copied)} copied beside it from {hf.layout.root}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ModelLoadError, UsageError
+from compressor.errors import DataError, ModelLoadError, UsageError
 
 TASKS = ("feature-extraction", "text-classification", "token-classification", "fill-mask", "image-classification")
 # the architecture's suffix in config.json -> the task (a plain encoder, e.g. BertModel, gives embeddings)
@@ -38,6 +38,8 @@ LEGACY_POOLING = {"cls_token": "cls", "max_tokens": "max", "mean_tokens": "mean"
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 MODEL_SUFFIXES = {".pt2", ".pt", ".pth", ".safetensors", ".bin", ".ts", ".jit", ".onnx", ".zip"}
 EXTRA = 'pip install "compressor[hf]"'
+DEFAULT_LABEL = re.compile(r"LABEL_(\d+)")  # transformers' name for a class nobody named
+LISTED = 10  # class names an error lists
 
 
 @dataclass
@@ -215,3 +217,26 @@ def copy_side_files(lay: HFLayout, target: Path) -> list[str]:
             shutil.copyfile(path, target / path.name)
             copied.append(path.name)
     return copied
+
+
+def config_label2id(config: dict[str, Any]) -> dict[str, int]:
+    raw = config.get("label2id") or {}
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int)} if isinstance(raw, dict) else {}
+
+
+def is_default_label2id(label2id: dict[str, int]) -> bool:
+    """True when label2id names no class: empty, or only transformers' defaults (LABEL_0: 0, LABEL_1: 1, ...)."""
+    return all((m := DEFAULT_LABEL.fullmatch(k)) is not None and int(m.group(1)) == v for k, v in label2id.items())
+
+
+def class_ids(labels: list[int | str], label2id: dict[str, int], where: Path, what: str,
+              known: str | None = None) -> list[int]:
+    """Labels as ids: an integer is one already, a class name goes through `label2id` (a name it lacks is an error
+    naming it and the known ones: `known`, else config.json's)."""
+    unknown = sorted({v for v in labels if isinstance(v, str) and v not in label2id})
+    if unknown:
+        names = sorted(label2id)
+        listed = ", ".join(names[:LISTED]) + (f", ... ({len(names)} classes)" if len(names) > LISTED else "")
+        known = known or f"config.json label2id: {listed or 'none'}"
+        raise DataError(f"{where}: {what} {unknown[0]!r} is not a class of the model ({known})")
+    return [label2id[v] if isinstance(v, str) else v for v in labels]

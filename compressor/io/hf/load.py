@@ -8,6 +8,8 @@ so compressor works without the `hf` extra until a model directory is actually g
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 
 from compressor.errors import DataError, ModelLoadError
-from compressor.io.hf.files import EXTRA, HFLayout, detect_task, digest, layout
+from compressor.io.hf.files import EXTRA, HFLayout, class_ids, config_label2id, detect_task, digest, layout
+from compressor.io.hf.images import ImageEncoder
 from compressor.io.hf.wrap import HFWrapper, wrap
 from compressor.io.text_data import read_texts
 
@@ -62,6 +65,7 @@ class TextEncoder:
     max_length: int
     label2id: dict[str, int]
     task: str
+    reads = "text"
 
     def arrays(self, path: Path) -> dict[str, np.ndarray]:
         texts, labels = read_texts(path)
@@ -82,11 +86,7 @@ class TextEncoder:
         if self.task in ("token-classification", "fill-mask", "feature-extraction"):
             raise DataError(f"{path}: a `label` per text fits a classifier, not {self.task} (per-token labels are "
                             "not read); drop the column to judge against the original model's outputs")
-        unknown = sorted({str(v) for v in labels if isinstance(v, str) and v not in self.label2id})
-        if unknown:
-            raise DataError(f"{path}: label {unknown[0]!r} is not a class of the model (config.json label2id: "
-                            f"{', '.join(sorted(self.label2id)) or 'none'})")
-        return np.asarray([self.label2id[v] if isinstance(v, str) else v for v in labels], dtype=np.int64)
+        return np.asarray(class_ids(labels, self.label2id, path, "label"), dtype=np.int64)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class HFModel:
     layout: HFLayout
     task: str
     sha256: str
-    encoder: TextEncoder | None
+    encoder: TextEncoder | ImageEncoder
 
     @property
     def record(self) -> dict[str, Any]:
@@ -132,9 +132,12 @@ def load_hf_dir(path: Path, task: str | None, trust_pickle: bool, trust_remote_c
         raise ModelLoadError(f"{path}: feature-extraction is supported for text models; an image model needs "
                              "--task image-classification")
     module = build(model, {"task": task, "inputs": inputs, "pooling": lay.pooling, "normalize": lay.normalize})
-    encoder = None
+    label2id = config_label2id(lay.config)
     if tokenizer is not None:
-        encoder = TextEncoder(tokenizer, inputs, _max_length(lay, tokenizer), _label2id(lay.config), task)
+        encoder = TextEncoder(tokenizer, inputs, _max_length(lay, tokenizer), label2id, task)
+    else:
+        encoder = ImageEncoder(functools.partial(_image_processor, tf, lay, trust_remote_code), label2id,
+                               int(model.config.num_labels), int(getattr(model.config, "num_channels", 3)))
     return HFModel(module, inputs, lay, task, digest(lay), encoder)
 
 
@@ -169,6 +172,23 @@ def _tokenizer(tf, lay: HFLayout, trust_remote_code: bool):
     return tok
 
 
+def _image_processor(tf, lay: HFLayout, trust_remote_code: bool):
+    """The directory's image processor (preprocessor_config.json) in its PIL form: it needs no torchvision, and a
+    run repeated elsewhere reads the same pixels."""
+    if not (lay.model_dir / "preprocessor_config.json").is_file():
+        raise DataError(f"{lay.model_dir}: no preprocessor_config.json, so no image processor to read an image "
+                        "folder with; save the model's processor there (save_pretrained) or pass pixel_values in "
+                        "an .npz")
+    pil = {"backend": "pil"} if importlib.util.find_spec("transformers.image_processing_backends") else {
+        "use_fast": False}  # transformers before its image-processor backends
+    with quiet(tf):
+        try:
+            return tf.AutoImageProcessor.from_pretrained(str(lay.model_dir), local_files_only=True,
+                                                         trust_remote_code=trust_remote_code, **pil)
+        except Exception as exc:
+            raise ModelLoadError(f"{lay.root}: cannot load its image processor ({why(exc)})") from exc
+
+
 def _text_inputs(model: torch.nn.Module, tokenizer) -> list[str]:
     """input_ids and attention_mask, plus token_type_ids where both the tokenizer and the model use them."""
     takes = inspect.signature(model.forward).parameters
@@ -184,11 +204,6 @@ def _max_length(lay: HFLayout, tokenizer) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000:
             return value
     return DEFAULT_MAX_LENGTH
-
-
-def _label2id(config: dict[str, Any]) -> dict[str, int]:
-    raw = config.get("label2id") or {}
-    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int)} if isinstance(raw, dict) else {}
 
 
 def why(exc: BaseException) -> str:
