@@ -14,7 +14,7 @@ from compressor.errors import UsageError
 from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.judge.budget import drop, is_better, sample_scores, value_within, within_budget
-from compressor.judge.kind import choose, detect
+from compressor.judge.kind import choose, detect, probabilities
 from compressor.run.progress import Reporter
 from compressor.runtime.calls import predict
 from compressor.verify.gates import evaluate_gates
@@ -56,12 +56,23 @@ def test_probability_outputs_are_told_apart():
     Two columns matter most: any 2-column row of values in [0, 1] passes the logit rule's softmax confidence."""
     logits, y = outputs_of("digits_cnn.pt2", HELDOUT.name)
     sigmoid = detect(torch.sigmoid(logits), None)
-    assert (sigmoid.name, sigmoid.loss) == ("cosine", "cosine") and "sigmoid, multi-label" in sigmoid.reason
+    assert (sigmoid.name, sigmoid.loss) == ("cosine", "cosine") and "sigmoid multi-label" in sigmoid.reason
     pair = detect(torch.sigmoid(logits[:, :2]), None)
     assert pair.name == "cosine" and "class logits" not in pair.reason
     softmax = detect(torch.softmax(logits, -1), None)
     assert (softmax.name, softmax.loss) == ("agreement", "cosine") and "class probabilities" in softmax.reason
     assert detect(logits, y).reason.startswith("labels present and the output is class scores")
+    # a softmax head's outputs are read as probabilities by the saturation bound, not squashed by a second softmax
+    from compressor.judge.saturation import class_probability_scores
+
+    probs = torch.softmax(logits, -1)
+    picked = class_probability_scores(probs, None, probs, "agreement")
+    assert torch.allclose(picked, probs.max(-1).values.double())
+    assert torch.allclose(class_probability_scores(probs, y, probs, "accuracy"), probs.gather(1, y[:, None])[:, 0].double())
+    # NaN is no probability; bf16 softmax rows (sums off by more than 1e-3 at 1000 classes) still are
+    assert probabilities(torch.tensor([[0.5, float("nan")], [0.2, 0.3]])) is None
+    wide = torch.softmax(torch.randn(8, 1000, generator=torch.Generator().manual_seed(0)), -1).bfloat16()
+    assert probabilities(wide) == "softmax"
 
 
 def test_regression_is_mse_and_unsure_prefers_cosine():

@@ -60,13 +60,15 @@ def _classes(outputs: torch.Tensor) -> int:
 def probabilities(outputs: torch.Tensor) -> str | None:
     """"softmax" when every value is in [0, 1] and every row (last axis) sums to 1, "sigmoid" when every value is
     in [0, 1] and some row does not, None for anything else (logits, embeddings, one column)."""
-    if _classes(outputs) < 2 or outputs.numel() == 0:
+    if _classes(outputs) < 2 or outputs.numel() == 0 or not outputs.is_floating_point():
         return None
-    scores = outputs.float()
-    if float(scores.min()) < 0 or float(scores.max()) > 1:
+    scores = outputs.double()
+    if not bool(torch.isfinite(scores).all()) or float(scores.min()) < 0 or float(scores.max()) > 1:
         return None
     sums = scores.reshape(-1, scores.shape[-1]).sum(-1)
-    return "softmax" if bool(((sums - 1).abs() < PROBABILITY_SUM_TOL).all()) else "sigmoid"
+    # a row of C probabilities rounded to the output's precision sums to 1 within about C rounding steps
+    tol = max(PROBABILITY_SUM_TOL, scores.shape[-1] * torch.finfo(outputs.dtype).eps)
+    return "softmax" if bool(((sums - 1).abs() < tol).all()) else "sigmoid"
 
 
 def labels_fit(outputs: torch.Tensor, labels: torch.Tensor | None) -> bool:
@@ -99,9 +101,9 @@ def detect(outputs: torch.Tensor, labels: torch.Tensor | None) -> MetricChoice:
         return MetricChoice("agreement", f"no labels; every output row [N, {shape}] is in [0, 1] and sums to 1: "
                                          f"class probabilities{why_not_labels}")
     if kind == "sigmoid":
-        return MetricChoice("cosine", f"no labels; outputs [N, {shape}] are in [0, 1] and their rows do not sum to "
-                                      f"1: independent per-class probabilities (sigmoid, multi-label), judged as "
-                                      f"score vectors{why_not_labels}")
+        return MetricChoice("cosine", f"no labels; every output [N, {shape}] is in [0, 1] and rows do not sum to 1 "
+                                      f"(e.g. sigmoid multi-label scores, where one argmax is no decision): judged "
+                                      f"as score vectors{why_not_labels}")
     scores = outputs.reshape(-1, outputs.shape[-1]).float()
     confidence = float(torch.softmax(scores, -1).max(-1).values.mean())
     distinct = int(scores.argmax(-1).unique().numel())

@@ -39,6 +39,7 @@ from dataclasses import replace
 import torch
 
 from compressor.judge.budget import BudgetDecision, within_budget
+from compressor.judge.kind import probabilities
 
 PROBABILITY_RULES = {"accuracy": "true-class probability", "agreement": "probability of the original's class"}
 
@@ -48,11 +49,14 @@ def class_probability_scores(outputs: torch.Tensor, labels: torch.Tensor | None,
     """Per-sample softmax probability of the right class: the label (accuracy, [N, C] outputs) or the reference
     (original) output's argmax over the last axis, averaged over positions for per-token outputs (agreement).
     None for metrics that are already continuous (cosine, mse) or have no per-sample form (plugins)."""
+    # a model whose output already is class probabilities (a softmax head) is read as it is: a softmax of
+    # probabilities would squash every row towards uniform and the bound could never exceed a fraction of a point
+    ready = probabilities(reference if reference is not None else outputs) == "softmax"
     if metric == "accuracy" and labels is not None:
         flat = outputs.reshape(outputs.shape[0], -1).double()
-        return torch.softmax(flat, dim=1).gather(1, labels.reshape(-1, 1).long())[:, 0]
+        return (flat if ready else torch.softmax(flat, dim=1)).gather(1, labels.reshape(-1, 1).long())[:, 0]
     if metric == "agreement" and reference is not None:
-        prob = torch.softmax(outputs.double(), dim=-1)
+        prob = outputs.double() if ready else torch.softmax(outputs.double(), dim=-1)
         picked = prob.gather(-1, reference.argmax(-1, keepdim=True))[..., 0]
         return picked.reshape(picked.shape[0], -1).mean(1)
     return None
