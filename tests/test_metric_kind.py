@@ -68,7 +68,8 @@ def test_probability_outputs_are_told_apart():
     probs = torch.softmax(logits, -1)
     picked = class_probability_scores(probs, None, probs, "agreement")
     assert torch.allclose(picked, probs.max(-1).values.double())
-    assert torch.allclose(class_probability_scores(probs, y, probs, "accuracy"), probs.gather(1, y[:, None])[:, 0].double())
+    true_class = probs.gather(1, y[:, None])[:, 0].double()
+    assert torch.allclose(class_probability_scores(probs, y, probs, "accuracy"), true_class)
     # NaN is no probability; bf16 softmax rows (sums off by more than 1e-3 at 1000 classes) still are
     assert probabilities(torch.tensor([[0.5, float("nan")], [0.2, 0.3]])) is None
     wide = torch.softmax(torch.randn(8, 1000, generator=torch.Generator().manual_seed(0)), -1).bfloat16()
