@@ -27,7 +27,8 @@ class Outcome:
     budget, or nothing to do: the input unchanged), or quantize's shipped form ("static", "dynamic", "mixed",
     "weight_only", "4bit", "float"). `stop`: why the search ended (prune: "target", "over_budget", "exhausted",
     "time_limit", "no_threshold"; a judged search: "within_budget", "none_within", "over_budget" (kept anyway:
-    grow=false), "unjudged"; quantize: the objective that chose, "balanced", "latency" or "size").
+    grow=false), "unjudged"; quantize: the objective that chose, "balanced", "latency" or "size", or "run_metric"
+    when its judgement in the run's metric overruled the choice).
     `value` and `unit`: the headline number (e.g. 0.651, "sparsity"). `bound` and `budget`: the deciding upper
     confidence bound on the validation drop and the stage's share of --max-drop, in points (None: not judged)."""
 

@@ -6,11 +6,12 @@ moves (near-tied class scores flip their argmax under int8 noise while the score
 compares with the float export of the *current* model, so what earlier stages spent is not in it. The judgement here
 is the cumulative drop from the original model, as the gate measures it, within quantize's share of --max-drop.
 A form auto chose that fails it falls back: to int8 weight-only with float activations (objective size: the file
-still shrinks) and then to the float graph; a form the user forced (mode=static|dynamic, weight_bits=4) is kept
-with a warning.
+still shrinks; its 8-bit MatMul weights are dequantized on every call, so the speed objectives skip it) and then to
+the graph quantize was given; a form the user forced (mode=static|dynamic, weight_bits=4) is kept with a warning.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,39 +22,81 @@ from compressor.algorithms.quantize.objective import graph_form
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import copy_onnx
 from compressor.judge.budget import BudgetDecision
-from compressor.runtime.calls import onnx_predict, ort_session
+from compressor.runtime.calls import EVAL_BATCH, onnx_predict, ort_session
 
 Judge = Callable[[object], BudgetDecision]
+FORM_WORDS = {"static": "static int8", "dynamic": "dynamic int8", "mixed": "static and dynamic int8",
+              "4bit": "4-bit weight", "weight_only": "int8 weight-only", "float": "float"}
+
+
+@dataclass
+class Judged:
+    """The notes, the decision on what shipped (None: nothing judged), and a headline when the judgement changed
+    or questions the shipped form (a fallback, a forced form over budget): the stage's decision line then."""
+
+    notes: list[str] = field(default_factory=list)
+    decision: BudgetDecision | None = None
+    headline: str | None = None
+
+
+@dataclass
+class MetricJudge:
+    """What quantize_onnx needs to judge its graph: `score` (outputs on validation -> the budget decision), how to
+    name the graph it was given, whether to judge a graph without quantized ops, and, after, the `result`."""
+
+    score: Judge
+    given_words: str = "the float graph"
+    always: bool = False
+    result: Judged | None = None
 
 
 def _decide(path: Path, check: Dataset, judge: Judge) -> BudgetDecision:
     return judge(onnx_predict(ort_session(path), check))
 
 
-def judge_in_metric(dst: Path, float_graph: Path, check: Dataset, judge: Judge, chosen_by_auto: bool,
-                    weight_only: Callable[[Path], bool] | None) -> list[str]:
-    """Judge the form in `dst` on `check` (the validation set `judge` scores); on rejection of auto's choice, leave
-    in `dst` the first fallback that holds (`weight_only(path)` writes the all weight-only form, False if there is
-    no node for it; None: not tried), else the float graph. Returns the notes."""
+def _batches(form: str, check: Dataset) -> str:
+    return (f" (in batches of {min(EVAL_BATCH, len(check))}: its activation scales are taken per batch at run time)"
+            if form in ("dynamic", "mixed") else "")
+
+
+def judge_in_metric(dst: Path, given: Path, check: Dataset, judge: Judge, chosen_by_auto: bool,
+                    weight_only: Callable[[Path], bool] | None, tmp: Path, given_words: str = "the float graph",
+                    always: bool = False) -> Judged:
+    """Judge the graph in `dst` on `check` (the validation set `judge` scores). When auto's choice is rejected,
+    leave in `dst` the first fallback that holds: `weight_only(path)` writes the all weight-only form (False: no
+    node for it; None: not tried), else `given` (the graph quantize was given, `given_words`). `always`: judge a
+    graph that holds no quantized op too (a ring's or basis's own int8 tensors sit in ordinary ops)."""
     form = graph_form(dst)
-    if form == "float":
-        return []  # the verified float export: nothing quantized to judge
+    if form == "float" and not always:
+        return Judged()  # the verified float export: nothing quantized to judge
+    words = FORM_WORDS[form] if form != "float" else given_words
     decision = _decide(dst, check, judge)
     if decision.accepted:
-        return [f"the {form} int8 graph in the run's metric: validation {decision.describe()}"]
+        return Judged([f"{words} graph in the run's metric: validation {decision.describe()}{_batches(form, check)}"],
+                      decision)
     if not chosen_by_auto:
-        return [f"WARNING: the forced {form} form is over quantize's budget in the run's metric: validation "
-                f"{decision.describe()} (mode=auto falls back to a safer form)"]
-    notes = [f"auto's {form} choice held the cosine check but not the run's metric: validation {decision.describe()}"]
-    fallback = dst.with_name("weight-only-fallback.onnx")
-    if weight_only is not None and weight_only(fallback):
-        held = _decide(fallback, check, judge)
-        if held.accepted:
+        warning = (f"WARNING: the forced {words} form is over quantize's budget in the run's metric: validation "
+                   f"{decision.describe()} (mode=auto falls back to a safer form)")
+        return Judged([warning], decision, warning)
+    notes = [f"auto's {words} choice held the cosine check but not the run's metric: validation "
+             f"{decision.describe()}{_batches(form, check)}"]
+    if weight_only is not None and form != "weight_only":
+        fallback = tmp / "weight-only-fallback.onnx"
+        try:
+            held = _decide(fallback, check, judge) if weight_only(fallback) else None
+        except Exception as exc:  # a fallback that cannot be built or run: the graph quantize was given ships
+            held = None
+            notes.append(f"int8 weight-only could not be tried ({type(exc).__name__}: {str(exc)[:120]})")
+        if held is not None and held.accepted:
             fallback.replace(dst)
-            return notes + [f"shipped int8 weight-only (float activations) instead: validation {held.describe()}"]
-        notes.append(f"int8 weight-only rejected too: validation {held.describe()}")
-    copy_onnx(float_graph, dst)
-    return notes + ["shipped the float graph: no int8 form holds quantize's budget in the run's metric"]
+            headline = f"int8 weight-only shipped: auto's {words} choice failed the run's metric on validation"
+            return Judged(notes + [f"shipped int8 weight-only (float activations) instead: validation "
+                                   f"{held.describe()}"], held, headline)
+        if held is not None:
+            notes.append(f"int8 weight-only rejected too: validation {held.describe()}")
+    copy_onnx(given, dst)
+    headline = f"{given_words} shipped: no int8 form holds quantize's budget in the run's metric on validation"
+    return Judged(notes + [headline], decision, headline)
 
 
 def weight_only_writer(work: Path, forms, exclude: list[str]) -> Callable[[Path], bool]:

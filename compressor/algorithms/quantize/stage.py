@@ -25,7 +25,7 @@ from compressor.algorithms.quantize.auto import checker, choose
 from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.gemm import gemms_as_matmul
-from compressor.algorithms.quantize.judged import Judge, judge_in_metric, weight_only_writer
+from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
 from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
 from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, shipped_form
@@ -151,12 +151,12 @@ def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | N
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
                   check: Dataset | None = None, on_check: Callable[[str], None] | None = None,
-                  out_of_time: Callable[[], bool] | None = None, judge: Judge | None = None) -> list[str]:
+                  out_of_time: Callable[[], bool] | None = None, judge: MetricJudge | None = None) -> list[str]:
     """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
     held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None.
     `on_check` hears the result of each of auto's checks (progress on a long model); `out_of_time` (--time-limit)
     ends the 4-bit step's search, keeping the int8 choice or the last 4-bit set that held. `judge` scores outputs on
-    `check` in the run's metric against quantize's budget (judged.py); None: not judged (no validation data)."""
+    `check` in the run's metric against quantize's budget and keeps its result (judged.py); None: not judged."""
     from onnxruntime.quantization import quant_pre_process
 
     notes = []
@@ -217,9 +217,11 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                                                all_dynamic_writer(work, forms, exclude))
                 if judge is not None and check is not None:
                     by_auto = config.mode == "auto" and config.weight_bits != "4"
-                    notes += judge_in_metric(dst, src, check, judge, by_auto,
-                                             weight_only_writer(work, forms, exclude) if config.objective == "size"
-                                             else None)
+                    judge.result = judge_in_metric(
+                        dst, src, check, judge.score, by_auto,
+                        weight_only_writer(work, forms, exclude) if config.objective == "size" else None,
+                        tmp_dir, judge.given_words, judge.always)
+                    notes += judge.result.notes
         except (StageError, DataError):
             raise
         except Exception as exc:
@@ -256,10 +258,11 @@ class QuantizeStage(ExportStage):
             return self._apply_onnx(ctx, src, dst, compact, lambda how: task.advance(status=how))
 
     def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
+        judge = self._judge(ctx, compact)
         if not compact:
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
-                                  ctx.out_of_time, self._judge(ctx))
-            return self._result(ctx, notes, dst)
+                                  ctx.out_of_time, judge)
+            return self._result(ctx, notes, dst, judge)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
@@ -267,22 +270,30 @@ class QuantizeStage(ExportStage):
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
             notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time,
-                                   self._judge(ctx))
+                                   judge)
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
-        return self._result(ctx, notes, dst)
+        return self._result(ctx, notes, dst, judge)
 
-    def _judge(self, ctx: StageContext) -> Judge | None:
+    def _judge(self, ctx: StageContext, compact: bool) -> MetricJudge | None:
         """The quantized graph's outputs on validation judged in the run's metric within quantize's share of
-        --max-drop (None without validation data)."""
+        --max-drop (None without validation data). A compact graph (an rpg ring's or basis coefficients' int8 in
+        ordinary ops) is judged even when ORT quantizes nothing else, and falls back to itself, not to float."""
         if ctx.val is None:
             return None
         budget = ctx.stage_budget(self.name, None)
-        return lambda outputs: ctx.judge(budget, outputs=outputs)
+        words = "the graph quantize was given (its ring / basis coefficients int8)" if compact else "the float graph"
+        return MetricJudge(lambda outputs: ctx.judge(budget, outputs=outputs), words, always=compact)
 
-    def _result(self, ctx: StageContext, notes: list[str], dst: Path) -> StageResult:
+    def _result(self, ctx: StageContext, notes: list[str], dst: Path, judge: MetricJudge | None) -> StageResult:
         """The shipped form, read from the written graph (of the ordinary layers: a ring or basis coefficients
-        are int8 whatever it is), under the objective that chose it."""
-        outcome = Outcome(graph_form(dst), self.config.objective)
-        return StageResult(model=ctx.model, notes=notes, decision=shipped_form(notes), outcome=outcome)
+        are int8 whatever it is), under the objective that chose it, or the run's metric when that overruled it."""
+        judged = judge.result if judge is not None else None
+        if judge is None:
+            notes.append("not judged in the run's metric: no validation data (--train-data or --val-data); the gate "
+                         "measures it on held-out")
+        decision, headline = (judged.decision, judged.headline) if judged is not None else (None, None)
+        outcome = Outcome(graph_form(dst), "run_metric" if headline else self.config.objective,
+                          *((decision.drop, "points", decision.bound, decision.budget) if decision else ()))
+        return StageResult(model=ctx.model, notes=notes, decision=headline or shipped_form(notes), outcome=outcome)
