@@ -138,14 +138,16 @@ def test_prune_warns_when_most_parameters_are_in_a_fused_recurrent_op(tmp_path):
     out = tmp_path / "out"
     res = run_cli(tmp_path / "gru.pt2", "--pipeline", "prune", "--set", "prune.schedule=0.5",
                   "--set", "prune.epochs_per_step=1", "--set", "prune.codebook=off", "--max-drop", "100",
-                  "--data", tmp_path / "held.npz", "--train-data", tmp_path / "train.npz", "--out", out, "--quiet")
+                  "--data", tmp_path / "held.npz", "--train-data", tmp_path / "train.npz", "--out", out)
     assert res.code == 0, res
     notes = read_report(out)["stages"][0]["notes"]
     warning = next(n for n in notes if n.startswith("WARNING: the prunable weights hold"))
     assert "rnn.weight_hh_l0 (1,728, read by no linear/matmul/conv op, e.g. a fused GRU/LSTM)" in warning
     assert "prune.include" in warning
-    # the decision line is what prune kept and why it stopped, the warning stays a note
+    # the decision line is what prune kept and why it stopped; the warning stays a note, shown under it
     assert read_report(out)["stages"][0]["decision"].startswith("blinded policy on 1 tensor: sparsity 50.00%")
+    printed = " ".join(res.stdout.split())
+    assert "prune: blinded policy on 1 tensor" in printed and "WARNING: the prunable weights hold" in printed
 
 
 class ManyOutputs(nn.Module):
@@ -206,4 +208,4 @@ def test_the_note_on_weights_that_stay_float_gives_the_graphs_reason(tmp_path, m
     assert res.code == 0, res
     note = next(n for n in read_report(out)["notes"] + read_report(out)["stages"][0]["notes"] if "stay float" in n)
     assert lstm_reason in note
-    assert "2 not a tensor of its own in model.onnx (folded or merged" in note and "lstm.bias_ih_l0" in note
+    assert "2 held by no initializer of model.onnx (folded or merged" in note and "lstm.bias_ih_l0" in note

@@ -72,7 +72,7 @@ def test_resolved_recipe_reproduces_the_run_byte_for_byte(tmp_path):
     ("data: {heldout: 5}\nstages: [quantize]\n", "data.heldout must be a file path"),
     ("seed: true\nstages: [quantize]\n", "seed: True is not an integer"),
     ("output_metrics: [emb]\nstages: [quantize]\n", "output_metrics must map output names"),
-    ("output_metrics: {emb: accuracy}\nstages: [quantize]\n", "emb=accuracy: expected OUTPUT=KIND"),
+    ("output_metrics: {emb: accuracy}\nstages: [quantize]\n", "each output's metric must be one of agreement, cosine, mse"),
 ])
 def test_recipe_run_settings_are_validated(tmp_path, body, needle):
     res = run_cli(PT2, "--pipeline", write(tmp_path, body), "--data", HELDOUT, "--out", tmp_path / "o", "--quiet")

@@ -13,7 +13,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-FOLDED = "not a tensor of its own in model.onnx (folded or merged into another, e.g. conv + batch norm)"
+FOLDED = "held by no initializer of model.onnx (folded or merged into another, e.g. conv + batch norm)"
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
@@ -46,21 +46,19 @@ def _scale_for(inits: dict[str, onnx.TensorProto], name: str, shape: tuple[int, 
     return None if axis is None else scale.reshape([-1 if a == axis else 1 for a in range(len(shape))])
 
 
-def _holds(init: onnx.TensorProto, inits: dict[str, onnx.TensorProto], param: np.ndarray) -> bool:
-    """Whether `init` holds exactly `param`'s values in some layout (a transpose, LSTM gates reordered): the same
-    sorted values for a float tensor; for an integer one, sorted dequantized values within half its largest step
-    (sorting moves no value by more than the largest change of one)."""
+def _sorted_values(init: onnx.TensorProto, inits: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, float] | None:
+    """An initializer's values sorted (an integer one dequantized), and how far each may be from the weight it
+    holds: 0 for a float tensor, half the largest step for an integer one (sorting moves no value by more than the
+    largest change of one). None: an integer tensor without a scale of its own."""
     array = numpy_helper.to_array(init)
     if init.data_type in FLOATS:
-        return bool(np.array_equal(np.sort(array.astype(np.float32), axis=None), np.sort(param, axis=None)))
+        return np.sort(array.astype(np.float32), axis=None), 0.0
     scale = _scale_for(inits, init.name, array.shape)
     if scale is None:
-        return False
+        return None
     zero = inits.get(init.name.replace("_quantized", "") + "_zero_point") or inits.get(f"{init.name}_zero_point")
     offset = 0 if zero is None else numpy_helper.to_array(zero).astype(np.float32).reshape(scale.shape)
-    values = (array.astype(np.float32) - offset) * scale
-    gap = np.abs(np.sort(values, axis=None) - np.sort(param, axis=None)).max()
-    return bool(gap <= 0.51 * float(np.abs(scale).max()) + 1e-7)
+    return np.sort((array.astype(np.float32) - offset) * scale, axis=None), 0.51 * float(np.abs(scale).max()) + 1e-7
 
 
 def stay_float_reasons(model: onnx.ModelProto, state: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:
@@ -73,10 +71,18 @@ def stay_float_reasons(model: onnx.ModelProto, state: dict[str, torch.Tensor], n
     by_numel: dict[int, list[onnx.TensorProto]] = {}
     for init in inits.values():
         by_numel.setdefault(int(np.prod(init.dims)) if init.dims else 1, []).append(init)
+    sorted_inits: dict[str, tuple[np.ndarray, float] | None] = {}  # each initializer sorted once, when first needed
+
+    def holds(init: onnx.TensorProto, values: np.ndarray) -> bool:
+        if init.name not in sorted_inits:
+            sorted_inits[init.name] = _sorted_values(init, inits)
+        ready = sorted_inits[init.name]
+        return ready is not None and bool(np.abs(ready[0] - values).max() <= ready[1])
+
     reasons = {}
     for name in names:
-        param = state[name].detach().to(torch.float32).cpu().numpy()
-        found = next((init for init in by_numel.get(param.size, []) if _holds(init, inits, param)), None)
+        values = np.sort(state[name].detach().to(torch.float32).cpu().numpy(), axis=None)
+        found = next((init for init in by_numel.get(values.size, []) if holds(init, values)), None)
         if found is None:
             reasons[name] = FOLDED
             continue

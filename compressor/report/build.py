@@ -202,8 +202,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def print_report(report: dict[str, Any], console: Console, verbose: bool = False) -> None:
-    """The tables, then one line per stage saying what it decided (`verbose`: every note of each stage), then the
-    run's notes."""
+    """The tables, then one line per stage saying what it decided and its warnings (`verbose`: every note of each
+    stage), then the run's notes."""
     stage_header, artifact_header = _headers(report)
     for title, header, rows in (("Stages (held-out)", stage_header, _stage_rows(report)),
                                 ("Artifacts", artifact_header, _artifact_rows(report))):
@@ -216,9 +216,10 @@ def print_report(report: dict[str, Any], console: Console, verbose: bool = False
     for r in report["stages"]:  # what each stage decided and why, one line each (the rest is in report.md)
         if r.get("decision"):
             console.print(f"[bold]{r['name']}[/bold]: {escape(r['decision'])}", highlight=False)
-        for n in r.get("notes", []) if verbose else []:
-            if n != r.get("decision"):
-                console.print(f"  [dim]{escape(n)}[/dim]", highlight=False)
+        for n in r.get("notes", []):  # a stage's warnings always show; its other notes with --verbose
+            if n != r.get("decision") and (verbose or n.startswith("WARNING")):
+                console.print(f"  [dim]{escape(n)}[/dim]" if verbose else f"  [yellow]{escape(n)}[/yellow]",
+                              highlight=False)
     for n in report.get("notes", []):
         console.print(f"[dim]note: {escape(n)}[/dim]", highlight=False)
 

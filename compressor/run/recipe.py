@@ -30,7 +30,7 @@ from compressor.registry import get_stage
 from compressor.run.settings import SETTINGS, device_problem, parse_setting, recipe_value
 from compressor.schema import config_as_dict
 from compressor.stage import build_config
-from compressor.verify.outputs import parse_output_metrics
+from compressor.verify.outputs import OUTPUT_KINDS, parse_output_metrics
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
 # where a recipe holds each run setting is declared with the setting (run/settings.py)
@@ -191,8 +191,10 @@ def _check_output_metrics(recipe: Recipe, value: Any) -> dict[str, str]:
         raise UsageError(f"{recipe.where('output_metrics')}: output_metrics must map output names to a metric")
     try:
         return parse_output_metrics(value)
-    except UsageError as exc:
-        raise UsageError(f"{recipe.where('output_metrics')}: {exc}")
+    except UsageError:
+        kinds = ", ".join(OUTPUT_KINDS)
+        raise UsageError(f"{recipe.where('output_metrics')}: output_metrics: each output's metric must be one of "
+                         f"{kinds} (got {value!r})") from None
 
 
 def _check_run_settings(recipe: Recipe, data: dict) -> None:

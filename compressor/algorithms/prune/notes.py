@@ -8,7 +8,8 @@ from compressor.core.params import unique_param_count
 
 
 READ_BY = {"embedding": "an embedding lookup", "norm": "a normalisation", "other": "no linear/matmul/conv op, e.g. "
-           "a fused GRU/LSTM"}
+           "a fused GRU/LSTM", "linear": "a linear op, left out by prune.include/exclude",
+           "conv": "a conv op, left out by prune.include/exclude"}
 
 
 def uncovered_note(model: torch.nn.Module, names: list[str], kinds: dict[str, str] | None = None) -> str | None:
