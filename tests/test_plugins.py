@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import HELDOUT, ROOT, SAMPLES
+from tests.conftest import HELDOUT, ROOT, SAMPLES, VAL
 
 PLUGIN = ROOT / "plugins" / "compressor-npz"
 
@@ -47,6 +47,14 @@ def test_plugin_loader_and_metric_run_through_compress(installed_plugin, tmp_pat
     assert report["baseline"]["value"] > 95
     assert report["artifacts"][0]["metric_extra"]["top3_accuracy"] >= 99
     assert any(g["name"] == "floor:top3_accuracy" and g["passed"] for g in report["gate"]["gates"])
+    # the plugin as the run's metric: its decisions have no per-sample bound, and the report says so
+    out = tmp_path / "m"
+    res = compress(weights, "--arch", "sample_models.digits_models:mlp", "--set", "quantize.mode=dynamic",
+                   "--data", HELDOUT, "--val-data", VAL, "--metric", "top3_accuracy", "--out", out, "--quiet",
+                   pythonpath=installed_plugin)
+    assert res.returncode == 0, res.stderr
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any(n.startswith("WARNING: top3_accuracy (a plugin metric) has no per-sample scores") for n in notes)
 
 
 def test_broken_plugin_is_named_and_builtins_still_work(tmp_path):

@@ -13,7 +13,7 @@ from compressor.errors import DataError, UsageError
 from compressor.io.data import Dataset, load_splits
 from compressor.io.load import load_model
 from compressor.judge.budget import sample_scores
-from compressor.judge.kind import MetricChoice, choose
+from compressor.judge.kind import BUILTIN, MetricChoice, choose
 from compressor.judge.metrics import Metrics, check_labels, score
 from compressor.judge.power import selection_gap_note
 from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
@@ -111,4 +111,8 @@ def baseline_notes(options: RunOptions, choice: MetricChoice, baseline: Metrics,
     if val is not None and choice.name in PROBABILITY_RULES:
         notes.append(saturation_note(sample_scores(val_reference, val.labels, val_reference, choice.name),
                                      choice.name))
+    if val is not None and choice.name not in BUILTIN:  # judge/decide.py: a plugin's value has no per-sample form
+        notes.append(f"WARNING: {choice.name} (a plugin metric) has no per-sample scores, so every stage decision "
+                     f"compares its observed validation value with the budget: no --confidence bound, and a search's "
+                     f"many looks on one validation set favour lucky candidates; the gate on held-out still applies")
     return notes
