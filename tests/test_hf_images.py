@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import struct
+import weakref
 import zlib
 from pathlib import Path
 
@@ -22,7 +24,9 @@ import pytest
 import torch
 
 from compressor.errors import DataError
-from compressor.io.image_data import open_rgb, read_folder
+from compressor.io import image_data
+from compressor.io.hf.images import ImageEncoder
+from compressor.io.image_data import image_batches, open_rgb, read_folder
 from tests.conftest import SAMPLES, read_report, run_cli
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None
@@ -155,10 +159,15 @@ def test_flat_folders_default_names_and_integer_folders(resnet, tmp_path):
     (plain / "config.json").write_text(json.dumps(config))
     encoder = load_hf_dir(plain, None, False, False).encoder
     two = image_folder(tmp_path / "two", [(n, p) for n, p in images if n != "zero"])
-    assert encoder.arrays(two)["y"].tolist() == [0] * 3 + [1] * 3  # one=0, two=1: sorted, fixed by this set
-    assert len(encoder.notes) == 1 and "sorted order (one=0, two=1)" in encoder.notes[0]
-    with pytest.raises(DataError, match="class folder 'zero' is not a class of the model .the class folders of"):
-        encoder.arrays(image_folder(tmp_path / "three", images))  # ids cannot change within a run
+    with pytest.raises(DataError, match="two: 2 class folders, but the model has 3 classes; .*default LABEL_0"):
+        encoder.arrays(two)  # sorted, a missing class would shift every later id
+    assert encoder.by_name is None and not encoder.notes
+    assert encoder.arrays(image_folder(tmp_path / "three", images))["y"].tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    assert len(encoder.notes) == 1 and "sorted order (one=0, two=1, zero=2)" in encoder.notes[0]
+    assert encoder.arrays(two)["y"].tolist() == [0] * 3 + [1] * 3  # later sets: the first set's ids, any subset
+    renamed = image_folder(tmp_path / "renamed", [("three" if n == "zero" else n, p) for n, p in images])
+    with pytest.raises(DataError, match="class folder 'three' is not a class of the model .the class folders of"):
+        encoder.arrays(renamed)  # ids cannot change within a run
     by_id = image_folder(tmp_path / "ids", [(str(LABEL2ID[n]), p) for n, p in images])
     assert encoder.arrays(by_id)["y"].tolist() == [0] * 3 + [1] * 3 + [2] * 3
     res = run_cli(plain, "--data", image_folder(tmp_path / "all", images), "--pipeline", "quantize",
@@ -193,6 +202,9 @@ def test_bad_folders_are_one_line_errors(resnet, tmp_path):
     mixed = image_folder(tmp_path / "mixed", images)
     shutil.copy(mixed / "one" / "002.png", mixed / "loose.png")
     cases.append((mixed, "loose.png: a file beside class folders"))
+    linked = image_folder(tmp_path / "linked", images)
+    (linked / "zz").symlink_to(tmp_path / "stray" / "two")
+    cases.append((linked, "zz: a symbolic link to "))
     for folder, needle in cases:
         res = run_cli(resnet, "--data", folder, "--out", tmp_path / "out")
         assert res.code == 1 and needle in res.stderr, (folder, res)
@@ -217,3 +229,95 @@ def test_images_over_pillows_limit_are_refused_before_decoding(tmp_path, monkeyp
         open_rgb(path)
     (tmp_path / ".hidden").write_text("skipped")
     assert read_folder(tmp_path).files == [Path("a.png")] and read_folder(tmp_path).classes is None
+
+
+def test_symbolic_links_stay_inside_the_folder(tmp_path):
+    """A link is followed only to a place inside the folder, and no folder is read twice: no file elsewhere on
+    disk, no loop, no images re-read under another label."""
+    outside = image_folder(tmp_path / "outside", [("deep", np.zeros((8, 8), np.uint8))])  # outside/deep/000.png
+    root = image_folder(tmp_path / "root", digit_images(1, 0))  # one/001.png, two/002.png, zero/000.png
+
+    def refused(make, needle: str) -> None:
+        link = make()
+        with pytest.raises(DataError, match=needle) as err:
+            read_folder(root)
+        assert "\n" not in str(err.value) and str(link) in str(err.value)
+        link.unlink()
+
+    refused(lambda: _link(root / "dog", tmp_path / "outside"), "dog: a symbolic link to .*outside the image folder")
+    refused(lambda: _link(root / "one" / "x.png", outside / "deep" / "000.png"), "x.png: .*outside the image folder")
+    refused(lambda: _link(root / "dog", root), "dog: the folder .*, read already as .*root .a loop")
+    refused(lambda: _link(root / "one" / "sub", root / "one"), "sub: the folder .*, read already as .*one .a loop")
+    refused(lambda: _link(root / "dog", root / "zero"), "dog: the folder .*, read already as .*zero")
+    refused(lambda: _link(root / "one" / "gone.png", root / "nothing.png"), "gone.png: a symbolic link to nothing")
+    refused(lambda: os.mkfifo(root / "one" / "pipe.png") or root / "one" / "pipe.png", "pipe.png: not a regular file")
+    _link(root / "two" / "again.png", root / "one" / "001.png")  # a file inside the folder: read where linked
+    _link(tmp_path / "root-link", root)
+    folder = read_folder(tmp_path / "root-link")
+    assert [f.as_posix() for f in folder.files] == ["one/001.png", "two/002.png", "two/again.png", "zero/000.png"]
+    assert folder.classes == ["one", "two", "two", "zero"]
+
+
+def _link(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def test_decoded_pixels_are_bounded(tmp_path, monkeypatch):
+    """Images are decoded a batch at a time, a batch at most `size` images and `pixels` pixels (an image over that
+    alone), the last batch freed before the next image is decoded; the processor's values do not depend on it."""
+    from PIL import Image
+    from transformers import ViTImageProcessor
+    from transformers.image_utils import load_image
+
+    sides = [20, 20, 20, 60, 20, 20, 20, 20]  # 400 pixels each, one of 3600
+    for i, side in enumerate(sides):
+        Image.fromarray(np.full((side, side), 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    folder = read_folder(tmp_path)
+    alive: list[weakref.ref] = []
+    most = []
+
+    def counted(path: Path):
+        most.append(sum(r().width * r().height for r in alive if r() is not None))  # pixels alive at this decode
+        image = open_rgb(path)
+        alive.append(weakref.ref(image))
+        return image
+
+    monkeypatch.setattr(image_data, "open_rgb", counted)
+    sizes = []
+    for batch in image_batches(folder, 3, pixels=1000):
+        sizes.append(len(batch))
+        del batch
+    assert sizes == [2, 1, 1, 2, 2] and max(most) <= 400, (sizes, most)  # 1000 pixels: two small images at once
+    assert [len(b) for b in image_batches(folder, 3)] == [3, 3, 2]  # the default budget: the count bounds
+
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    expected = processor([Image.open(tmp_path / f).convert("RGB") for f in folder.files], return_tensors="np")
+    monkeypatch.setattr("compressor.io.hf.images.BATCH", 3)
+    values = ImageEncoder(lambda: processor, {}, 3, 3).arrays(tmp_path)["pixel_values"]
+    assert np.array_equal(values, expected["pixel_values"])
+
+    rotated = tmp_path / "rotated" / "r.jpg"  # EXIF orientation 6, transposed in place: transformers' own result
+    rotated.parent.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.arange(12 * 20, dtype=np.uint8).reshape(12, 20)).save(rotated, exif=exif)
+    assert np.array_equal(np.asarray(open_rgb(rotated)), np.asarray(load_image(str(rotated))))
+    assert open_rgb(rotated).size == (12, 20)
+
+
+def test_a_folder_too_large_for_memory_is_refused_after_one_batch(tmp_path, monkeypatch):
+    from transformers import ViTImageProcessor
+
+    folder = image_folder(tmp_path / "flat", digit_images(3, 0), labelled=False)  # 9 images, 3x16x16 float32 each
+    decoded = []
+    monkeypatch.setattr(image_data, "open_rgb", lambda path: decoded.append(path) or open_rgb(path))
+    monkeypatch.setattr("compressor.io.hf.images.BATCH", 2)
+    monkeypatch.setenv("COMPRESSOR_MAX_PIXEL_BYTES", str(8 * 3072))
+    encoder = ImageEncoder(lambda: ViTImageProcessor(size={"height": SIZE, "width": SIZE}), {}, 3, 3)
+    with pytest.raises(DataError, match="flat: 9 images make 27,648 bytes of pixel_values .3,072 each., more than "
+                                        "the limit of 24,576; pass a subset .* COMPRESSOR_MAX_PIXEL_BYTES") as err:
+        encoder.arrays(folder)
+    assert "\n" not in str(err.value) and len(decoded) == 2  # refused after the first batch
+    monkeypatch.setenv("COMPRESSOR_MAX_PIXEL_BYTES", str(9 * 3072))
+    assert encoder.arrays(folder)["pixel_values"].shape == (9, 3, SIZE, SIZE)

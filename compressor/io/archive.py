@@ -38,8 +38,9 @@ def debug_enabled() -> bool:
     return bool(os.environ.get("COMPRESSOR_DEBUG"))
 
 
-def _limit(key: str, default: int) -> int:
-    raw = os.environ.get(LIMIT_ENV[key], "")
+def env_limit(name: str, default: int) -> int:
+    """A limit from the environment variable `name` (`1e9` reads too); unset or unreadable, `default`."""
+    raw = os.environ.get(name, "")
     try:
         return int(float(raw)) if raw.strip() else default
     except ValueError:
@@ -49,7 +50,8 @@ def _limit(key: str, default: int) -> int:
 def check_limits(zf: zipfile.ZipFile, what: str, size: int, error: type[Exception] = ModelLoadError) -> None:
     """Refuse an archive whose central directory promises more than the limits allow (nothing inflated yet)."""
     infos = zf.infolist()
-    max_total, max_ratio = _limit("bytes", DEFAULT_MAX_UNPACKED), _limit("ratio", DEFAULT_MAX_RATIO)
+    max_total = env_limit(LIMIT_ENV["bytes"], DEFAULT_MAX_UNPACKED)
+    max_ratio = env_limit(LIMIT_ENV["ratio"], DEFAULT_MAX_RATIO)
     total = sum(i.file_size for i in infos)
     hint = "raise {} if you trust this file"
     if total > max_total:

@@ -5,7 +5,12 @@ Class folders become label ids as text labels do (`files.class_ids`): a folder's
 label2id; a folder named by an integer is that id. config.json often holds only transformers' default names
 (LABEL_0, LABEL_1, ...: the model was trained with its own mapping, not saved): then the folders map in sorted
 order, as torchvision's ImageFolder and the `imagefolder` loader of datasets number them, fixed by the first folder
-the run reads (the held-out set) so every set of the run uses the same ids, and a note in the report says so.
+the run reads (the held-out set) so every set of the run uses the same ids, and a note in the report says so; that
+folder must then hold one folder per class of the model, as a missing one would shift every later id.
+
+A folder's `pixel_values` are one float32 array: its size (the image count times the first batch's bytes per
+image) is held to COMPRESSOR_MAX_PIXEL_BYTES (16 GiB by default) before the other images are decoded, so a folder
+too large for memory fails at once, not after hours of decoding.
 """
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ from typing import Any
 import numpy as np
 
 from compressor.errors import DataError
+from compressor.io.archive import env_limit
 from compressor.io.hf.files import class_ids, is_default_label2id
 from compressor.io.image_data import ImageFolder, first_line, image_batches, read_folder
 
-BATCH = 32  # images decoded and preprocessed at a time (the only PIL images alive)
+BATCH = 32  # images decoded and preprocessed at a time at most (the only PIL images alive), fewer if large
+PIXEL_LIMIT_ENV = "COMPRESSOR_MAX_PIXEL_BYTES"  # a folder's whole pixel_values array at most, in bytes
+DEFAULT_MAX_PIXEL_BYTES = 16 << 30  # what an .npz may unpack to
 SHOWN = 6  # class names a note lists
 
 
@@ -47,16 +55,17 @@ class ImageEncoder:
         labels = None if folder.classes is None else self.label_ids(folder)
         if self.processor is None:
             self.processor = self.load_processor()
-        pixels = None
-        for start, images in zip(range(0, len(folder.files), BATCH), image_batches(folder, BATCH)):
+        pixels, start = None, 0
+        for images in image_batches(folder, BATCH):
             values = self._pixel_values(images, folder, start)
             if pixels is None:
-                pixels = np.empty((len(folder.files), *values.shape[1:]), dtype=np.float32)
+                pixels = _allocate(folder, values)
             elif values.shape[1:] != pixels.shape[1:]:
                 raise DataError(f"{folder.root / folder.files[start]}: the image processor made {values.shape[1:]} "
                                 f"where earlier images gave {pixels.shape[1:]}; every image needs one size (does "
                                 "preprocessor_config.json resize?)")
             pixels[start:start + len(images)] = values
+            start += len(images)
             del images  # freed before the next batch is decoded
         arrays = {"pixel_values": pixels}
         if labels is not None:
@@ -85,9 +94,11 @@ class ImageEncoder:
         if all(n in self.label2id for n in names) or not is_default_label2id(self.label2id):
             return np.asarray(class_ids(labels, self.label2id, folder.root, "class folder"), dtype=np.int64)
         if self.by_name is None:
-            if len(names) > self.num_labels:
-                raise DataError(f"{folder.root}: {len(names)} class folders, but the model has {self.num_labels} "
-                                "classes")
+            if len(set(labels)) != self.num_labels:  # a missing class would shift the ids of every later one
+                raise DataError(f"{folder.root}: {len(set(labels))} class folders, but the model has "
+                                f"{self.num_labels} classes; config.json label2id holds only the default LABEL_0.. "
+                                "names, so the folders are numbered in sorted order and each class needs its folder "
+                                "(or name the classes in label2id, or the folders by id)")
             self.by_name, self.named_by = {n: i for i, n in enumerate(names)}, folder.root
             shown = ", ".join(f"{n}={i}" for n, i in list(self.by_name.items())[:SHOWN])
             more = f", ... ({len(names)} classes)" if len(names) > SHOWN else ""
@@ -96,3 +107,15 @@ class ImageEncoder:
                               "classes there (or the folders by id) if the model was trained with another order")
         return np.asarray(class_ids(labels, self.by_name, folder.root, "class folder",
                                     f"the class folders of {self.named_by}, numbered in sorted order"), dtype=np.int64)
+
+
+def _allocate(folder: ImageFolder, first: np.ndarray) -> np.ndarray:
+    """The folder's whole pixel_values array, its size known from the first batch, refused past the limit before
+    the other images are decoded."""
+    each = first[0].nbytes
+    total, limit = each * len(folder.files), env_limit(PIXEL_LIMIT_ENV, DEFAULT_MAX_PIXEL_BYTES)
+    if total > limit:
+        raise DataError(f"{folder.root}: {len(folder.files):,} images make {total:,} bytes of pixel_values "
+                        f"({each:,} each), more than the limit of {limit:,}; pass a subset of the images or their "
+                        f"pixel_values as an .npz, or raise {PIXEL_LIMIT_ENV} if the memory is there")
+    return np.empty((len(folder.files), *first.shape[1:]), dtype=np.float32)
