@@ -47,9 +47,9 @@ def resolution_note(shares: dict[str, float], n: int, confidence: float, max_dro
     more = f"About {need:,} validation samples" if need else "Many more validation samples"
     return (f"WARNING: on {n} validation samples one lost sample has a {confidence:.0%} bound of {one:.2f} points, "
             f"above the budget share of {names} (of --max-drop {max_drop:g}): such a stage keeps only candidates that "
-            f"lose no validation sample net (prune and rpg may stop early, shrink may keep its input). {more} "
-            "(--val-data), or a larger "
-            "--max-drop or <stage>.max_drop, would admit one lost sample")
+            "lose no validation sample net (prune and rpg may stop early, shrink may keep its input, quantize may keep "
+            f"a safer form or the float graph). {more} (--val-data), or a larger --max-drop or <stage>.max_drop, "
+            "would admit one lost sample")
 
 
 def exact_gap_p(k_val: int, n_val: int, k_held: int, n_held: int) -> float:

@@ -136,8 +136,8 @@ def resolution_notes(ctx: RunContext, stages: list[Stage]) -> list[str]:
     """A warning when validation is too small to resolve a stage's share of the budget (0/1 scores only)."""
     if ctx.val is None or not ctx.metric.counted or ctx.val_reference.ndim != 2:
         return []
-    shares = {s.name: ctx.stage_budget(s.name, s.config.max_drop) for s in stages  # plugins: a number or None
-              if isinstance(getattr(s.config, "max_drop", ""), (int, float, type(None)))}
+    shares = {s.name: ctx.stage_budget(s.name, getattr(s.config, "max_drop", None)) for s in stages  # quantize: none
+              if isinstance(getattr(s.config, "max_drop", None), (int, float, type(None)))}  # plugins: a number or None
     return list(filter(None, [resolution_note(shares, len(ctx.val), ctx.confidence, ctx.max_drop)]))
 
 

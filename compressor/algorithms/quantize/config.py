@@ -29,9 +29,10 @@ class QuantizeConfig:
     calib_batch: int = option(32, "largest batch fed to the calibrator (fewer samples where one batch's "
                               "activations would pass 128 MB: calibration.py)", ge=1)
     objective: Literal["balanced", "size", "latency"] = option(
-        "balanced", "mode=auto, among the forms that hold the check (objective.py): balanced: int8 no slower than "
-        "the float graph on this CPU, else the float graph; size: the smallest, 4-bit included, whatever its speed; "
-        "latency: the fastest, the float graph included")
+        "balanced", "mode=auto, among the forms that hold the check (objective.py): balanced: int8 within 1.1x of "
+        "the float graph's speed on this CPU, else the float graph; size: the smallest, 4-bit included, whatever its "
+        "speed; latency: the fastest, the float graph included; every objective only among forms that then hold the "
+        "run's metric on validation (judged.py)")
     weight_bits: Literal["auto", "8", "4"] = option(
         "auto", "auto: with mode=auto and objective=size, MatMul weights go 4-bit block-wise (weight-only) where the "
         "check set's output stays within the cosine bounds (int4.py), the rest int8; 8: never 4-bit; 4: every "

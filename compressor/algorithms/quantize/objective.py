@@ -74,13 +74,13 @@ def pick_by_speed(objective: str, float_graph: Path, dst: Path, tmp: Path, check
     elif best != "int8 choice":
         shutil.copyfile(paths[best], dst)
     verdict = {"float": f"every checked int8 form runs more than {SLOWER_MARGIN}x slower than the float graph here, "
-                        "so the float graph is shipped (the auto notes above describe the int8 choice timed, not "
+                        "so the float graph is shipped (auto's notes describe the int8 choice timed, not "
                         "shipped; quantize.objective=size ships the smallest checked form whatever its speed)",
                "int8 choice": "the int8 choice is kept",
                "all dynamic": "the all-dynamic int8 form is shipped: within the margin and smaller than the "
                               "other forms that are"}[best]
     if objective == "latency":
-        verdict = f"the fastest is shipped: {best}" + (" (the auto notes above describe the int8 choice timed, "
+        verdict = f"the fastest is shipped: {best}" + (" (auto's notes describe the int8 choice timed, "
                                                          "not shipped)" if best == "float" else "")
     return [f"objective {objective}: {verdict} ({_listing(times)}; {where}{dynamic_note})"]
 

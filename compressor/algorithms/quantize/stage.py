@@ -233,8 +233,8 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
 class QuantizeStage(ExportStage):
     name = "quantize"
     summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
-               "else per op; by default no slower than fp32 on this CPU; objective=size: 4-bit MatMul weights where "
-               "verified)")
+               "else per op; by default within 1.1x of fp32's speed on this CPU; objective=size: 4-bit MatMul weights "
+               "where verified; then judged in the run's metric)")
     Config = QuantizeConfig
     follows = frozenset({"shrink", "prune", "rpg", "basis"})
 
