@@ -51,7 +51,7 @@ def class_probability_scores(outputs: torch.Tensor, labels: torch.Tensor | None,
     None for metrics that are already continuous (cosine, mse) or have no per-sample form (plugins)."""
     # a model whose output already is class probabilities (a softmax head) is read as it is: a softmax of
     # probabilities would squash every row towards uniform and the bound could never exceed a fraction of a point
-    ready = probabilities(reference if reference is not None else outputs) == "softmax"
+    ready = probabilities(outputs) == "softmax" and (reference is None or probabilities(reference) == "softmax")
     if metric == "accuracy" and labels is not None:
         flat = outputs.reshape(outputs.shape[0], -1).double()
         return (flat if ready else torch.softmax(flat, dim=1)).gather(1, labels.reshape(-1, 1).long())[:, 0]
