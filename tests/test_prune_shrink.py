@@ -14,6 +14,7 @@ import compressor
 from compressor.algorithms.prune.policies import ranked_masks
 from compressor.core.shrinkage import ShrinkConfig, selective_shrinkage
 from compressor.io.encodings import decode_tensor, encode_tensor, entropy_bound_bytes
+from compressor.io.safetensors_io import read_weights
 from tests.conftest import HELDOUT, ROOT, SAMPLES, TRAIN, VAL, read_report, run_cli
 
 
@@ -185,6 +186,12 @@ def test_default_shrink_prune_quantize_reaches_the_promised_sparsity_and_size(tm
     nnz = sum(int((p != 0).sum()) for n, p in reloaded.named_parameters()
               if n in {l["name"] for l in report["sparsity"]["per_layer"]})
     assert nnz == report["sparsity"]["prunable_nonzeros"]
+    # the note says how safetensors stores each weight model.onnx holds as int8 (a kept codebook is no int8 copy)
+    stored = next(n for n in report["notes"] + [x for st in report["stages"] for x in st["notes"]]
+                  if n.startswith("model.safetensors: "))
+    encodings = read_weights(out / "model.safetensors")[1]["encodings"]
+    codebook = [n for n, rec in encodings.items() if rec.get("encoding") == "codebook"]
+    assert (f"{len(codebook)} int8 in model.onnx stored as codebook here" in stored) == bool(codebook), stored
 
 
 def test_prune_on_pt2_and_eager_gives_the_same_result(tmp_path):

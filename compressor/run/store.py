@@ -52,11 +52,19 @@ def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict
         for name, weight in int8.items():
             if encodings.get(name, {}).get("encoding") == "int8":  # a tied alias keeps its stored twin's values
                 state[name].copy_(weight.dequantize())
-    four = sum(1 for w in int8.values() if w.bits == 4)
-    ctx.notes.append(f"model.safetensors: {len(int8)} weights stored as model.onnx holds them ("
-                     + (f"{four} 4-bit block-wise, {len(int8) - four} int8; " if four else "int8; ")
-                     + "dequantized on load)"
-                     + (f"; {len(floats)} stay float: {describe_float(floats)}" if floats else ""))
+    stored = {n: w for n, w in int8.items() if encodings.get(n, {}).get("encoding") == "int8"}
+    other = {}  # weights model.onnx holds as int8 that safetensors stores another way (a prune codebook, an alias)
+    for name in int8.keys() - stored.keys():
+        encoding = encodings.get(name, {}).get("encoding", "float")
+        other.setdefault(encoding, []).append(name)
+    four = sum(1 for w in stored.values() if w.bits == 4)
+    parts = [f"{len(stored)} weights stored as model.onnx holds them ("
+             + (f"{four} 4-bit block-wise, {len(stored) - four} int8; " if four else "int8; ") + "dequantized on load)"
+             ] if stored else []
+    parts += [f"{len(names)} int8 in model.onnx stored as {encoding} here (values within one int8 step of the "
+              f"graph's): {', '.join(sorted(names)[:3])}" for encoding, names in sorted(other.items())]
+    parts += [f"{len(floats)} stay float: {describe_float(floats)}"] if floats else []
+    ctx.notes.append("model.safetensors: " + "; ".join(parts))
 
 
 def write_hf_files(ctx: RunContext, staging: Path) -> None:
