@@ -73,6 +73,10 @@ def _print_stacks(loaded, example, console: Console) -> None:
     except Exception as exc:  # inspection never fails on this section
         console.print(f"[dim]stacks: not traced ({type(exc).__name__})[/dim]")
         return
+    if not stacks and not ex:
+        console.print("[bold]stacks[/bold]: not traced without an example input: pass --data to find the runs of "
+                      "same-shaped blocks basis compresses", highlight=False)
+        return
     if not stacks:
         console.print("[bold]stacks[/bold]: none (no run of same-shaped blocks applied one after another)")
         return

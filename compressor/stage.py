@@ -90,6 +90,10 @@ class Stage:
         does not)."""
         return self.needs_training_data and getattr(self.config, "epochs", 1) != 0
 
+    # the stage traces the model on an example input: a .pt2 program carries one, any other model needs a data
+    # file that is not held-out (--train-data, --val-data or --calib-data); the run checks before any work
+    needs_example_input: bool = False
+
     def requires_calibration(self) -> str | None:
         """Why this configured stage needs calibration samples, with what to pass (the run refuses it without
         --train-data or --calib-data), or None."""

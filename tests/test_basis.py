@@ -248,6 +248,10 @@ def test_eager_state_dict_round_trip_and_n_steps(tmp_path):
     assert report["artifacts"][1]["reload_max_abs_diff_vs_torch"] == 0.0
     model = compressor.load(out, model=odenet())
     assert model.blocks[0].basis.size == 5 and model.blocks[0].n_steps == 10
+    # an eager model carries no example input: without a data file basis could trace, refused before any work
+    res = run_cli(SAMPLES / "digits_odenet.pt", "--arch", "sample_models.odenet:odenet", "--pipeline", "basis",
+                  "--data", HELDOUT, "--out", tmp_path / "none", cwd=SAMPLES.parent)
+    assert res.code == 2 and "only a .pt2 program carries" in res.stderr and not (tmp_path / "none").exists(), res
 
 
 # ---- .pt2 transformers: the chained hidden state is not the first argument ---------------------------------------

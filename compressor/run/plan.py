@@ -73,3 +73,7 @@ def check_stage_needs(options: RunOptions, stages: list[Stage]) -> None:
         reason = st.requires_calibration()
         if reason and options.train_data is None and options.calib_data is None:
             raise UsageError(f"{st.name}: {reason}")
+        if (st.needs_example_input and Path(options.model).suffix != ".pt2"
+                and options.train_data is None and options.val_data is None and options.calib_data is None):
+            raise UsageError(f"{st.name}: traces the model on an example input, which only a .pt2 program carries: "
+                             "pass --train-data, --val-data or --calib-data")

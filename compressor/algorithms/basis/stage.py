@@ -164,8 +164,10 @@ def _freeze_stacks(model: nn.Module) -> None:
 
 class BasisStage(Stage):
     name = "basis"
-    summary = "stacks of same-shaped blocks -> K basis coefficient sets per stack (L2 projection, no data)"
+    summary = ("stacks of same-shaped blocks -> K basis coefficient sets per stack (L2 projection, no training; "
+               "an example input to trace them: a .pt2's own, else --train-data/--val-data)")
     Config = BasisConfig
+    needs_example_input = True
     follows = frozenset({"shrink", "prune"})
 
     def apply(self, ctx: StageContext) -> StageResult:
