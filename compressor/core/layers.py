@@ -8,7 +8,6 @@ models that cannot be traced.
 from __future__ import annotations
 
 import fnmatch
-import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from compressor.io.data import Dataset
 from compressor.runtime.calls import set_train
+from compressor.runtime.quiet import quiet_torch
 
 LINEAR_OPS = {"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "einsum", "_addmm_activation"}
 CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
@@ -145,8 +145,7 @@ def trace_program(model: nn.Module, example: Dataset | None) -> torch.export.Exp
     was_training = model.training
     try:
         model.eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_torch():
             return torch.export.export(model, (), kwargs=dict(example.inputs), strict=False)
     except Exception:
         return None

@@ -7,10 +7,8 @@ TorchScript exporter. Batch is dynamic (and the dims a model names in `dynamic_d
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-import warnings
+import re
 
 import onnx
 import torch
@@ -18,27 +16,14 @@ from torch import nn
 
 from compressor.errors import StageError
 from compressor.io.data import Dataset
+from compressor.runtime.quiet import quiet_torch
 from compressor.runtime.calls import first_tensor, output_tensors, set_train, takes_keywords
 from compressor.version import __version__
 
 OPSET = 20
 
 
-@contextlib.contextmanager
-def quiet_exporter():
-    """Silence the exporter's warnings, log lines and progress prints."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript",
-                                                "torch._dynamo", "torch.fx")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -106,7 +91,7 @@ def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -
     model = model.to("cpu")
     inputs = {k: v.cpu() for k, v in example.inputs.items()}
     try:
-        with quiet_exporter():
+        with quiet_torch():
             if isinstance(model, torch.jit.ScriptModule):
                 buf = io.BytesIO()
                 torch.onnx.export(model, tuple(inputs.values()), buf, dynamo=False, opset_version=17,
@@ -126,7 +111,8 @@ def export_onnx_proto(model: nn.Module, example: Dataset, device: str = "cpu") -
                 proto = program.model_proto
                 main_output_first(proto, model, args, kwargs)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = ANSI.sub("", str(exc)).strip()  # torch colours its export errors for a terminal
+        msg = text.splitlines()[0][:200] if text else type(exc).__name__
         raise StageError(f"ONNX export failed ({type(exc).__name__}: {msg})") from exc
     finally:
         model.to(device)

@@ -3,6 +3,7 @@ baseline measured (held-out for the report, validation for every decision), gath
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -74,7 +75,9 @@ def run_device(name: str) -> torch.device:
 
 def frozen_copy(model: nn.Module) -> nn.Module:
     """The original model, kept as loaded: no parameter of it is ever trained."""
-    original = copy.deepcopy(model)
+    with warnings.catch_warnings():  # a torch.export module's deepcopy warns of torch's own deprecated treespec API
+        warnings.simplefilter("ignore", FutureWarning)
+        original = copy.deepcopy(model)
     for p in original.parameters():
         if p.is_leaf:
             p.requires_grad_(False)
