@@ -85,3 +85,20 @@ def test_the_batch_norm_note_only_where_there_is_batch_norm(passing_run, cnn_qua
     note = "batch-norm statistics stay frozen"
     assert not any(note in n for n in read_report(passing_run)["notes"])  # an MLP: no batch norm
     assert any(note in n for n in read_report(cnn_quantized)["notes"])
+
+
+def test_a_held_out_set_too_small_for_the_gate_is_named(tmp_path):
+    """50 held-out samples: one changed prediction is 2 points, over the 1-point gate; the report says so."""
+    import numpy as np
+
+    held = np.load(HELDOUT)
+    small = tmp_path / "held50.npz"
+    np.savez(small, x=held["x"][:50], y=held["y"][:50])
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--data", small, "--out", tmp_path / "o", "--quiet",
+                  "--set", "quantize.mode=dynamic")
+    assert res.code in (0, 3), res
+    notes = read_report(tmp_path / "o")["notes"]
+    assert any(n.startswith("WARNING: one held-out sample is 2.00 points of accuracy on 50 samples") for n in notes)
+    big = run_cli(SAMPLES / "digits_mlp.pt2", "--data", HELDOUT, "--out", tmp_path / "b", "--quiet",
+                  "--set", "quantize.mode=dynamic")
+    assert big.code == 0 and not any("one held-out sample" in n for n in read_report(tmp_path / "b")["notes"])

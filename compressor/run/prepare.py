@@ -3,6 +3,7 @@ baseline measured (held-out for the report, validation for every decision), gath
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
@@ -114,6 +115,11 @@ def baseline_notes(options: RunOptions, choice: MetricChoice, baseline: Metrics,
     if val is not None and choice.name in PROBABILITY_RULES:
         notes.append(saturation_note(sample_scores(val_reference, val.labels, val_reference, choice.name),
                                      choice.name))
+    if choice.counted and len(heldout) and 100.0 / len(heldout) > options.max_drop:
+        notes.append(f"WARNING: one held-out sample is {100.0 / len(heldout):.2f} points of {choice.name} on "
+                     f"{len(heldout)} samples, more than --max-drop {options.max_drop:g}: the gate fails on a single "
+                     f"changed prediction; about {math.ceil(100.0 / options.max_drop) if options.max_drop else 'many'}"
+                     " held-out samples would let it see one")
     if val is not None and choice.name not in BUILTIN:  # judge/decide.py: a plugin's value has no per-sample form
         notes.append(f"WARNING: {choice.name} (a plugin metric) has no per-sample scores, so every stage decision "
                      f"compares its observed validation value with the budget: no --confidence bound, and a search's "
