@@ -122,7 +122,8 @@ def run(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run a Hugging Face directory's own "
                                            "modelling code (config.json auto_map): only for files you trust."),
     task: Optional[str] = typer.Option(None, "--task", help=setting_help("task")),
-    force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out as a whole (files you put there "
+                                                      "are not kept)."),
     seed: Optional[int] = typer.Option(None, "--seed", help=setting_help("seed")),
     device: Optional[str] = typer.Option(None, "--device", help=setting_help("device")),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help=setting_help("max_drop")),
