@@ -133,7 +133,8 @@ def _predict(model: nn.Module, data: Dataset, device: torch.device | str, batch_
         except DataError:
             raise
         except Exception as exc:
-            shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in batch.inputs.items())
+            shapes = ", ".join(f"{k}{tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
+                               for k, v in batch.inputs.items())
             msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{data.source}: the model cannot run on inputs {shapes}: {msg}") from exc
     return torch.cat(outs)
