@@ -191,7 +191,8 @@ def test_default_shrink_prune_quantize_reaches_the_promised_sparsity_and_size(tm
                   if n.startswith("model.safetensors: "))
     encodings = read_weights(out / "model.safetensors")[1]["encodings"]
     codebook = [n for n, rec in encodings.items() if rec.get("encoding") == "codebook"]
-    assert (f"{len(codebook)} int8 in model.onnx stored as codebook here" in stored) == bool(codebook), stored
+    assert ("int8 in model.onnx stored as codebook here" in stored) == bool(codebook), stored
+    assert f"{len(codebook)} weights stored as model.onnx holds them" not in stored or not codebook, stored
 
 
 def test_prune_on_pt2_and_eager_gives_the_same_result(tmp_path):

@@ -47,7 +47,7 @@ def store_weights(ctx: RunContext, options: RunOptions, stages: list[Stage], st_
 def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict, encodings: dict,
                      floats: dict[str, str]) -> None:
     """The torch model takes the stored int8 weights, so the reload check after stays exact; a note says which
-    weights stay float and why (`floats`: name -> the graph's reason)."""
+    weights are not int8 in model.onnx and why (`floats`: name -> the graph's reason)."""
     with torch.no_grad():
         for name, weight in int8.items():
             if encodings.get(name, {}).get("encoding") == "int8":  # a tied alias keeps its stored twin's values
@@ -63,7 +63,7 @@ def take_stored_int8(ctx: RunContext, state: dict[str, torch.Tensor], int8: dict
              ] if stored else []
     parts += [f"{len(names)} int8 in model.onnx stored as {encoding} here (values within one int8 step of the "
               f"graph's): {', '.join(sorted(names)[:3])}" for encoding, names in sorted(other.items())]
-    parts += [f"{len(floats)} stay float: {describe_float(floats)}"] if floats else []
+    parts += [f"{len(floats)} not int8 in model.onnx: {describe_float(floats)}"] if floats else []
     ctx.notes.append("model.safetensors: " + "; ".join(parts))
 
 
