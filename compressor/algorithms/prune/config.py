@@ -19,6 +19,11 @@ class PruneConfig(FinetuneOptions):
                                           "else 64)", ge=1)
     policy: Literal["blinded", "uniform", "distribution", "lobster"] = option(
         "blinded", "saliency policy: class-blinded, class-uniform, class-distribution (Stier et al.) or LOBSTER")
+    criterion: Literal["magnitude", "wanda", "sparsegpt"] = option(
+        "magnitude", "which weights each step prunes: magnitude (by `policy`), or from one calibration pass over the "
+                     "inputs of the linear weights: wanda (|w| x input norm, per output row) or sparsegpt "
+                     "(layer-wise reconstruction, kept weights updated); both prune every layer alike")
+    calib_samples: int = option(512, "calibration rows (seeded) of wanda and sparsegpt", ge=1)
     rate: float = option(0.1, "fraction of the remaining weights pruned per step", gt=0, lt=1)
     schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate",
                                          gt=0, lt=1)
