@@ -15,7 +15,8 @@ keeps X^T X per weight, so no module class or layer name is assumed. A weight ne
 (a convolution, a weight read through `matmul`) is pruned by |w| within the layer instead, and the note says how
 many. Every layer reaches the same sparsity (the papers' uniform per-layer rate). The layers are calibrated once
 on the model as it is at the step (the measured sequential variant, each layer calibrated on the pruned layers
-before it, was no better on all-MiniLM-L6-v2 and took 5-10x as long: docs/ALGORITHMS.md §2).
+before it, was no better on all-MiniLM-L6-v2 and took 5-10x as long: docs/ALGORITHMS.md §2). The stage keeps a
+step whose one-shot result is already within budget without fine-tuning it.
 """
 from __future__ import annotations
 

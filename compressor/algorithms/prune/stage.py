@@ -143,7 +143,8 @@ class PruneStage(Stage):
                 val = ctx.validate().value
                 # the crop loop never prunes further while over budget: fine-tune (up to 1 + patience rounds),
                 # then decide with the run's one budget rule (paired upper confidence bound, judge/budget.py)
-                decision = None
+                # a calibrated criterion's one-shot step already within budget is kept without fine-tuning
+                decision = ctx.judge(budget) if cfg.criterion != "magnitude" else None
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
                     if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
                         break
