@@ -16,7 +16,8 @@ keeps X^T X per weight, so no module class or layer name is assumed. A weight ne
 many. Every layer reaches the same sparsity (the papers' uniform per-layer rate). The layers are calibrated once
 on the model as it is at the step (the measured sequential variant, each layer calibrated on the pruned layers
 before it, was no better on all-MiniLM-L6-v2 and took 5-10x as long: docs/ALGORITHMS.md §2). The stage keeps a
-step whose one-shot result is already within budget without fine-tuning it.
+step whose one-shot result is already within budget without fine-tuning it. Memory: X^T X is kept in float64 for
+every linear weight at once, 8 d_in^2 bytes each (all-MiniLM-L6-v2: 150 MB; a BERT-base: 1.2 GB).
 """
 from __future__ import annotations
 
