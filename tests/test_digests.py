@@ -41,7 +41,7 @@ PINNED_ON = {"cpu": "Intel(R) Xeon(R) Processor (x86_64)",
              "cpu_features": "avx2 avx512f avx512bw avx512_vnni avx_vnni amx_int8"}
 PINS = {
     "mlp_shrink_prune_quantize": ("666667dec18a630352f27b55ecc2aaf395b81ebd4bf5b5dd18ccde2616e0c34e",
-                                 "19f640dd3a97bfc804b2e58d6db9fe40065081cb0e1ced6d840d978488cfd14a"),
+                                 "72b78d4c400ddaf7aa19d02144898f86871df9503c9d07946402a579cc3a9214"),
     "cnn_rpg_quantize": ("62d937e1dffa8f769c5eab92c4d29068a9e7d6a3b098c1f7ea7b43d718642b8d",
                         "130f64be513e9eee09fae10edc6571088e46d30c8a6d44116db10f86f597c543"),
     "odenet_basis": ("0fccc632428b8e0f918073c79a8141f38561b1ce0f0cb43441106fac7f50585c",

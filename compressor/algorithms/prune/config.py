@@ -18,7 +18,13 @@ class PruneConfig(FinetuneOptions):
     batch_size: int | None = option(None, "fine-tuning batch size (default: shrink's with selective shrinkage, "
                                           "else 64)", ge=1)
     policy: Literal["blinded", "uniform", "distribution", "lobster"] = option(
-        "blinded", "saliency policy: class-blinded, class-uniform, class-distribution (Stier et al.) or LOBSTER")
+        "blinded", "saliency policy of criterion=magnitude: class-blinded, class-uniform, class-distribution "
+                   "(Stier et al.) or LOBSTER")
+    criterion: Literal["magnitude", "wanda", "sparsegpt"] = option(
+        "magnitude", "which weights each step prunes: magnitude (by `policy`), or from one calibration pass over the "
+                     "inputs of the linear weights: wanda (|w| x input norm, per output row) or sparsegpt "
+                     "(layer-wise reconstruction, kept weights updated); both prune every layer alike")
+    calib_samples: int = option(512, "calibration rows (seeded) of wanda and sparsegpt", ge=1)
     rate: float = option(0.1, "fraction of the remaining weights pruned per step", gt=0, lt=1)
     schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate",
                                          gt=0, lt=1)
@@ -42,6 +48,8 @@ class PruneConfig(FinetuneOptions):
         """What the fields' ranges cannot say alone."""
         if list(self.schedule) != sorted(self.schedule):
             return "schedule must be increasing sparsities in (0, 1)"
+        if self.criterion != "magnitude" and self.policy == "lobster":
+            return f"policy=lobster searches a magnitude threshold: it does not combine with criterion={self.criterion}"
         if self.codebook_bits not in (1, 2, 4, 8):
             return "codebook_bits must be 1, 2, 4 or 8"
         return None

@@ -20,6 +20,7 @@ import dataclasses
 
 import torch
 
+from compressor.algorithms.prune.calibrated import calibrated_masks
 from compressor.algorithms.prune.codebook import SharedWeights, share_weights
 from compressor.algorithms.prune.config import DEFAULT_BATCH, DEFAULT_LR, PruneConfig
 from compressor.algorithms.prune.notes import finetune_note, uncovered_note
@@ -101,6 +102,7 @@ class PruneStage(Stage):
                                              batch_size=cfg.batch_size or shrink_cfg.batch_size)
         self.probe: ProbeResult | None = None  # fitted at the first fine-tune without shrinkage (prune.lr unset)
         self.use_shrink = use_shrink
+        uncalibrated = 0  # weights wanda / sparsegpt found no linear input of (pruned by |w| per row)
         good = Snapshot(ctx.model, ctx.masks)  # the last state within budget
         history = [{"step": 0, "sparsity": sparsity_of(good.mask_state), "val": ctx.validate().value}]
         stop_reason, rejected, kept = "target reached", 0, history[0]["sparsity"]
@@ -129,6 +131,9 @@ class PruneStage(Stage):
                         return loss
 
                     new = lobster_masks(weights, masks, loss_with, limit, cfg.target)
+                elif cfg.criterion != "magnitude":
+                    new, uncalibrated = calibrated_masks(ctx, cfg.criterion, weights, masks, target,
+                                                         cfg.calib_samples)
                 else:
                     new = ranked_masks(cfg.policy, weights, masks, target)
                 for n, m in new.items():
@@ -138,7 +143,8 @@ class PruneStage(Stage):
                 val = ctx.validate().value
                 # the crop loop never prunes further while over budget: fine-tune (up to 1 + patience rounds),
                 # then decide with the run's one budget rule (paired upper confidence bound, judge/budget.py)
-                decision = None
+                # a calibrated criterion's one-shot step already within budget is kept without fine-tuning
+                decision = ctx.judge(budget) if cfg.criterion != "magnitude" else None
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
                     if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
                         break
@@ -173,7 +179,7 @@ class PruneStage(Stage):
             good.restore()
         final_masks = {n: ctx.masks.get(n) for n in names}
         tensors = f"{len(names)} tensor" + ("s" if len(names) != 1 else "")
-        notes = [f"{cfg.policy} policy on {tensors}: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
+        notes = [f"{self._chosen(uncalibrated)} on {tensors}: sparsity {sparsity_of(final_masks):.2%}; {stop_reason}"]
         ctx.reporter.log(f"prune: {notes[0]}")  # the terminal says where it stopped and what it kept
         coverage = uncovered_note(ctx.model, names, {w.name: w.kind for w in ctx.weights})
         if coverage:
@@ -195,6 +201,14 @@ class PruneStage(Stage):
         return StageResult(model=ctx.model, notes=notes, outcome=outcome, decision=notes[0], metrics={
             "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,
             "prunable": names})
+
+    def _chosen(self, uncalibrated: int) -> str:
+        """How each step chose its weights, for the notes."""
+        cfg = self.config
+        if cfg.criterion == "magnitude":
+            return f"{cfg.policy} policy"
+        return (f"{cfg.criterion} criterion ({cfg.calib_samples} calibration rows at most"
+                + (f"; {uncalibrated} tensors read by no linear op, pruned by |w| per row)" if uncalibrated else ")"))
 
     def _finetune(self, ctx: StageContext, use_shrink: bool, shrink_cfg, desc: str) -> FinetuneResult:
         cfg = self.config
