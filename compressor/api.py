@@ -23,24 +23,30 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from compressor.errors import DataError, UsageError
+from compressor.errors import CompressorError, DataError, UsageError
 from compressor.io.data import LABEL_KEY, read_arrays
+from compressor.registry import get_stage
 from compressor.report.build import print_report, verdict_line
 from compressor.run.pipeline import RunOptions
 from compressor.run.progress import Reporter
 from compressor.run.runner import compress as run_pipeline
 from compressor.run.settings import parse_duration
+from compressor.stage import build_config
 
 PATHS = (str, Path)
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressResult:
     """What a run wrote and measured: `report` is report.json's content."""
 
     out: Path
     report: dict[str, Any]
     exit_code: int
+
+    def __repr__(self) -> str:
+        measured = f", baseline={self.baseline:.4g}, final={self.final:.4g}" if self.report else ""
+        return f"CompressResult(out={str(self.out)!r}, exit_code={self.exit_code}{measured})"
 
     @property
     def passed(self) -> bool:
@@ -87,6 +93,7 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
             raise UsageError(f"compress(): options for stage {stage!r}, which is not in the pipeline {names}")
         if not isinstance(opts, Mapping):
             raise UsageError(f"compress(): stages[{stage!r}] must be a mapping of option names to values")
+        build_config(get_stage(stage), dict(opts), where=f"compress(): stages[{stage!r}]")
     time_limit = parse_duration(time_limit, "time_limit")
     with tempfile.TemporaryDirectory(prefix="compressor-api-") as tmp:
         tmp = Path(tmp)
@@ -104,6 +111,11 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
         rng = torch.get_rng_state()  # the run seeds torch's global generator from `seed`; the caller's is restored
         try:
             report, code = run_pipeline(run, Reporter(quiet=quiet))
+        except CompressorError as exc:  # in-memory data is named by its argument, not by its temporary file
+            message = str(exc)
+            for key, file in files.items():
+                message = message.replace(str(file), f"{key} (in memory)" if file.parent == tmp else str(file))
+            raise type(exc)(message) from None
         finally:
             torch.set_rng_state(rng)
     if not quiet and report is not None:  # what the command line prints: the tables, the decisions, the verdict

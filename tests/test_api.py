@@ -59,7 +59,8 @@ def test_paths_work_as_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"data": "nope.npz"}, "data file not found"),
     ({"data": HELDOUT, "colour": "red"}, "unknown option"),
-    ({"data": HELDOUT, "stages": {"quantize": {"modee": "x"}}}, "modee"),
+    ({"data": HELDOUT, "stages": {"quantize": {"modee": "x"}}}, r"compress\(\): stages\['quantize'\]: unknown option "
+                                                                 r"quantize.modee"),
     ({"data": [1, 2]}, "must be a path, arrays"),
     ({"data": HELDOUT, "stages": {"prune": {"target": 0.5}}}, "not in the pipeline"),
     ({"data": HELDOUT, "threads": 0}, "--threads: threads must be >= 1"),
@@ -68,6 +69,17 @@ def test_paths_work_as_on_the_command_line(tmp_path):
 def test_bad_input_raises_the_cli_error(tmp_path, kwargs, message):
     with pytest.raises(compressor.CompressorError, match=message):
         compressor.compress(SAMPLES / "digits_mlp.pt2", out=tmp_path / "o", **kwargs)
+
+
+def test_in_memory_data_is_named_by_its_argument_and_the_result_reads_short(tmp_path):
+    x, y = _digits(HELDOUT)
+    with pytest.raises(compressor.CompressorError, match=r"train_data \(in memory\)") as caught:
+        compressor.compress(SAMPLES / "digits_mlp.pt2", (x, y), train_data=(x[:, :, :4], y), pipeline="prune",
+                            out=tmp_path / "o")
+    assert "compressor-api-" not in str(caught.value)
+    result = compressor.compress(SAMPLES / "digits_mlp.pt2", (x, y), out=tmp_path / "q",
+                                 stages={"quantize": {"mode": "dynamic"}})
+    assert repr(result).startswith("CompressResult(out=") and len(repr(result)) < 200, repr(result)
 
 
 def test_a_module_torch_cannot_export_is_one_clear_error(tmp_path):
