@@ -17,7 +17,7 @@ from typing import Callable
 
 import onnx
 
-from compressor.algorithms.quantize.auto import weighted_nodes
+from compressor.algorithms.quantize.auto import CHECK_CHUNK, weighted_nodes
 from compressor.algorithms.quantize.objective import graph_form
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import copy_onnx
@@ -51,7 +51,11 @@ class MetricJudge:
 
 
 def _decide(path: Path, check: Dataset, judge: Judge) -> BudgetDecision:
-    return judge(onnx_predict(ort_session(path), check))
+    """The judgement of the graph at `path`: a graph whose outputs do not depend on the batch runs in auto's small
+    check chunks (ONNX Runtime's activation arena grows with the batch, and this session is opened while auto's
+    graphs are still held), one that takes its activation scales at run time in the report's batches."""
+    batch = EVAL_BATCH if graph_form(path) in ("dynamic", "mixed") else CHECK_CHUNK
+    return judge(onnx_predict(ort_session(path), check, batch))
 
 
 def _batches(form: str, check: Dataset) -> str:
