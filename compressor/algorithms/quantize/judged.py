@@ -52,8 +52,7 @@ class MetricJudge:
 
 def _decide(path: Path, check: Dataset, judge: Judge) -> BudgetDecision:
     """The judgement of the graph at `path`: a graph whose outputs do not depend on the batch runs in auto's small
-    check chunks (ONNX Runtime's activation arena grows with the batch, and this session is opened while auto's
-    graphs are still held), one that takes its activation scales at run time in the report's batches."""
+    check chunks (ONNX Runtime's activation arena grows with the batch), one that takes its activation scales at run time in the report's batches."""
     batch = EVAL_BATCH if graph_form(path) in ("dynamic", "mixed") else CHECK_CHUNK
     return judge(onnx_predict(ort_session(path), check, batch))
 
