@@ -83,7 +83,7 @@ def test_when_every_int8_form_fails_the_graph_quantize_was_given_ships(tmp_path)
 
     judged = judge_in_metric(dst, fp32, val, reject, True, weight_only, tmp_path)
     assert len(judged_forms) == 2 and dst.read_bytes() == fp32.read_bytes()
-    assert judged.headline.startswith("the float graph shipped") and judged.decision.bound == 6.0
+    assert judged.headline.startswith("the float graph shipped: auto's int8 forms fail") and judged.decision.bound == 6.0
     assert any(n.startswith("int8 weight-only rejected too") for n in judged.notes), judged.notes
     quantize_onnx(fp32, dst, QuantizeConfig(mode="dynamic"), None, 0)
 

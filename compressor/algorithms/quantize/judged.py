@@ -77,6 +77,10 @@ def judge_in_metric(dst: Path, given: Path, check: Dataset, judge: Judge, chosen
     if decision.accepted:
         return Judged([f"{words} graph in the run's metric: validation {decision.describe()}{_batches(form, check)}"],
                       decision)
+    if form == "float":  # a compact graph with nothing else quantized: its ring / coefficients are the structure's
+        warning = (f"WARNING: {words} is over quantize's budget in the run's metric: validation {decision.describe()}"
+                   "; quantize has no safer form of it, the gate decides")
+        return Judged([warning], decision, warning)
     if not chosen_by_auto:
         warning = (f"WARNING: the forced {words} form is over quantize's budget in the run's metric: validation "
                    f"{decision.describe()} (mode=auto falls back to a safer form)")
@@ -98,7 +102,7 @@ def judge_in_metric(dst: Path, given: Path, check: Dataset, judge: Judge, chosen
         if held is not None:
             notes.append(f"int8 weight-only rejected too: validation {held.describe()}")
     copy_onnx(given, dst)
-    headline = f"{given_words} shipped: no int8 form holds quantize's budget in the run's metric on validation"
+    headline = f"{given_words} shipped: auto's int8 forms fail quantize's budget in the run's metric on validation"
     return Judged(notes + [headline], decision, headline)
 
 
