@@ -6,7 +6,7 @@ As ALGORITHMS.md §4 describes (Queiruga et al., Stateful ODE-Nets): the 16 resi
 function of depth theta(t) = sum_a phi_a(t) theta_a in the piecewise-constant basis, evaluated by 16
 forward-Euler steps (`compressor.algorithms.basis.stack.BasisStack`). Refinement training: K = 4 functions first, then
 each function is split in two (the exact projection onto K = 8, i.e. duplication), trained again, then K = 16,
-trained at 16. Trained on the train split only, selected on val. The model is then written in its discrete form
+trained at 16. Trained on the train split only, a fixed number of epochs per phase (val is never looked at). The model is then written in its discrete form
 (block k = theta_k), with each block's batch-norm statistics re-estimated on the train split (train-mode pass,
 cumulative average), as a state_dict (`digits_odenet.pt`) and a `torch.export` program (`digits_odenet.pt2`).
 """
@@ -76,14 +76,13 @@ def recalibrate_bn(model: nn.Module, x: np.ndarray) -> None:
 
 
 def fit(model: nn.Module, k: int, epochs: int, lr: float, splits, seed: int) -> float:
-    """Adam + cosine on the train split; after each epoch the discrete model (batch norm re-estimated) is scored
-    on val, and the best epoch's state is restored. Returns the best val accuracy."""
+    """Adam + cosine on the train split for `epochs` (the last epoch is kept: val stays fresh for the
+    compression runs). Returns the discrete model's (batch norm re-estimated) train accuracy."""
     torch.manual_seed(seed)
     x, y = (torch.from_numpy(a) for a in splits["train"])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     gen = torch.Generator().manual_seed(seed)
-    best, best_state = -1.0, None
     for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x), generator=gen).split(32):
@@ -91,11 +90,7 @@ def fit(model: nn.Module, k: int, epochs: int, lr: float, splits, seed: int) -> 
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
         sched.step()
-        acc = accuracy(to_discrete(model, k, splits), *splits["val"])
-        if acc >= best:
-            best, best_state = acc, {n: v.clone() for n, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    return best
+    return accuracy(to_discrete(model, k, splits), *splits["train"])
 
 
 def to_discrete(model: nn.Module, k: int, splits) -> DigitsODENet:
@@ -125,10 +120,10 @@ def main() -> None:
         coef = p.float() @ coef
         model = continuous(DigitsODENet(), coef, k)
         model.load_state_dict(carried, strict=False)
-        best = fit(model, k, epochs, lr, splits, SEED + k)
+        train_acc = fit(model, k, epochs, lr, splits, SEED + k)
         coef = model.blocks[0].coef.detach().clone()
         carried = {n: v for n, v in model.state_dict().items() if not n.startswith("blocks.")}
-        print(f"K={k}: {epochs} epochs at lr {lr}, best val {best:.4f}")
+        print(f"K={k}: {epochs} epochs at lr {lr}, train {train_acc:.4f}")
         k_prev = k
     final = to_discrete(model, k_prev, splits)
     params = sum(p.numel() for p in final.parameters())
