@@ -68,6 +68,8 @@ class StageContext(Protocol):
 
     def validate(self, model: nn.Module | None = None) -> Metrics: ...
 
+    def select(self, model: nn.Module | None = None) -> Metrics: ...  # on training rows: a fine-tune's epoch choice
+
     def teacher(self, batch: Dataset) -> torch.Tensor: ...  # the original's outputs on a batch (cached: teacher.py)
 
     def stage_budget(self, stage: str, own: float | None) -> float: ...

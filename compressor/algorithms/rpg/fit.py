@@ -87,7 +87,7 @@ def fit_ring(ctx: StageContext, cfg, base: torch.nn.Module, layers: list[RingLay
         hook = distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
         best = cfg.select == "best"
         result = finetune(ctx, model, settings, desc=f"rpg fine-tune N={n:,}", loss_hook=hook, select_best=best)
-        val = result.best.value if best else result.history[-1]["val"]
+        val = ctx.validate(model).value if ctx.val is not None else None
         epoch = result.best_epoch if best else cfg.epochs
     if ctx.val is None:
         return RingFit(n, layout, model, projection_val, val, epoch, None)

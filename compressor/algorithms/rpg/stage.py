@@ -68,9 +68,8 @@ class RpgConfig(FinetuneOptions):
                                                      "sqrt(2/fan_in)")
     epochs: int = option(20, "fine-tuning epochs after the projection (0: projection only)", ge=0)
     select: Literal["last", "best"] = option("last", "state kept after fine-tuning: the last epoch (the cosine "
-                                                     "schedule's converged state), or the best validation epoch "
-                                                     "(on a small validation set the maximum of 20 noisy scores "
-                                                     "picks under-trained early epochs)")
+                                                     "schedule's converged state), or the best epoch on a slice of "
+                                                     "training rows (never the validation set that judges it)")
     verify_onnx: bool = option(True, "export once, rewrite the graph, and compare ONNX Runtime with torch")
 
     def validate(self) -> str | None:
