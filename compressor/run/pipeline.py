@@ -24,6 +24,7 @@ from compressor.defaults import DEFAULT_CONFIDENCE
 from compressor.judge.budget import BudgetDecision
 from compressor.judge.decide import judge_outputs, judge_model, stage_budget
 from compressor.judge.kind import MetricChoice
+from compressor.judge.looks import per_look_confidence
 from compressor.judge.metrics import Metrics, evaluate
 from compressor.run.progress import Reporter
 from compressor.run.settings import RunSettings
@@ -139,14 +140,17 @@ class RunContext:
         return stage_budget(self.plan, stage, own, self.max_drop)
 
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None,
-              outputs: torch.Tensor | None = None) -> BudgetDecision:
+              outputs: torch.Tensor | None = None, chances: int = 1) -> BudgetDecision:
         """Is the model (or `outputs` on the validation set, e.g. a quantized graph's) within budget on validation
-        (the run's gate, or a stage's own stricter budget)?"""
+        (the run's gate, or a stage's own stricter budget)? `chances`: how many looks of the stage's search can keep
+        an over-budget candidate; each then bounds at the confidence that holds --confidence for the whole search
+        (judge/looks.py)."""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
         budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
+        confidence = per_look_confidence(self.confidence, chances)
         if outputs is not None:
             return judge_outputs(outputs, self.val, self.val_reference, self.baseline_val, self.metric, budget,
-                                 self.confidence)
+                                 confidence)
         return judge_model(model or self.model, self.val, self.val_reference, self.baseline_val, self.metric,
-                           self.device, budget, self.confidence)
+                           self.device, budget, confidence)
