@@ -68,12 +68,14 @@ class StageContext(Protocol):
 
     def validate(self, model: nn.Module | None = None) -> Metrics: ...
 
+    def select(self, model: nn.Module | None = None) -> Metrics: ...  # on training rows: a fine-tune's epoch choice
+
     def teacher(self, batch: Dataset) -> torch.Tensor: ...  # the original's outputs on a batch (cached: teacher.py)
 
     def stage_budget(self, stage: str, own: float | None) -> float: ...
 
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None,
-              outputs: torch.Tensor | None = None) -> BudgetDecision: ...
+              outputs: torch.Tensor | None = None, chances: int = 1) -> BudgetDecision: ...
 
 
 CONTRACT = frozenset(n for n in dir(StageContext) if not n.startswith("_")) | frozenset(

@@ -1,7 +1,8 @@
 """The one fine-tuning loop every stage shares (shrink, prune, rpg, basis).
 
-Trains on the training set, selects on the validation set (never the held-out set, and by the run's metric in its
-direction) and restores the best state. With labels the loss is cross-entropy; without labels it is distillation
+Trains on the training set, selects its epoch on a fixed slice of the training rows (`StageContext.select`, by the
+run's metric in its direction) and restores the best state: never on the validation set, which then judges the
+chosen state (a choice on the judging set makes the judgement optimistic: judge/looks.py), nor on held-out. With labels the loss is cross-entropy; without labels it is distillation
 towards the frozen original model's outputs (computed once for the training set: teacher.py), chosen by the run's
 metric (judge/kind.py): logits (agreement) ->
 KL divergence at temperature T, scaled by T^2 (Hinton et al. 2015, "Distilling the knowledge in a neural
@@ -122,10 +123,10 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     n_batches = math.ceil(len(train) / settings.batch_size)
     steps = min(n_batches, settings.max_steps_per_epoch) if settings.max_steps_per_epoch else n_batches
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.epochs * steps)) if settings.cosine else None
-    start = ctx.validate(model) if select_best else None
+    start = ctx.select(model) if select_best else None
     best = start if keep_start else None
     best_state = copy.deepcopy(model.state_dict()) if select_best else None
-    result = FinetuneResult(best, 0, [{"epoch": 0, "val": start.value if start else None}])
+    result = FinetuneResult(best, 0, [{"epoch": 0, "select": start.value if start else None}])
     step, trained = 0, data_parallel(model, ctx.device)
     mixed = MixedPrecision(ctx.precision, ctx.device)
     with ctx.reporter.task(desc, settings.epochs * steps) as task:
@@ -168,11 +169,11 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 break  # nothing trained since the last validation
             set_train(model, False)
             sync_buffers(model)
-            metrics = ctx.validate(model)
-            entry = {"epoch": epoch, "loss": total / max(count, 1), "val": metrics.value,
+            metrics = ctx.select(model)
+            entry = {"epoch": epoch, "loss": total / max(count, 1), "select": metrics.value,
                      **{k: v / max(count, 1) for k, v in stats_sum.items()}}
             result.history.append(entry)
-            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f} val {ctx.metric.name} "
+            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f} train rows {ctx.metric.name} "
                         f"{metrics.value:.4g}")
             better = result.best is None or is_better(metrics.value, result.best.value,
                                                       metrics.higher_is_better, ties=not keep_start)
@@ -183,8 +184,8 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 entry["stopped"] = "time limit"
                 break
     if len(result.history) == 1:  # --time-limit before the first step: the start is the result
-        result.best = result.best or start or ctx.validate(model)
-        result.history[0]["val"] = result.best.value
+        result.best = result.best or start or ctx.select(model)
+        result.history[0]["select"] = result.best.value
     if select_best:
         model.load_state_dict(best_state)
         ctx.masks.apply(model)

@@ -18,16 +18,20 @@ from compressor.core.layers import WeightInfo
 from compressor.core.masks import MaskRegistry
 from compressor.core.teacher import TeacherOutputs
 from compressor.errors import DataError
-from compressor.io.data import Dataset
+from compressor.io.data import Dataset, calibration_subset
 from compressor.io.load import LoadedModel
 from compressor.defaults import DEFAULT_CONFIDENCE
 from compressor.judge.budget import BudgetDecision
 from compressor.judge.decide import judge_outputs, judge_model, stage_budget
 from compressor.judge.kind import MetricChoice
+from compressor.judge.looks import per_look_confidence
 from compressor.judge.metrics import Metrics, evaluate
 from compressor.run.progress import Reporter
 from compressor.run.settings import RunSettings
+from compressor.runtime.calls import predict
 from compressor.runtime.parallel import from_rank0
+
+SELECTION_ROWS = 512  # training rows a fine-tune chooses its epoch on (`RunContext.select`)
 
 
 @dataclass(kw_only=True)
@@ -84,6 +88,7 @@ class RunContext:
     deadline: float | None = None  # time.perf_counter() value of --time-limit's end (None: no limit)
     precision: str = "fp32"  # --precision: every fine-tune's autocast (core/precision.py)
     _teacher: TeacherOutputs | None = field(default=None, repr=False)
+    _selection: tuple[Dataset, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def stage_seed(self) -> int:
@@ -118,19 +123,34 @@ class RunContext:
             raise DataError("no validation data: pass --train-data or --val-data")
         return evaluate(model or self.model, self.val, self.val_reference, self.device, self.metric)
 
+    def select(self, model: nn.Module | None = None) -> Metrics:
+        """The metric on a seeded slice of the training data (the same slice for every stage): what a fine-tune
+        chooses its epoch by. A choice made on the validation set that then judges the chosen state would make the
+        judgement optimistic (judge/looks.py); the slice is never validation or held-out data."""
+        if self._selection is None:
+            if self.train is None:
+                raise DataError("no training data: pass --train-data")
+            rows = calibration_subset(self.train, SELECTION_ROWS, self.seed)
+            self._selection = rows, predict(self.original, rows, self.device)
+        rows, reference = self._selection
+        return evaluate(model or self.model, rows, reference, self.device, self.metric)
+
     def stage_budget(self, stage: str, own: float | None) -> float:
         """A stage's share of the run's budget (`judge/decide.py`)."""
         return stage_budget(self.plan, stage, own, self.max_drop)
 
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None,
-              outputs: torch.Tensor | None = None) -> BudgetDecision:
+              outputs: torch.Tensor | None = None, chances: int = 1) -> BudgetDecision:
         """Is the model (or `outputs` on the validation set, e.g. a quantized graph's) within budget on validation
-        (the run's gate, or a stage's own stricter budget)?"""
+        (the run's gate, or a stage's own stricter budget)? `chances`: how many looks of the stage's search can keep
+        an over-budget candidate; each then bounds at the confidence that holds --confidence for the whole search
+        (judge/looks.py)."""
         if self.val is None:
             raise DataError("no validation data: pass --train-data or --val-data")
         budget = self.max_drop if stage_budget is None else min(stage_budget, self.max_drop)
+        confidence = per_look_confidence(self.confidence, chances)
         if outputs is not None:
             return judge_outputs(outputs, self.val, self.val_reference, self.baseline_val, self.metric, budget,
-                                 self.confidence)
+                                 confidence)
         return judge_model(model or self.model, self.val, self.val_reference, self.baseline_val, self.metric,
-                           self.device, budget, self.confidence)
+                           self.device, budget, confidence)

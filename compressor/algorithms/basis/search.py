@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from compressor.judge.looks import per_look_confidence
 from compressor.judge.budget import BudgetDecision
 
 
@@ -79,12 +80,14 @@ class SizeFit:
         return f"{sizes}: {how} {'within' if self.decision.accepted else 'over'}"
 
 
-def search_notes(fits: list[SizeFit], budget: float, confidence: float, run_max_drop: float, cfg) -> list[str]:
+def search_notes(fits: list[SizeFit], budget: float, confidence: float, run_max_drop: float, cfg,
+                 chances: int = 1) -> list[str]:
     """The report's lines on the sizes tried, the rule that judged them, and a warning when nothing was saved."""
     kept = fits[-1]
     if kept.decision is None and not kept.unchanged:
         return ["no validation data: the configured size is kept unjudged"]
-    rule = (f"size rule: a size is kept only if the {confidence:.0%} upper confidence bound on its paired "
+    rule = (f"size rule: a size is kept only if the {per_look_confidence(confidence, chances):.1%} upper confidence "
+            f"bound ({confidence:.0%} for the whole search of {chances} looks: judge/looks.py) on its paired "
             f"validation drop is within {budget:.2f} points ("
             + ("basis.max_drop" if cfg.max_drop is not None else "basis's default share") + f" of --max-drop "
             f"{run_max_drop:.2f}); " + (f"K x {cfg.grow_factor:g} while over" if cfg.grow else

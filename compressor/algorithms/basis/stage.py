@@ -29,6 +29,7 @@ from compressor.core.finetune import FinetuneSettings, finetune
 from compressor.core.finetune_options import StageBudget
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
+from compressor.judge.looks import growth_chances
 from compressor.judge.search import first_within
 from compressor.schema import option
 from compressor.stage import Outcome, Stage, StageResult
@@ -194,6 +195,8 @@ class BasisStage(Stage):
         levels = size_schedule(cfg.basis, starts, [s.depth for s in chosen], cfg.grow and judged, cfg.grow_factor)
         before = ctx.validate(work) if judged else None
         masks = ctx.masks.state()
+        # every size may be kept wrongly: by its projection, or (auto) by its fine-tune after that (judge/looks.py)
+        self.chances = growth_chances(len(levels)) * (2 if cfg.finetune == "auto" and ctx.train is not None else 1)
         def fitted(task):
             for i, sizes in enumerate(levels):
                 ctx.masks.masks = {k: v.clone() for k, v in masks.items()}  # each size starts from the input's masks
@@ -229,7 +232,7 @@ class BasisStage(Stage):
             metrics["val_after_projection"] = kept.val_projection
         if kept.val_finetune is not None:
             metrics["val_after_finetune"] = kept.val_finetune
-        notes += search_notes(fits, budget, ctx.confidence, ctx.max_drop, cfg)
+        notes += search_notes(fits, budget, ctx.confidence, ctx.max_drop, cfg, self.chances)
         d = kept.decision
         bound = d.bound if d is not None else min((f.decision.bound for f in fits if f.decision), default=None)
         if kept.unchanged:
@@ -272,7 +275,7 @@ class BasisStage(Stage):
             fit.params_after += stack_params
         if ctx.val is not None:
             fit.val_projection = ctx.validate(work).value
-            fit.projection = fit.decision = ctx.judge(budget, work)
+            fit.projection = fit.decision = ctx.judge(budget, work, chances=self.chances)
             fit.notes.append(f"validation {fit.val_projection:.4g} after projection (no data used; "
                              f"{fit.projection.describe()})")
         fit.finetuned = cfg.finetune is True or (
@@ -285,12 +288,12 @@ class BasisStage(Stage):
                                  "(basis.finetune=auto; false keeps the data-free projection)")
             res = finetune(ctx, work, FinetuneSettings(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr),
                            desc="basis fine-tune", train_mode=_freeze_stacks)
-            if res.best is not None:
-                fit.val_finetune = res.best.value
-                fit.notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs: validation "
-                                 f"{res.best.name} {res.best.value:.4g} (best epoch {res.best_epoch})")
             if ctx.val is not None:
-                fit.decision = ctx.judge(budget, work)
+                fit.val_finetune = ctx.validate(work).value
+                fit.notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs (best epoch "
+                                 f"{res.best_epoch} on training rows): validation {fit.val_finetune:.4g}")
+            if ctx.val is not None:
+                fit.decision = ctx.judge(budget, work, chances=self.chances)
             if any(kind == "buffer" for _, m in fit.modules for _, _, kind in m.layout):  # stacks hold BN stats
                 fit.notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while "
                                  "fine-tuning" + ("; a .pt2 model: all batch-norm statistics stayed frozen"

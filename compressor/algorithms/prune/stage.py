@@ -31,6 +31,7 @@ from compressor.core.layers import select_names
 from compressor.core.lr_probe import ProbeResult, fit_lr
 from compressor.core.shrinkage import ShrinkConfig, run_shrinkage
 from compressor.errors import StageError
+from compressor.judge.looks import per_look_confidence, prune_chances
 from compressor.judge.search import Snapshot, attempt
 from compressor.runtime.calls import call_model, set_train
 from compressor.stage import Outcome, Stage, StageResult
@@ -92,7 +93,7 @@ class PruneStage(Stage):
         for n in names:
             if n not in ctx.masks:
                 ctx.masks.set(n, params[n].detach() != 0)
-        budget = self.budget(ctx)
+        budget, self.chances = self.budget(ctx), self._chances()
         use_shrink = cfg.shrinkage == "on" or (cfg.shrinkage == "auto" and "shrink" in ctx.stage_configs)
         shrink_cfg = ctx.stage_configs.get("shrink")
         if use_shrink and shrink_cfg is None:
@@ -144,13 +145,13 @@ class PruneStage(Stage):
                 # the crop loop never prunes further while over budget: fine-tune (up to 1 + patience rounds),
                 # then decide with the run's one budget rule (paired upper confidence bound, judge/budget.py)
                 # a calibrated criterion's one-shot step already within budget is kept without fine-tuning
-                decision = ctx.judge(budget) if cfg.criterion != "magnitude" else None
+                decision = ctx.judge(budget, chances=self.chances) if cfg.criterion != "magnitude" else None
                 for _ in range(1 + (cfg.patience if cfg.epochs_per_step else 0)):
                     if cfg.epochs_per_step == 0 or (decision is not None and decision.accepted):
                         break
                     tunes.append(self._finetune(ctx, use_shrink, shrink_cfg, f"prune step {step}"))
-                    decision = ctx.judge(budget)
-                decision = deciding = decision or ctx.judge(budget)
+                    decision = ctx.judge(budget, chances=self.chances)
+                decision = deciding = decision or ctx.judge(budget, chances=self.chances)
                 val = ctx.validate().value
                 history.append({"step": step, "sparsity": round(sparsity, 6), "val": val,
                                 "drop_bound": round(decision.bound, 4), "rule": decision.rule})
@@ -185,7 +186,9 @@ class PruneStage(Stage):
         if coverage:
             notes.append(coverage)
         both = "; saturated: of both 0/1 and class probability" if any(h.get("rule") for h in history[1:]) else ""
-        notes.append(f"stop rule: a step is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
+        notes.append(f"stop rule: a step is kept only if the {per_look_confidence(ctx.confidence, self.chances):.1%} "
+                     f"upper confidence bound ({ctx.confidence:.0%} for the whole search of {self.chances} looks that "
+                     f"can keep an over-budget state: judge/looks.py) on its "
                      f"paired validation drop ({len(ctx.val)} samples{both}) is within "
                      f"{budget:.2f} points (" + ("prune.max_drop, at most --max-drop)" if cfg.max_drop is not None
                                                  else f"prune's default share of --max-drop {ctx.max_drop:g})"))
@@ -238,6 +241,14 @@ class PruneStage(Stage):
             ctx.reporter.log(f"prune: {self.probe.describe()}")
         return self.probe.lr
 
+    def _chances(self) -> int:
+        """Looks of this stage that can keep an over-budget state: the steps' patience rounds and lookahead
+        (judge/looks.py), and each weight-sharing width tried in auto mode."""
+        cfg = self.config
+        shares = len(dict.fromkeys((cfg.codebook_bits, 8))) if cfg.codebook == "auto" else 0
+        return prune_chances(cfg.patience, cfg.lookahead, cfg.criterion != "magnitude",
+                             cfg.epochs_per_step > 0) + shares
+
     def _distill(self, ctx: StageContext):
         """The distillation term of prune's fine-tunes (prune.distill), or None."""
         cfg = self.config
@@ -254,7 +265,8 @@ class PruneStage(Stage):
         notes = []
         for bits in dict.fromkeys((cfg.codebook_bits, 8) if cfg.codebook == "auto" else (cfg.codebook_bits,)):
             # kept only under the same budget rule as every pruning step (relative to the original model)
-            trial = attempt(lambda: self._shared(ctx, names, bits), lambda: ctx.judge(self.budget(ctx)),
+            judge = lambda: ctx.judge(self.budget(ctx), chances=self.chances)  # noqa: E731
+            trial = attempt(lambda: self._shared(ctx, names, bits), judge,
                             Snapshot(ctx.model), keep=lambda d: cfg.codebook == "on" or d.accepted)
             if trial.kept:
                 return notes + [f"{bits}-bit weight sharing kept ({max(trial.value.values(), default=0)} shared "

@@ -284,7 +284,9 @@ class QuantizeStage(ExportStage):
             return None
         budget = ctx.stage_budget(self.name, None)
         words = "the graph quantize was given (its ring / basis coefficients int8)" if compact else "the float graph"
-        return MetricJudge(lambda outputs: ctx.judge(budget, outputs=outputs), words, always=compact)
+        cfg = self.config  # auto's choice and, for objective=size, its weight-only fallback (judge/looks.py)
+        chances = 2 if cfg.mode == "auto" and cfg.weight_bits != "4" and cfg.objective == "size" else 1
+        return MetricJudge(lambda outputs: ctx.judge(budget, outputs=outputs, chances=chances), words, always=compact)
 
     def _result(self, ctx: StageContext, notes: list[str], dst: Path, judge: MetricJudge | None) -> StageResult:
         """The shipped form, read from the written graph (of the ordinary layers: a ring or basis coefficients

@@ -64,10 +64,10 @@ class RingFit:
 
 
 def fit_ring(ctx: StageContext, cfg, base: torch.nn.Module, layers: list[RingLayer], n: int, keep: torch.Tensor | None,
-             budget: float, status: Callable[[str], None] = lambda message: None) -> RingFit:
+             budget: float, status: Callable[[str], None] = lambda message: None, chances: int = 1) -> RingFit:
     """Project `base`'s generated weights onto a ring of N slots (closed form), fine-tune ring and ordinary
     parameters (training set, distillation to the original), and judge the result on validation data; `status`
-    gets a progress line after the projection.
+    gets a progress line after the projection; `chances`: the looks of the whole size search (judge/looks.py).
 
     `base` is consumed: the ring wrapper takes over its modules and removes the generated parameters."""
     params = dict(base.named_parameters())
@@ -87,17 +87,17 @@ def fit_ring(ctx: StageContext, cfg, base: torch.nn.Module, layers: list[RingLay
         hook = distill_hook(ctx, cfg.distill, cfg.temperature) if cfg.distill > 0 else None
         best = cfg.select == "best"
         result = finetune(ctx, model, settings, desc=f"rpg fine-tune N={n:,}", loss_hook=hook, select_best=best)
-        val = result.best.value if best else result.history[-1]["val"]
+        val = ctx.validate(model).value if ctx.val is not None else None
         epoch = result.best_epoch if best else cfg.epochs
     if ctx.val is None:
         return RingFit(n, layout, model, projection_val, val, epoch, None)
-    decision = ctx.judge(budget, model=model)
+    decision = ctx.judge(budget, model=model, chances=chances)
     if start is not None and not decision.accepted:
         # fine-tuning can also spend budget (a few steps at a high rate; at N = T the projection is exact): the
         # projected state is a candidate too, kept if its bound is lower
         tuned = copy.deepcopy(model.state_dict())
         model.load_state_dict(start)
-        projected = ctx.judge(budget, model=model)
+        projected = ctx.judge(budget, model=model, chances=chances)
         if projected.bound < decision.bound:
             return RingFit(n, layout, model, projection_val, projection_val, 0, projected)
         model.load_state_dict(tuned)

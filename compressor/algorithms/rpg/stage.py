@@ -35,6 +35,7 @@ from compressor.core.finetune_options import FinetuneOptions
 from compressor.core.layers import WeightInfo, select
 from compressor.core.params import unique_param_count
 from compressor.errors import StageError
+from compressor.judge.looks import growth_chances
 from compressor.judge.search import first_within, lowest_bound
 from compressor.schema import option, with_default
 from compressor.stage import Outcome, Stage, StageResult
@@ -68,9 +69,8 @@ class RpgConfig(FinetuneOptions):
                                                      "sqrt(2/fan_in)")
     epochs: int = option(20, "fine-tuning epochs after the projection (0: projection only)", ge=0)
     select: Literal["last", "best"] = option("last", "state kept after fine-tuning: the last epoch (the cosine "
-                                                     "schedule's converged state), or the best validation epoch "
-                                                     "(on a small validation set the maximum of 20 noisy scores "
-                                                     "picks under-trained early epochs)")
+                                                     "schedule's converged state), or the best epoch on a slice of "
+                                                     "training rows (never the validation set that judges it)")
     verify_onnx: bool = option(True, "export once, rewrite the graph, and compare ONNX Runtime with torch")
 
     def validate(self) -> str | None:
@@ -175,6 +175,8 @@ class RpgStage(Stage):
             layers.append(RingLayer(w.name, w.shape, offset, layer_scale(params[w.name], layer_keep, cfg.scale)))
             offset += w.numel
         budget = self.budget(ctx)
+        # every size may be kept wrongly, by its fine-tuned or its projected state (judge/looks.py)
+        self.chances = growth_chances(len(sizes)) * (2 if cfg.epochs > 0 else 1)
         fits, chosen_fit = self._search(ctx, sizes, layers, keep, generated, budget)
         if cfg.grow and chosen_fit.decision is not None and not chosen_fit.decision.accepted:
             for name, mask in input_masks.items():
@@ -240,7 +242,7 @@ class RpgStage(Stage):
                             "projecting")
                 # a copy unless the one size is kept whatever it costs (grow=false): the input may be kept instead
                 base = ctx.model if len(sizes) == 1 and not self.config.grow else copy.deepcopy(ctx.model)
-                fit = fit_ring(ctx, self.config, base, layers, n, keep, budget, task.status)
+                fit = fit_ring(ctx, self.config, base, layers, n, keep, budget, task.status, self.chances)
                 task.advance(status=f"N={n:,}: " + ("no validation data" if fit.decision is None else
                                                     f"projection val {fit.projection_val:.4g}, fine-tuned val "
                                                     f"{fit.val:.4g}, {fit.decision.describe()}"))
@@ -273,7 +275,8 @@ class RpgStage(Stage):
             return notes
         tried = "; ".join(f"N={f.n:,} ({f.n / generated:.0%}): bound {f.decision.bound:.2f} "
                           f"{'within' if f.decision.accepted else 'over'}" for f in fits)
-        rule = (f"ring size rule: a ring is kept only if the {ctx.confidence:.0%} upper confidence bound on its "
+        rule = (f"ring size rule: a ring is kept only if the {chosen.decision.confidence:.1%} upper confidence bound "
+                f"({ctx.confidence:.0%} for the whole search of {self.chances} looks: judge/looks.py) on its "
                 f"paired validation drop ({chosen.decision.n} samples) is within {budget:.2f} points ("
                 + ("rpg.max_drop" if cfg.max_drop is not None else "rpg's default share") + f" of --max-drop "
                 f"{ctx.max_drop:.2f}); " + (f"N x {cfg.grow_factor:g} while over" if cfg.grow else
