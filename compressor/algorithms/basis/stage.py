@@ -5,8 +5,8 @@ arXiv 2106.10820), docs/ALGORITHMS.md §4. A stack of D blocks is the weight fun
 basis with D functions; each scalar weight is projected in L2 onto K functions of the chosen basis (normal
 equations M c = b, Gauss-Legendre quadrature on cells aligned with both bases' breakpoints, see
 `compressor.algorithms.basis.functions`). Batch-norm running means and variances are projected the same way (variances
-clamped positive). The stack then stores the K coefficient sets only and forms each of its n steps' weights from
-them (`compressor.algorithms.basis.stack`). The no-retraining claim holds for models trained smooth in depth (refinement
+clamped positive). The stack then stores the K coefficient sets only and forms each of its n steps' weights from them
+(`compressor.algorithms.basis.stack`). The no-retraining claim holds for models trained smooth in depth (refinement
 training); on a plain ResNet or transformer the stage reports what the projection costs and offers a fine-tune.
 """
 from __future__ import annotations
@@ -195,8 +195,7 @@ class BasisStage(Stage):
         levels = size_schedule(cfg.basis, starts, [s.depth for s in chosen], cfg.grow and judged, cfg.grow_factor)
         before = ctx.validate(work) if judged else None
         masks = ctx.masks.state()
-        # every size may be kept wrongly: by its projection, or (auto) by its fine-tune after that (judge/looks.py)
-        self.chances = growth_chances(len(levels)) * (2 if cfg.finetune == "auto" and ctx.train is not None else 1)
+        self.chances = growth_chances(len(levels)) * (1 + (cfg.finetune == "auto" and ctx.train is not None))
         def fitted(task):
             for i, sizes in enumerate(levels):
                 ctx.masks.masks = {k: v.clone() for k, v in masks.items()}  # each size starts from the input's masks
@@ -228,10 +227,8 @@ class BasisStage(Stage):
         if before is not None:
             metrics["val_before"] = before.value
             notes.append(f"validation {before.name} {before.value:.4g} before")
-        if kept.val_projection is not None:
-            metrics["val_after_projection"] = kept.val_projection
-        if kept.val_finetune is not None:
-            metrics["val_after_finetune"] = kept.val_finetune
+        metrics.update({k: v for k, v in (("val_after_projection", kept.val_projection),
+                                          ("val_after_finetune", kept.val_finetune)) if v is not None})
         notes += search_notes(fits, budget, ctx.confidence, ctx.max_drop, cfg, self.chances)
         d = kept.decision
         bound = d.bound if d is not None else min((f.decision.bound for f in fits if f.decision), default=None)
@@ -292,7 +289,6 @@ class BasisStage(Stage):
                 fit.val_finetune = ctx.validate(work).value
                 fit.notes.append(f"fine-tuned the coefficients {cfg.finetune_epochs} epochs (best epoch "
                                  f"{res.best_epoch} on training rows): validation {fit.val_finetune:.4g}")
-            if ctx.val is not None:
                 fit.decision = ctx.judge(budget, work, chances=self.chances)
             if any(kind == "buffer" for _, m in fit.modules for _, _, kind in m.layout):  # stacks hold BN stats
                 fit.notes.append("batch-norm statistics inside the stacks stayed frozen (as projected) while "

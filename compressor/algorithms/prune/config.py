@@ -29,11 +29,12 @@ class PruneConfig(FinetuneOptions):
     schedule: tuple[float, ...] = option((), "explicit sparsity per step (e.g. 0.5,0.7,0.8,0.9); overrides rate",
                                          gt=0, lt=1)
     target: float = option(0.9, "stop once this sparsity (over the prunable weights) is reached", gt=0, lt=1)
-    patience: int = option(2, "extra fine-tuning rounds (without pruning) to recover before stopping", ge=0)
+    patience: int = option(0, "extra fine-tuning rounds (without pruning) to recover before stopping; each is one "
+                                 "more judged look, so every look's bound is stricter (judge/looks.py)", ge=0)
     epochs_per_step: int = option(3, "fine-tuning epochs after each pruning step", ge=0)
     max_steps: int = option(40, "upper bound on pruning steps", ge=1)
-    lookahead: int = option(2, "steps pruned past an over-budget one before stopping at the last step within it",
-                            ge=0)
+    lookahead: int = option(1, "steps pruned past an over-budget one before stopping at the last step within it "
+                               "(each multiplies the looks of judge/looks.py)", ge=0)
     shrinkage: Literal["auto", "on", "off"] = option("auto", "fine-tune with selective shrinkage between steps "
                                                      "(auto: when shrink precedes prune)")
     include: tuple[str, ...] = option((), "glob patterns of prunable parameters (default: conv/linear weights)")

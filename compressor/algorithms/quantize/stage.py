@@ -4,9 +4,9 @@ Not from the papers; the field's standard (docs/ALGORITHMS.md §5). Static int8 
 training (or calibration) set, never the held-out set (MinMax / Entropy / Percentile), per-channel weights by
 default; or dynamic int8 (activation ranges taken at run time); or auto (auto.py: per node static, dynamic or int8
 weight-only; then, by `objective` (objective.py), the form no slower than the float graph on this CPU, or 4-bit
-block-wise MatMul weights where the validation check holds, int4.py). QDQ or QOperator. Weights are stored as int8 initializers
-(no QDQ pair on weights), so the file really shrinks. Its metric is measured by running the quantized model in
-ONNX Runtime. Export-time: always the last stage.
+block-wise MatMul weights where the validation check holds, int4.py). QDQ or QOperator. Weights are stored as int8
+initializers (no QDQ pair on weights), so the file really shrinks. Its metric is measured by running the quantized
+model in ONNX Runtime. Export-time: always the last stage.
 """
 from __future__ import annotations
 
@@ -269,8 +269,7 @@ class QuantizeStage(ExportStage):
             computed = computed_weight_nodes(graph) + constant_nodes(graph)
             cfg = dataclasses.replace(self.config, preprocess=False,
                                       exclude=tuple(self.config.exclude) + tuple(computed))
-            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time,
-                                   judge)
+            notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time, judge)
         except StageError as exc:
             dst.write_bytes(src.read_bytes())
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
@@ -284,8 +283,8 @@ class QuantizeStage(ExportStage):
             return None
         budget = ctx.stage_budget(self.name, None)
         words = "the graph quantize was given (its ring / basis coefficients int8)" if compact else "the float graph"
-        cfg = self.config  # auto's choice and, for objective=size, its weight-only fallback (judge/looks.py)
-        chances = 2 if cfg.mode == "auto" and cfg.weight_bits != "4" and cfg.objective == "size" else 1
+        cfg = self.config  # auto's choice and objective=size's weight-only fallback: two looks (judge/looks.py)
+        chances = 1 + (cfg.mode == "auto" and cfg.weight_bits != "4" and cfg.objective == "size")
         return MetricJudge(lambda outputs: ctx.judge(budget, outputs=outputs, chances=chances), words, always=compact)
 
     def _result(self, ctx: StageContext, notes: list[str], dst: Path, judge: MetricJudge | None) -> StageResult:
