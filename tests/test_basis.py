@@ -176,7 +176,7 @@ def test_onnx_forms_weights_in_graph_and_matches_torch(kind, k, n):
     assert qd < 0.1 * scale, (qd, scale)
 
 
-def test_odenet_cli_basis_quantize_halves_stack_costs_little_and_reloads(tmp_path):
+def test_odenet_cli_basis_quantize_shrinks_stack_costs_little_and_reloads(tmp_path):
     out = tmp_path / "out"
     res = run_cli(SAMPLES / "digits_odenet.pt2", "--pipeline", "basis,quantize", "--data", HELDOUT,
                   "--train-data", TRAIN, "--out", out, "--set", "quantize.objective=size")
@@ -185,8 +185,10 @@ def test_odenet_cli_basis_quantize_halves_stack_costs_little_and_reloads(tmp_pat
     basis = report["stages"][0]
     assert basis["name"] == "basis"
     assert report["baseline"]["value"] >= 95.0
-    assert report["baseline"]["value"] - basis["metric_value"] <= 0.5  # defaults: half the functions, no data
-    assert basis["stack_params_after"] * 2 == basis["stack_params_before"]
+    # no data used: at most two of the 360 held-out samples
+    assert report["baseline"]["value"] - basis["metric_value"] <= 100 * 2 / 360 + 1e-6
+    # half the functions (K=8) first; at the whole search's confidence on the 99-sample split K=12 holds
+    assert basis["stack_params_after"] * 4 <= basis["stack_params_before"] * 3
     assert "val_after_projection" in basis and basis["dof"] < report["baseline"]["params"]
     fp32 = report["artifacts"][0]
     assert fp32["parity_max_abs_diff_fp32_vs_torch"] < 1e-4

@@ -118,14 +118,14 @@ def test_class_probability_scores_follow_labels_or_the_original():
 
 
 def test_prune_on_a_saturated_split_bounds_the_class_probability(tmp_path):
-    """digits_mlp's seed-2 split of its own training data: the original is right on all 126 samples. The run says
+    """digits_mlp's seed-2 split of its own training data: the original is right on all 99 samples. The run says
     so, and each kept step is within budget on both scores (the history names the score that decided)."""
     out = tmp_path / "o"
     run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "prune", "--set", "prune.codebook=off",
             "--set", "prune.epochs_per_step=1", "--set", "prune.patience=0", "--set", "prune.rate=0.5",
             "--data", HELDOUT, "--train-data", TRAIN, "--out", out, "--quiet", "--seed", "2")
     report = read_report(out)
-    assert any(n.startswith("validation saturated: the original is right on all 126") for n in report["notes"])
+    assert any(n.startswith("validation saturated: the original is right on all 99") for n in report["notes"])
     steps = report["stages"][0]["history"][1:]
     assert any(h["rule"] == "true-class probability" for h in steps), steps
     kept = [h for h in steps if h["sparsity"] <= report["stages"][0]["sparsity"] + 1e-9]

@@ -149,11 +149,11 @@ def dense_safetensors_bytes(tmp_path, model_file: str) -> int:
     return path.stat().st_size
 
 
-# measured with the budget rule of judge/budget.py and prune's default half share of it before quantize
-# (bench/results/seeds.md has every seed): the MLP stops at 74.6% / 13.8x on seed 0 (86.5% / 18x with the whole
-# budget, which failed resnet seeds: bench/results/seeds_full_share.md)
+# measured with the budget rule of judge/budget.py at the whole-search confidence of judge/looks.py and prune's
+# default half share of the gate before quantize, on the 450 fresh validation samples (bench/results/seeds.md has
+# every seed): seed 0 keeps MLP 46.9% / 5.9x, CNN 68.6% / 11.3x
 @pytest.mark.slow
-@pytest.mark.parametrize("model,min_sparsity,min_ratio", [("mlp", 0.70, 12), ("cnn", 0.80, 10)])
+@pytest.mark.parametrize("model,min_sparsity,min_ratio", [("mlp", 0.45, 5.5), ("cnn", 0.65, 10)])
 def test_default_shrink_prune_quantize_reaches_the_promised_sparsity_and_size(tmp_path, model, min_sparsity,
                                                                               min_ratio):
     out = tmp_path / "o"
@@ -163,16 +163,15 @@ def test_default_shrink_prune_quantize_reaches_the_promised_sparsity_and_size(tm
     report = read_report(out)
     assert report["sparsity"]["sparsity"] >= min_sparsity - 1e-6
     prune = report["stages"][1]
-    assert all(h["drop_bound"] <= 1.0 for h in prune["history"][1:] if h["sparsity"] <= prune["sparsity"] + 1e-9)
+    kept = [h for h in prune["history"][1:] if abs(h["sparsity"] - prune["sparsity"]) < 1e-6]
+    assert kept and kept[-1]["drop_bound"] <= 0.5  # the kept step was within prune's half share
     assert report["baseline"]["value"] - min(a["metric_value"] for a in report["artifacts"]) <= 1.0
     smallest = min(a["size"] for a in report["artifacts"])
     assert dense_safetensors_bytes(tmp_path, f"digits_{model}.pt") / smallest >= min_ratio
     assert (out / "sparsity.png").stat().st_size > 1000
     assert "| layer | weights | non-zeros | sparsity |" in (out / "report.md").read_text()
-    # why prune stopped where it did: half of a 1-point gate is below one of 180 validation samples (judge/power.py)
-    assert any("one lost sample has a 75% bound of 0.93" in n and "prune 0.50" in n for n in report["notes"])
-    # digits_val chose the MLP's epoch (99.44 there, 96.94 held out); the CNN's scores agree (99.44 / 99.17)
-    assert any("more than chance easily explains" in n for n in report["notes"]) == (model == "mlp")
+    # digits_val is fresh to the originals (a fixed number of epochs): no selection-gap warning
+    assert not any("more than chance easily explains" in n for n in report["notes"])
     shrink = report["stages"][0]
     assert len(shrink["history"]) == 1 + 10 and all("relevant" in h for h in shrink["history"][1:])
     # zeros survive quantization: the int8 ONNX weights are at least as sparse as the torch model
@@ -210,7 +209,7 @@ def test_prune_on_pt2_and_eager_gives_the_same_result(tmp_path):
         assert torch.allclose(pa, pb, atol=1e-5), na
     ra, rb = read_report(tmp_path / "a"), read_report(tmp_path / "b")
     assert ra["sparsity"]["per_layer"] == rb["sparsity"]["per_layer"]
-    assert math.isclose(ra["sparsity"]["sparsity"], 0.6, abs_tol=1e-4)
+    assert ra["sparsity"]["sparsity"] >= 0.3, ra["sparsity"]  # steps toward 0.6 were kept, the same in both
 
 
 def test_zeros_survive_later_fine_tuning_and_lobster_and_manifold_run(tmp_path):

@@ -68,7 +68,7 @@ class StageContext(Protocol):
 
     def validate(self, model: nn.Module | None = None) -> Metrics: ...
 
-    def select(self, model: nn.Module | None = None) -> Metrics: ...  # on training rows: a fine-tune's epoch choice
+    def selection_rows(self) -> Dataset: ...  # training rows a fine-tune chooses its epoch on (never validation)
 
     def teacher(self, batch: Dataset) -> torch.Tensor: ...  # the original's outputs on a batch (cached: teacher.py)
 

@@ -1,8 +1,10 @@
 """The one fine-tuning loop every stage shares (shrink, prune, rpg, basis).
 
-Trains on the training set, selects its epoch on a fixed slice of the training rows (`StageContext.select`, by the
-run's metric in its direction) and restores the best state: never on the validation set, which then judges the
-chosen state (a choice on the judging set makes the judgement optimistic: judge/looks.py), nor on held-out. With labels the loss is cross-entropy; without labels it is distillation
+Trains on the training set, selects its epoch by the task loss on a fixed slice of the training rows
+(`StageContext.selection_rows`; a loss, since a model that has learnt its training rows scores 100% on them in every
+epoch) and restores the best state: never on the validation set, which then judges the chosen state (a choice on the
+judging set makes the judgement optimistic: judge/looks.py), nor on held-out. An epoch that raised the loss (a rate
+too high) is therefore not kept. With labels the loss is cross-entropy; without labels it is distillation
 towards the frozen original model's outputs (computed once for the training set: teacher.py), chosen by the run's
 metric (judge/kind.py): logits (agreement) ->
 KL divergence at temperature T, scaled by T^2 (Hinton et al. 2015, "Distilling the knowledge in a neural
@@ -26,7 +28,7 @@ from compressor.core.precision import MixedPrecision
 from compressor.io.data import Dataset
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
-from compressor.runtime.calls import call_model, set_train
+from compressor.runtime.calls import EVAL_BATCH, call_model, set_train
 from compressor.runtime.parallel import data_parallel, my_share, share_weight, sync_buffers
 
 DISTILL_TEMPERATURE = 2.0
@@ -84,6 +86,20 @@ def task_loss(ctx: StageContext, model: nn.Module, batch: Dataset, out: torch.Te
     return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)
 
 
+@torch.no_grad()
+def selection_loss(ctx: StageContext, model: nn.Module) -> Metrics:
+    """The task loss (`task_loss`) on the run's selection rows, in eval mode: what a fine-tune keeps its best epoch
+    by (lower is better)."""
+    rows, total = ctx.selection_rows(), 0.0
+    was_training = model.training
+    set_train(model, False)
+    for batch in rows.batches(EVAL_BATCH):
+        out = call_model(model, batch, ctx.device)
+        total += float(task_loss(ctx, model, batch, out.float() if out.is_floating_point() else out)) * len(batch)
+    set_train(model, was_training)
+    return Metrics("loss on training rows", total / max(len(rows), 1), higher_is_better=False)
+
+
 def distill_hook(ctx: StageContext, weight: float, temperature: float):
     """Knowledge distillation (Hinton, Vinyals, Dean 2015) to the original model: weight * T^2 *
     KL(softmax(teacher / T) || softmax(student / T)) over the flattened outputs, added to the task loss. Only for
@@ -123,7 +139,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     n_batches = math.ceil(len(train) / settings.batch_size)
     steps = min(n_batches, settings.max_steps_per_epoch) if settings.max_steps_per_epoch else n_batches
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.epochs * steps)) if settings.cosine else None
-    start = ctx.select(model) if select_best else None
+    start = selection_loss(ctx, model) if select_best else None
     best = start if keep_start else None
     best_state = copy.deepcopy(model.state_dict()) if select_best else None
     result = FinetuneResult(best, 0, [{"epoch": 0, "select": start.value if start else None}])
@@ -169,11 +185,11 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 break  # nothing trained since the last validation
             set_train(model, False)
             sync_buffers(model)
-            metrics = ctx.select(model)
+            metrics = selection_loss(ctx, model)
             entry = {"epoch": epoch, "loss": total / max(count, 1), "select": metrics.value,
                      **{k: v / max(count, 1) for k, v in stats_sum.items()}}
             result.history.append(entry)
-            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f} train rows {ctx.metric.name} "
+            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f} loss on training rows "
                         f"{metrics.value:.4g}")
             better = result.best is None or is_better(metrics.value, result.best.value,
                                                       metrics.higher_is_better, ties=not keep_start)
@@ -184,7 +200,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 entry["stopped"] = "time limit"
                 break
     if len(result.history) == 1:  # --time-limit before the first step: the start is the result
-        result.best = result.best or start or ctx.select(model)
+        result.best = result.best or start or selection_loss(ctx, model)
         result.history[0]["select"] = result.best.value
     if select_best:
         model.load_state_dict(best_state)

@@ -45,7 +45,8 @@ def resolution_note(shares: dict[str, float], n: int, confidence: float, max_dro
     need = samples_to_lose_one(share, confidence)
     names = ", ".join(f"{name} {s:.2f}" for name, s in low.items())
     more = f"About {need:,} validation samples" if need else "Many more validation samples"
-    return (f"WARNING: on {n} validation samples one lost sample has a {confidence:.0%} bound of {one:.2f} points, "
+    return (f"WARNING: on {n} validation samples one lost sample has a {confidence:.0%} bound of {one:.2f} points "
+            "at one look (a search's looks bound higher each: judge/looks.py), "
             f"above the budget share of {names} (of --max-drop {max_drop:g}): such a stage keeps only candidates that "
             "lose no validation sample net (prune and rpg may stop early, shrink may keep its input, quantize may keep "
             f"a safer form or the float graph). {more} (--val-data), or a larger --max-drop or <stage>.max_drop, "

@@ -72,7 +72,7 @@ def saturation_note(baseline_scores: torch.Tensor, metric: str) -> str:
     n = int(torch.as_tensor(baseline_scores).numel())
     if saturated(baseline_scores):
         return (f"validation saturated: the original is right on all {n} validation samples, so 0/1 {metric} sees "
-                "no cost before a prediction flips; every budget decision (shrink's epoch, prune's steps and codebook, "
+                "no cost before a prediction flips; every budget decision (shrink's result, prune's steps and codebook, "
                 f"rpg's ring, basis's size) also bounds the drop of the {PROBABILITY_RULES[metric]} (judge/saturation.py)"
                 + ("; under agreement the original is right on every sample by definition, so always"
                    if metric == "agreement" else ""))

@@ -2,7 +2,7 @@
 undone, so no stage writes its own restore logic.
 
 Two shapes of search use it:
-- in place (shrink's epochs, prune's steps, prune's codebook): `Snapshot` holds the state to return to and
+- in place (shrink's result, prune's steps, prune's codebook): `Snapshot` holds the state to return to and
   `attempt` changes the model, judges it, and restores the snapshot unless the decision keeps it;
 - over fresh candidates of growing size (rpg's ring, basis's K): `first_within` draws candidates, each fitted only
   when drawn, until one is within budget (or there is no validation data to judge it), and returns all it drew.

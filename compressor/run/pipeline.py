@@ -28,7 +28,6 @@ from compressor.judge.looks import per_look_confidence
 from compressor.judge.metrics import Metrics, evaluate
 from compressor.run.progress import Reporter
 from compressor.run.settings import RunSettings
-from compressor.runtime.calls import predict
 from compressor.runtime.parallel import from_rank0
 
 SELECTION_ROWS = 512  # training rows a fine-tune chooses its epoch on (`RunContext.select`)
@@ -88,7 +87,7 @@ class RunContext:
     deadline: float | None = None  # time.perf_counter() value of --time-limit's end (None: no limit)
     precision: str = "fp32"  # --precision: every fine-tune's autocast (core/precision.py)
     _teacher: TeacherOutputs | None = field(default=None, repr=False)
-    _selection: tuple[Dataset, torch.Tensor] | None = field(default=None, repr=False)
+    _selection: Dataset | None = field(default=None, repr=False)
 
     @property
     def stage_seed(self) -> int:
@@ -123,17 +122,15 @@ class RunContext:
             raise DataError("no validation data: pass --train-data or --val-data")
         return evaluate(model or self.model, self.val, self.val_reference, self.device, self.metric)
 
-    def select(self, model: nn.Module | None = None) -> Metrics:
-        """The metric on a seeded slice of the training data (the same slice for every stage): what a fine-tune
-        chooses its epoch by. A choice made on the validation set that then judges the chosen state would make the
-        judgement optimistic (judge/looks.py); the slice is never validation or held-out data."""
+    def selection_rows(self) -> Dataset:
+        """A seeded slice of the training data (the same for every stage) that a fine-tune chooses its epoch on: a
+        choice made on the validation set that then judges the chosen state would make the judgement optimistic
+        (judge/looks.py); the slice is never validation or held-out data."""
+        if self.train is None:
+            raise DataError("no training data: pass --train-data")
         if self._selection is None:
-            if self.train is None:
-                raise DataError("no training data: pass --train-data")
-            rows = calibration_subset(self.train, SELECTION_ROWS, self.seed)
-            self._selection = rows, predict(self.original, rows, self.device)
-        rows, reference = self._selection
-        return evaluate(model or self.model, rows, reference, self.device, self.metric)
+            self._selection = calibration_subset(self.train, SELECTION_ROWS, self.seed)
+        return self._selection
 
     def stage_budget(self, stage: str, own: float | None) -> float:
         """A stage's share of the run's budget (`judge/decide.py`)."""

@@ -59,9 +59,9 @@ class ShrinkStage(Stage):
         (result, names), decision = trial.value, trial.decision
         after = small_fraction(ctx.model, names)
         relevant = [h.get("relevant", 0.0) for h in result.history[1:]]
-        notes = [f"{cfg.rule} rule on {len(names)} tensors; best {result.best.name} on training rows {result.best.value:.4g} at epoch "
+        notes = [f"{cfg.rule} rule on {len(names)} tensors; best {result.best.name} {result.best.value:.4g} at epoch "
                  f"{result.best_epoch}; |w| < 1e-3: {before:.1%} -> {after:.1%}",
-                 f"per epoch (loss / {result.best.name} on training rows / fraction relevant): " + "; ".join(
+                 f"per epoch (loss / {result.best.name} / fraction relevant): " + "; ".join(
                      f"{h['loss']:.4f} / {h['select']:.4g} / {h.get('relevant', 0.0):.3f}" for h in result.history[1:]),
                  f"validation {decision.describe()}" + ("" if decision.accepted else ": restored the input weights")]
         mean_rel = sum(relevant) / len(relevant) if relevant else 0.0
