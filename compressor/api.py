@@ -79,7 +79,7 @@ def compress(model: nn.Module | str | Path, data: Any, *, pipeline: str | list[s
 
     `stages`: options per stage, e.g. `{"prune": {"target": 0.5}}` (as `--set prune.target=0.5`). `options`: any
     other run option by its RunOptions name (seed, device, max_drop, min_recovery, max_bytes, floors, threads,
-    metric, confidence, precision, arch, trust_pickle, resume, keep_checkpoints).
+    metric, confidence, confirm, precision, arch, trust_pickle, resume, keep_checkpoints).
     """
     unknown = set(options) - set(RunOptions.__dataclass_fields__) | set(options) & {
         "model", "data", "pipeline", "out", "overrides", "recipe_options", "train_data", "val_data", "calib_data"}

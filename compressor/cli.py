@@ -128,6 +128,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help=setting_help("device")),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help=setting_help("max_drop")),
     confidence: Optional[float] = typer.Option(None, "--confidence", help=setting_help("confidence")),
+    confirm: Optional[float] = typer.Option(None, "--confirm", help=setting_help("confirm")),
     min_recovery: Optional[float] = typer.Option(None, "--min-recovery", help=setting_help("min_recovery")),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help=setting_help("max_bytes")),
     floor: Optional[List[str]] = typer.Option(None, "--floor", help="Gate: metric=value floor on the final artifact "

@@ -66,7 +66,7 @@ def fingerprint(options, stages) -> str:
         ("model", options.model), ("heldout", options.data), ("train", options.train_data),
         ("val", options.val_data), ("calib", options.calib_data))}
     doc = {"files": files, "seed": options.seed, "arch": options.arch, "threads": options.threads,
-           "max_drop": options.max_drop, "confidence": options.confidence,
+           "max_drop": options.max_drop, "confidence": options.confidence, "confirm": options.confirm,
            "metric": None if options.metric in (None, "auto") else options.metric,  # both mean: detected
            "world_size": world()[1], "time_limit": options.time_limit,  # data-parallel ranks split every batch: another count, other numbers
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}

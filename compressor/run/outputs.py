@@ -124,6 +124,15 @@ class OutputDir:
     def path(self, name: str) -> Path:
         return self.staging / name
 
+    def clear(self) -> None:
+        """Empty the staging directory: a run tried again (run/confirm.py) writes its files afresh, and none of the
+        first try's may stay behind."""
+        for p in self.staging.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
     def commit(self) -> None:
         """Swap the complete staging directory in for --out (see the module docstring); release the lock."""
         try:

@@ -79,6 +79,7 @@ class RunContext:
     # the structure records of structural stages (rpg, basis), in order: saved in model.safetensors; the export
     # layer finds by kind how to rebuild each on load and how to rewrite the ONNX graph (fp32 and int8)
     structures: list[dict[str, Any]] = field(default_factory=list)
+    confirm: Dataset | None = None  # validation rows no stage decision sees: the final confirmation's (run/confirm.py)
     notes: list[str] = field(default_factory=list)
     stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
     max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (judge/budget.py)

@@ -19,6 +19,7 @@ from compressor.judge.kind import BUILTIN, MetricChoice, choose
 from compressor.judge.metrics import Metrics, check_labels, score
 from compressor.judge.power import selection_gap_note
 from compressor.judge.saturation import PROBABILITY_RULES, saturation_note
+from compressor.run.confirm import hold_back
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.run.progress import Reporter
 from compressor.runtime.calls import other_outputs_notes, output_names, predict
@@ -34,6 +35,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
     heldout, train, val, calib, notes = load_splits(options.data, options.train_data, options.val_data,
                                                     options.calib_data, loaded.input_names, options.seed,
                                                     loaded.input_dtypes, loaded.data_encoder)
+    val, confirm = hold_back(val, options.confirm, options.seed)
     model = loaded.module.to(device)
     original = frozen_copy(model) if copy_original else model
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
@@ -52,7 +54,7 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
                      reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice,
-                     confidence=options.confidence, precision=options.precision)
+                     confidence=options.confidence, precision=options.precision, confirm=confirm)
     return ctx, heldout, baseline, reference, notes
 
 

@@ -6,6 +6,7 @@ torch-side stages (`stages.py`) -> ONNX export and the export-time stage (`expor
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from compressor.report.build import build_report, write_reports
 from compressor.report.plots import accuracy_vs_size, latency_bars
 from compressor.report.sparsity import sparsity_section
 from compressor.run.checkpoint import Checkpoints, fingerprint
+from compressor.run.confirm import StepBack, confirm_artifact, confirmation_note
 from compressor.run.export_onnx import export_artifact
 from compressor.run.measure import measure_artifacts
 from compressor.run.outputs import OutputDir
@@ -53,7 +55,7 @@ def compress(options: RunOptions, reporter: Reporter | None = None) -> tuple[dic
         ckpt = None
         if any(not s.export_time for s in stages):
             ckpt = Checkpoints(options.out, fingerprint(options, stages), options.resume)
-        report = _run(options, stages, out, reporter, ckpt)
+        report = _confirmed_run(options, stages, out, reporter, ckpt)
         out.commit()
         if ckpt is not None and not options.keep_checkpoints:
             ckpt.remove()
@@ -84,8 +86,27 @@ def _other_rank(options: RunOptions, stages: list[Stage], reporter: Reporter) ->
     return None, EXIT_OK
 
 
+def _confirmed_run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
+                   ckpt: Checkpoints | None) -> dict[str, Any]:
+    """The run, and while model.onnx fails its final confirmation (run/confirm.py) the run again one stage shorter:
+    the export-time stage dropped first, then each torch-side stage, the rest restored from their checkpoints."""
+    back = StepBack(looks=max(1, len(stages)))
+    report = _run(options, stages, out, reporter, ckpt, back)
+    while stages and not (report.get("confirmation") or {"accepted": True})["accepted"] and world()[1] == 1:
+        back.tried.append(report["confirmation"])
+        stages = stages[:-1]
+        options = dataclasses.replace(options, pipeline=[s.name for s in stages], resume=True)
+        reporter.log("model.onnx failed its final confirmation: stepping back to "
+                     + (",".join(options.pipeline) or "the original model"))
+        out.clear()
+        if ckpt is not None and any(not s.export_time for s in stages):
+            ckpt = Checkpoints(options.out, ckpt.fp, resume=True)
+        report = _run(options, stages, out, reporter, ckpt, back)
+    return report
+
+
 def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
-         ckpt: Checkpoints | None) -> dict[str, Any]:
+         ckpt: Checkpoints | None, back: StepBack) -> dict[str, Any]:
     started = time.perf_counter()
     model_stages = [s for s in stages if not s.export_time]
     ctx, heldout, baseline, reference, notes = prepare(options, reporter, copy_original=bool(model_stages))
@@ -112,9 +133,13 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     final_torch = predict(ctx.model, heldout, ctx.device) if changed or exported.compacted else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings, run_time)
+    confirmed = confirm_artifact(ctx, exported.onnx_path, back.looks)
+    n_val = len(ctx.val or []) + len(ctx.confirm or [])
+    notes.append(confirmation_note(confirmed, back.tried, n_val, options.confirm))
     run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,
            "encodings": encodings, "latency": exported.base_latency, "latency_spread": exported.base_spread,
-           "started": started, "parallel": parallel}
+           "started": started, "parallel": parallel, "confirmation": confirmed and {**confirmed, "stepped_back_from": [
+               t["pipeline"] for t in back.tried]}}
     return write_report(options, ctx, stages, out, notes, run)
 
 
@@ -159,7 +184,7 @@ def write_report(options: RunOptions, ctx: RunContext, stages: list[Stage], out:
         report["sparsity"] = sparse
     report["baseline"]["latency_ms"] = run["latency"]
     report["baseline"]["latency_spread_ms"] = run["latency_spread"]
-    report["parallel"] = run["parallel"]
+    report["parallel"], report["confirmation"] = run["parallel"], run["confirmation"]
     if accuracy_vs_size(report, out.path("accuracy_vs_size.png")):
         report["plots"] = {"accuracy_vs_size": "accuracy_vs_size.png"}
     if latency_bars(report, out.path("latency.png")):

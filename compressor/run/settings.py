@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compressor.defaults import DEFAULT_CONFIDENCE, precision_error
+from compressor.defaults import CONFIRM_MIN, DEFAULT_CONFIDENCE, precision_error
 from compressor.errors import UsageError
 from compressor.io.hf.files import TASKS
 from compressor.schema import default_of, fields_of, option, parse_field
@@ -32,9 +32,14 @@ class RunSettings:
     metric: str | None = option(None, "Primary metric for every decision, the gate and the report: accuracy, "
                                       "agreement, cosine, mse or a plugin's name (default: detected from the outputs "
                                       "and data).", recipe="metric")
-    confidence: float = option(DEFAULT_CONFIDENCE, "One-sided confidence of the upper bound on the validation drop "
-                                                   "that every stage decision uses.", ge=0.5, lt=1,
+    confidence: float = option(DEFAULT_CONFIDENCE, "One-sided confidence that a stage's whole search keeps no state "
+                                                   "over its budget: each of its looks bounds the validation drop "
+                                                   "at 1 - (1 - confidence) / looks.", ge=0.5, lt=1,
                                recipe="confidence")
+    confirm: float = option(0.2, "Fraction of the validation set no stage decision sees, used once at the end to "
+                                 "confirm model.onnx (stepping back along the stages when it fails); held back only "
+                                 f"when that is at least {CONFIRM_MIN} samples; 0: off.", ge=0, lt=1,
+                            recipe="confirm")
     time_limit: float | None = option(None, "Wall-clock budget for the stages (e.g. 30m, 2h, 900): past it no search "
                                             "or fine-tune starts new work and each keeps the best state within budget "
                                             "found so far; export and verification still run (default: none).",

@@ -1,0 +1,82 @@
+"""The final confirmation: model.onnx judged once, at the end, on a slice of the validation set that no stage
+decision has seen; when it fails, the run steps back along the stages it recorded.
+
+Why: every stage decides on the same validation samples. judge/looks.py accounts for the looks inside each search,
+but each stage holds its own confidence, and what ships is also shaped by export (int8, graph rewrites) after the last
+decision. A slice held back from all of them is an independent check of the artifact itself: the test split of a
+train / validation / test protocol (Cawley and Talbot 2010, JMLR 11), taken inside the validation data, because the
+held-out set belongs to the report and the gate and no decision may read it.
+
+The slice is `--confirm` of the validation rows (seeded), held back only when that gives at least CONFIRM_MIN
+samples: fewer could not resolve a drop of a point, and would cost the searches their power for nothing. The
+judgement is the run's rule (judge/decide.py) at the whole --max-drop. The path it steps back along is the pipeline
+cut one stage at a time from its end (the export-time stage first, then each torch-side stage restored from its
+checkpoint), so each state tried is less compressed than the last; the original's own export ends it. Every state
+tried is a look that can keep an over-budget artifact, so each bounds at the confidence of judge/looks.py for as
+many looks as the pipeline has stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from compressor.defaults import CONFIRM_MIN
+from compressor.io.data import Dataset
+from compressor.judge.decide import judge_outputs
+from compressor.judge.looks import per_look_confidence
+from compressor.judge.metrics import score
+from compressor.runtime.calls import onnx_predict, ort_session, predict
+
+
+def hold_back(val: Dataset | None, fraction: float, seed: int) -> tuple[Dataset | None, Dataset | None]:
+    """(the validation rows the stages decide on, the confirmation slice or None): a seeded `fraction` of `val`,
+    held back only when it is at least CONFIRM_MIN samples."""
+    if val is None or fraction <= 0 or int(len(val) * fraction) < CONFIRM_MIN:
+        return val, None
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed + 1))
+    n = int(len(val) * fraction)
+    source = f"{val.source} (seeded {fraction:.0%} held back to confirm the artifact)"
+    return val.subset(order[n:].sort().values), val.subset(order[:n].sort().values, source)
+
+
+def confirm_artifact(ctx, onnx_path, looks: int) -> dict[str, Any] | None:
+    """model.onnx judged on the confirmation slice within --max-drop, each of `looks` states at its share of the
+    confidence (None: no slice held back)."""
+    if ctx.confirm is None:
+        return None
+    reference = predict(ctx.original, ctx.confirm, ctx.device)
+    base = score(reference, ctx.confirm, reference, ctx.metric)
+    outputs = onnx_predict(ort_session(onnx_path), ctx.confirm)
+    decision = judge_outputs(outputs, ctx.confirm, reference, base, ctx.metric, ctx.max_drop,
+                             per_look_confidence(ctx.confidence, max(1, looks)))
+    return {"n": decision.n, "drop": decision.drop, "bound": decision.bound, "budget": decision.budget,
+            "confidence": decision.confidence, "accepted": decision.accepted, "pipeline": list(ctx.plan),
+            "describe": decision.describe()}
+
+
+@dataclass
+class StepBack:
+    """What the runner carries from one try of the pipeline to the next: how many states the path may try (the
+    stages of the pipeline as asked) and the confirmations that failed, in order."""
+
+    looks: int
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+
+def confirmation_note(confirmed: dict[str, Any] | None, tried: list[dict[str, Any]], n_val: int,
+                      fraction: float) -> str:
+    """The report's line on the confirmation: what held, and every state it stepped back from."""
+    if confirmed is None:
+        if fraction <= 0:
+            return "final confirmation off (--confirm 0)"
+        if n_val == 0:
+            return "final confirmation not run: no validation data"
+        return (f"final confirmation not run: {fraction:.0%} of {n_val} validation samples is fewer than "
+                f"{CONFIRM_MIN} (every validation sample went to the stages' decisions)")
+    steps = "".join(f"; {','.join(t['pipeline']) or 'the original'}: {t['describe']}, stepped back" for t in tried)
+    verdict = ",".join(confirmed["pipeline"]) or "the original model"
+    head = "WARNING: " if tried else ""
+    return (f"{head}final confirmation of model.onnx on {confirmed['n']} validation samples no stage decision saw"
+            f"{steps}; shipped {verdict}: {confirmed['describe']}")
