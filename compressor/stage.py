@@ -99,6 +99,11 @@ class Stage:
         --train-data or --calib-data), or None."""
         return None
 
+    def planned_looks(self) -> int:
+        """How many judged looks this configured stage's search can spend on over-budget states, when its config
+        alone says (judge/looks.py; a search whose count depends on the model or data says 1, the least)."""
+        return 1
+
     def apply(self, ctx):  # pragma: no cover - interface
         raise NotImplementedError
 

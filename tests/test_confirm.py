@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from compressor.defaults import CONFIRM_MIN
-from compressor.io.data import Dataset
+from compressor.io.data import Dataset, load_dataset
 from compressor.run.confirm import hold_back
+from compressor.runtime.calls import onnx_predict, ort_session
 from tests.conftest import HELDOUT, SAMPLES, TRAIN, VAL, read_report, run_cli
 
 
@@ -45,7 +46,7 @@ def test_an_artifact_that_fails_its_confirmation_steps_back_to_what_holds(tmp_pa
     confirmation = report["confirmation"]
     assert confirmation["stepped_back_from"] == [["rpg", "quantize"], ["rpg"]]
     assert confirmation["pipeline"] == [] and confirmation["accepted"] and confirmation["n"] == 240
-    assert report["pipeline"] == [] and report["stages"] == []
+    assert report["pipeline"] == [] and report["stages"] == []  # what shipped; the plan as asked is in recipe.yaml
     assert report["artifacts"][0]["metric_value"] == pytest.approx(report["baseline"]["value"])
     note = next(n for n in report["notes"] if "final confirmation" in n)
     assert note.startswith("WARNING: ") and "rpg,quantize: drop" in note and "shipped the original model" in note
@@ -53,14 +54,29 @@ def test_an_artifact_that_fails_its_confirmation_steps_back_to_what_holds(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["accuracy_vs_size.png", "latency.png", "model.onnx", "model.safetensors", "recipe.yaml", "report.json",
          "report.md"])  # nothing of the rejected tries (no ring structure, no sparsity plot) stays
+    # the resolved recipe is the pipeline as asked: rerun, it steps back the same way to the same bytes
+    again = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", out / "recipe.yaml", "--out", tmp_path / "again",
+                    "--quiet")
+    assert again.code == 0, again
+    assert (tmp_path / "again" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert read_report(tmp_path / "again")["confirmation"]["stepped_back_from"] == [["rpg", "quantize"], ["rpg"]]
 
 
 def test_a_confirmed_artifact_ships_and_the_stages_never_saw_the_slice(tmp_path, large_val):
+    """The confirmation's drop is model.onnx's against the original as loaded (a quantize-only run rounds the
+    working model's weights in place: the reference is taken before), recomputed here from the files."""
     out = tmp_path / "o"
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--train-data", TRAIN,
-                  "--val-data", large_val, "--out", out, "--quiet")
+                  "--val-data", large_val, "--out", out, "--quiet", "--set", "quantize.mode=dynamic", "--metric", "mse")
     assert res.code == 0, res
     report = read_report(out)
+    _, held = hold_back(load_dataset(large_val, ["x"]), 0.2, 0)
+    original = torch.export.load(str(SAMPLES / "digits_mlp.pt2")).module()
+    with torch.no_grad():
+        reference = original(held.inputs["x"]).double()
+    onnx = onnx_predict(ort_session(out / "model.onnx"), held).double()
+    rise = float(((onnx - reference) ** 2).mean(1).mean())  # mse's drop is its rise, in the output's units squared
+    assert rise > 0 and report["confirmation"]["drop"] == pytest.approx(rise, rel=1e-6)
     assert report["confirmation"]["accepted"] and report["confirmation"]["pipeline"] == ["quantize"]
     assert report["confirmation"]["stepped_back_from"] == []
     assert "on 960 validation samples" in " ".join(report["stages"][0]["notes"])  # the stages' share only

@@ -25,11 +25,21 @@ def test_samples_to_lose_one_is_the_smallest_set_that_admits_one_loss():
 
 
 def test_resolution_note_names_only_the_stages_below_one_sample():
-    note = resolution_note({"shrink": 0.5, "prune": 0.5, "rpg": 1.0}, 180, 0.75, 1.0)
-    assert "shrink 0.50, prune 0.50 (of" in note and "rpg 1.00" not in note and "0.93" in note
+    looks = {"shrink": 0.75, "prune": 0.75, "rpg": 0.75}
+    note = resolution_note({"shrink": 0.5, "prune": 0.5, "rpg": 1.0}, 180, looks, 1.0)
+    assert "shrink 0.50 (one lost sample bounds at 0.93" in note and "prune 0.50 (" in note and "rpg 1.00" not in note
     assert f"About {samples_to_lose_one(0.5, 0.75):,} validation samples" in note
-    assert resolution_note({"prune": 1.0}, 180, 0.75, 1.0) is None
-    assert resolution_note({"prune": 0.5}, 400, 0.75, 1.0) is None  # one sample of 400 bounds at 0.42
+    assert resolution_note({"prune": 1.0}, 180, looks, 1.0) is None
+    assert resolution_note({"prune": 0.5}, 400, looks, 1.0) is None  # one sample of 400 bounds at 0.42
+
+
+def test_resolution_note_reads_each_stage_s_per_look_confidence():
+    """prune's default 4 looks bound each at 93.75%: on 450 samples one lost sample is 0.56, over its 0.50 share,
+    while one look at 75% (0.37) would hide it."""
+    assert resolution_note({"prune": 0.5}, 450, {"prune": 0.75}, 1.0) is None
+    note = resolution_note({"prune": 0.5}, 450, {"prune": 0.9375}, 1.0)
+    assert "prune 0.50 (one lost sample bounds at 0.56 at its 93.75% per look)" in note
+    assert f"About {samples_to_lose_one(0.5, 0.9375):,} validation samples" in note
 
 
 def test_selection_gap_warns_only_beyond_chance():
@@ -47,4 +57,4 @@ def test_selection_gap_warns_only_beyond_chance():
 
 
 def test_a_zero_share_is_not_told_to_get_more_samples():
-    assert resolution_note({"prune": 0.0}, 180, 0.75, 0.0) is None
+    assert resolution_note({"prune": 0.0}, 180, {"prune": 0.75}, 0.0) is None

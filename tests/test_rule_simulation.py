@@ -31,7 +31,7 @@ from compressor.judge.looks import growth_chances, per_look_confidence, prune_ch
 BASE_RIGHT, GAIN, PERSIST = 0.97, 0.25, 0.5
 REPS = 2000
 ALPHA = 1 - DEFAULT_CONFIDENCE
-PATIENCE, LOOKAHEAD, EPOCHS = 2, 2, 3  # prune's defaults; fine-tunes of 3 epochs
+PATIENCE, LOOKAHEAD, EPOCHS = 2, 2, 3  # prune's former defaults (the most looks per step); fine-tunes of 3 epochs
 PRUNE_DROPS = (0.0, 0.3, 0.55, 0.8, 1.05, 1.3, 1.55, 1.8, 2.05, 2.3, 2.55, 2.8)  # rising: 0.05 past each budget
 GROWTH_DROPS = (2.05, 1.55, 1.05, 0.55, 0.0)  # K = 5 sizes, most compressed first
 BEST_EPOCHS = 5  # the best-epoch search: start (1 point worse) + 5 epochs

@@ -51,7 +51,7 @@ class StageContext(Protocol):
     weights: list[WeightInfo]         # the weights found by the ops that read them (a structural stage updates it)
     metric: MetricChoice              # the run's metric and the loss that matches it
     max_drop: float                   # the run's gate (--max-drop)
-    confidence: float                 # of the budget rule's one-sided bound
+    confidence: float                 # --confidence: of a stage's whole search (judge(chances=) splits it per look)
     stage_configs: dict[str, Any]     # name -> config of every stage in the plan
 
     @property
@@ -74,6 +74,8 @@ class StageContext(Protocol):
 
     def stage_budget(self, stage: str, own: float | None) -> float: ...
 
+    # `chances`: the looks of the stage's search that can keep an over-budget state; each is bounded at
+    # 1 - (1 - confidence) / chances so the whole search holds --confidence (judge/looks.py)
     def judge(self, stage_budget: float | None = None, model: nn.Module | None = None,
               outputs: torch.Tensor | None = None, chances: int = 1) -> BudgetDecision: ...
 

@@ -29,7 +29,7 @@ from compressor.io.data import Dataset
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
 from compressor.runtime.calls import EVAL_BATCH, call_model, set_train
-from compressor.runtime.parallel import data_parallel, my_share, share_weight, sync_buffers
+from compressor.runtime.parallel import data_parallel, from_rank0, my_share, share_weight, sync_buffers
 
 DISTILL_TEMPERATURE = 2.0
 GradHook = Callable[[nn.Module, int], dict[str, float] | None]  # after backward, before step; may return stats
@@ -97,7 +97,8 @@ def selection_loss(ctx: StageContext, model: nn.Module) -> Metrics:
         out = call_model(model, batch, ctx.device)
         total += float(task_loss(ctx, model, batch, out.float() if out.is_floating_point() else out)) * len(batch)
     set_train(model, was_training)
-    return Metrics("loss on training rows", total / max(len(rows), 1), higher_is_better=False)
+    # data-parallel ranks choose the same epoch: rank 0's loss decides (float rounding may differ between ranks)
+    return Metrics("loss on training rows", from_rank0(total / max(len(rows), 1)), higher_is_better=False)
 
 
 def distill_hook(ctx: StageContext, weight: float, temperature: float):
@@ -122,12 +123,12 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
              step_hook: StepHook | None = None, loss_hook: LossHook | None = None,
              select_best: bool = True, keep_start: bool = True,
              train_mode: Callable[[nn.Module], None] | None = None) -> FinetuneResult:
-    """Fine-tune `model` in place; returns the validation history (the best state is restored).
+    """Fine-tune `model` in place; returns the history of losses and selection losses (the best state is restored).
 
     `train_mode`, if given, is called after the model is put in training mode each epoch (e.g. to keep some
-    modules' batch-norm statistics frozen). With `keep_start=False` the starting state is not a candidate and ties go to the later epoch (for shrinkage,
-    where a later epoch of equal validation metric is the more compressible one).
-    Past --time-limit (`ctx.out_of_time()`) no further step is taken: the epoch so far is validated and the best
+    modules' batch-norm statistics frozen). With `keep_start=False` the starting state is not a candidate and an
+    equal loss goes to the later epoch (for shrinkage, where a later epoch is the more compressible one).
+    Past --time-limit (`ctx.out_of_time()`) no further step is taken: the epoch so far is scored and the best
     state kept as usual.
     In a data-parallel run (runtime/parallel.py) each rank trains on its share of every batch's rows and DDP averages the
     gradients, so the steps are those of the whole batch. `ctx.precision` (--precision) autocasts the forward

@@ -2,7 +2,8 @@
 
 Every stage decision is the paired upper confidence bound of `judge/budget.py` on validation. For a metric that
 counts samples, one validation sample that the candidate gets wrong and the original got right (and nothing else
-changed) has drop 100/n and a bound of exactly 100 (1 + z) / n points (z = 0.674 at 75%): 0.93 points on 180 samples.
+changed) has drop 100/n and a bound of exactly 100 (1 + z) / n points at a look's confidence (z = 0.674 at 75%: 0.93
+points on 180 samples; prune's default 93.75% per look: 0.56 on 450).
 A stage whose share of --max-drop is below that keeps nothing that loses a validation sample net, however little
 the loss would cost on fresh data (prune's half share of a 1-point gate is 0.50: on 180 samples it stops at the
 first step that loses one; docs/ALGORITHMS.md §2). The run says so and says
@@ -33,21 +34,22 @@ def samples_to_lose_one(budget: float, confidence: float) -> int | None:
     return max(2, math.ceil(one_loss_bound(1, confidence) / budget - 1e-9))  # the bound is one_loss_bound(1) / n
 
 
-def resolution_note(shares: dict[str, float], n: int, confidence: float, max_drop: float) -> str | None:
-    """A warning naming the stages whose budget share is below one validation sample's bound (None: none is)."""
+def resolution_note(shares: dict[str, float], n: int, confidences: dict[str, float], max_drop: float) -> str | None:
+    """A warning naming the stages whose budget share is below one validation sample's bound at the confidence of
+    each of their looks (`confidences`: stage -> per-look confidence, judge/looks.py; None: none is)."""
     if n < 2:
         return None
-    one = one_loss_bound(n, confidence)
-    low = {name: share for name, share in shares.items() if 0 < share and share + 1e-9 < one}  # 0: no loss wanted
-    if not low:
+    bounds = {name: one_loss_bound(n, confidences[name]) for name in shares}
+    low = {name: share for name, share in shares.items() if 0 < share and share + 1e-9 < bounds[name]}
+    if not low:  # a share of 0: no loss wanted
         return None
-    share = min(low.values())
-    need = samples_to_lose_one(share, confidence)
-    names = ", ".join(f"{name} {s:.2f}" for name, s in low.items())
+    name = min(low, key=low.get)
+    need = samples_to_lose_one(low[name], confidences[name])
+    names = ", ".join(f"{k} {s:.2f} (one lost sample bounds at {bounds[k]:.2f} at its {confidences[k]:.2%} per look)"
+                      for k, s in low.items())
     more = f"About {need:,} validation samples" if need else "Many more validation samples"
-    return (f"WARNING: on {n} validation samples one lost sample has a {confidence:.0%} bound of {one:.2f} points "
-            "at one look (a search's looks bound higher each: judge/looks.py), "
-            f"above the budget share of {names} (of --max-drop {max_drop:g}): such a stage keeps only candidates that "
+    return (f"WARNING: on {n} validation samples one lost sample is over the budget share of {names} "
+            f"(of --max-drop {max_drop:g}; judge/looks.py): such a stage keeps only candidates that "
             "lose no validation sample net (prune and rpg may stop early, shrink may keep its input, quantize may keep "
             f"a safer form or the float graph). {more} (--val-data), or a larger --max-drop or <stage>.max_drop, "
             "would admit one lost sample")

@@ -90,8 +90,8 @@ class Checkpoints:
             saved = read_json(marker, ("fingerprint",))["fingerprint"]
             if saved != fp:
                 raise ResumeError(f"--resume: the checkpoints in {out} were made from a different model, data, seed, "
-                                  "recipe, --nproc or --time-limit (fingerprint mismatch); start a new run in an "
-                                  "empty --out")
+                                  "recipe, --confidence, --confirm, --nproc or --time-limit (fingerprint mismatch); "
+                                  "start a new run in an empty --out")
 
     def _dir(self, index: int, name: str) -> Path:
         return self.root / f"stage-{index:02d}-{name}"

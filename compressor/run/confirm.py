@@ -27,7 +27,7 @@ from compressor.io.data import Dataset
 from compressor.judge.decide import judge_outputs
 from compressor.judge.looks import per_look_confidence
 from compressor.judge.metrics import score
-from compressor.runtime.calls import onnx_predict, ort_session, predict
+from compressor.runtime.calls import onnx_predict, ort_session
 
 
 def hold_back(val: Dataset | None, fraction: float, seed: int) -> tuple[Dataset | None, Dataset | None]:
@@ -41,27 +41,33 @@ def hold_back(val: Dataset | None, fraction: float, seed: int) -> tuple[Dataset 
     return val.subset(order[n:].sort().values), val.subset(order[:n].sort().values, source)
 
 
-def confirm_artifact(ctx, onnx_path, looks: int) -> dict[str, Any] | None:
-    """model.onnx judged on the confirmation slice within --max-drop, each of `looks` states at its share of the
-    confidence (None: no slice held back)."""
+def confirm_artifact(ctx, onnx_path, back: "StepBack", shipped: list[str]) -> dict[str, Any] | None:
+    """model.onnx (made by the stages `shipped`) judged on the confirmation slice within --max-drop, each state the
+    path may try at its share of the confidence (None: no slice held back)."""
     if ctx.confirm is None:
         return None
-    reference = predict(ctx.original, ctx.confirm, ctx.device)
+    reference = ctx.confirm_reference  # the original's, before any stage (a quantize-only run rounds its weights)
     base = score(reference, ctx.confirm, reference, ctx.metric)
     outputs = onnx_predict(ort_session(onnx_path), ctx.confirm)
     decision = judge_outputs(outputs, ctx.confirm, reference, base, ctx.metric, ctx.max_drop,
-                             per_look_confidence(ctx.confidence, max(1, looks)))
+                             per_look_confidence(ctx.confidence, max(1, back.looks)))
     return {"n": decision.n, "drop": decision.drop, "bound": decision.bound, "budget": decision.budget,
-            "confidence": decision.confidence, "accepted": decision.accepted, "pipeline": list(ctx.plan),
-            "describe": decision.describe()}
+            "confidence": decision.confidence, "accepted": decision.accepted, "pipeline": shipped,
+            "describe": decision.describe(), "stepped_back_from": [t["pipeline"] for t in back.tried]}
 
 
 @dataclass
 class StepBack:
-    """What the runner carries from one try of the pipeline to the next: how many states the path may try (the
-    stages of the pipeline as asked) and the confirmations that failed, in order."""
+    """What the runner carries from one try of the pipeline to the next: how many states the path may try, the
+    pipeline as asked (its stages' budget shares and the recipe stay its own), when the run started, whether it is
+    data-parallel (no step back: the other ranks have ended) and its `parallel` entry, and the confirmations that
+    failed, in order."""
 
     looks: int
+    plan: list[Any]
+    started: float
+    parallel: bool = False
+    parallel_entry: dict[str, Any] | None = None
     tried: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -30,7 +30,7 @@ from compressor.run.progress import Reporter
 from compressor.run.settings import RunSettings
 from compressor.runtime.parallel import from_rank0
 
-SELECTION_ROWS = 512  # training rows a fine-tune chooses its epoch on (`RunContext.select`)
+SELECTION_ROWS = 512  # training rows a fine-tune chooses its epoch on (`RunContext.selection_rows`)
 
 
 @dataclass(kw_only=True)
@@ -80,6 +80,7 @@ class RunContext:
     # layer finds by kind how to rebuild each on load and how to rewrite the ONNX graph (fp32 and int8)
     structures: list[dict[str, Any]] = field(default_factory=list)
     confirm: Dataset | None = None  # validation rows no stage decision sees: the final confirmation's (run/confirm.py)
+    confirm_reference: torch.Tensor | None = None  # the original's outputs on them, taken before any stage ran
     notes: list[str] = field(default_factory=list)
     stage_configs: dict[str, Any] = field(default_factory=dict)  # name -> config of every stage in the plan
     max_drop: float = 1.0  # the run's gate (--max-drop): no stage decision may spend more (judge/budget.py)

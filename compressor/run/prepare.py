@@ -41,7 +41,8 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
     reporter.log(f"evaluating the baseline on {len(heldout)} held-out samples")
     reference = predict(original, heldout, device)
     val_reference = predict(original, val, device) if val is not None else None
-    choice = run_metric(options, heldout, reference, val, val_reference, (train, val, calib))
+    confirm_reference = predict(original, confirm, device) if confirm is not None else None  # before any stage
+    choice = run_metric(options, heldout, reference, val, val_reference, (train, val, calib, confirm))
     reporter.log(f"metric: {choice.name} ({choice.reason})")
     notes += output_notes(options, original, heldout, device)
     baseline = score(reference, heldout, reference, choice)
@@ -54,7 +55,8 @@ def prepare(options: RunOptions, reporter: Reporter, copy_original: bool = True)
                      seed=options.seed, stage_index=0, device=device, baseline_val=baseline_val,
                      val_reference=val_reference, masks=MaskRegistry(), plan=list(options.pipeline),
                      reporter=reporter, weights=weights, max_drop=options.max_drop, metric=choice,
-                     confidence=options.confidence, precision=options.precision, confirm=confirm)
+                     confidence=options.confidence, precision=options.precision, confirm=confirm,
+                     confirm_reference=confirm_reference)
     return ctx, heldout, baseline, reference, notes
 
 

@@ -16,6 +16,7 @@ from compressor.core.params import count_params
 from compressor.errors import StageError
 from compressor.io.load import file_sha256, model_bytes_of
 from compressor.io.onnx_files import write_bytes_atomic
+from compressor.judge.looks import per_look_confidence
 from compressor.judge.power import resolution_note
 from compressor.report.build import build_report, write_reports
 from compressor.report.plots import accuracy_vs_size, latency_bars
@@ -89,35 +90,37 @@ def _other_rank(options: RunOptions, stages: list[Stage], reporter: Reporter) ->
 def _confirmed_run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
                    ckpt: Checkpoints | None) -> dict[str, Any]:
     """The run, and while model.onnx fails its final confirmation (run/confirm.py) the run again one stage shorter:
-    the export-time stage dropped first, then each torch-side stage, the rest restored from their checkpoints."""
-    back = StepBack(looks=max(1, len(stages)))
+    the export-time stage dropped first, then each torch-side stage, the rest restored from their checkpoints. The
+    plan stays the one asked for (each stage's budget share, the recipe, the report's pipeline), so rerunning the
+    resolved recipe.yaml repeats the same steps back."""
+    back = StepBack(looks=max(1, len(stages)), plan=stages, started=time.perf_counter(), parallel=world()[1] > 1)
     report = _run(options, stages, out, reporter, ckpt, back)
-    while stages and not (report.get("confirmation") or {"accepted": True})["accepted"] and world()[1] == 1:
+    shipped = stages
+    while shipped and not (report.get("confirmation") or {"accepted": True})["accepted"] and not back.parallel:
         back.tried.append(report["confirmation"])
-        stages = stages[:-1]
-        options = dataclasses.replace(options, pipeline=[s.name for s in stages], resume=True)
+        shipped = shipped[:-1]
         reporter.log("model.onnx failed its final confirmation: stepping back to "
-                     + (",".join(options.pipeline) or "the original model"))
+                     + (",".join(s.name for s in shipped) or "the original model"))
         out.clear()
-        if ckpt is not None and any(not s.export_time for s in stages):
+        if ckpt is not None and any(not s.export_time for s in shipped):
             ckpt = Checkpoints(options.out, ckpt.fp, resume=True)
-        report = _run(options, stages, out, reporter, ckpt, back)
+        report = _run(dataclasses.replace(options, resume=True), shipped, out, reporter, ckpt, back)
     return report
 
 
 def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
          ckpt: Checkpoints | None, back: StepBack) -> dict[str, Any]:
-    started = time.perf_counter()
+    started = back.started  # a step back's try is timed from the run's start
     model_stages = [s for s in stages if not s.export_time]
     ctx, heldout, baseline, reference, notes = prepare(options, reporter, copy_original=bool(model_stages))
     base = {"bytes": model_bytes_of(ctx.original),  # without a model stage the original is ctx.model: before int8
             "stored": None if model_stages else stored_bytes_later(ctx.original)}
-    ctx.stage_configs = {s.name: s.config for s in stages}
+    ctx.stage_configs = {s.name: s.config for s in back.plan}
     ctx.deadline = None if options.time_limit is None else started + options.time_limit
-    notes += resolution_notes(ctx, stages)
+    notes += resolution_notes(ctx, back.plan)
     params, nonzeros = count_params(ctx.model)
     records = run_stages(model_stages, ctx, heldout, reference, ckpt, options.resume)
-    parallel = leave_group(ctx)
+    parallel = back.parallel_entry = back.parallel_entry or leave_group(ctx)  # a step back runs on rank 0 alone
     export_stage = next((s for s in stages if s.export_time), None)
     ctx.stage_index = len(model_stages)
     last = records[-1] if records else {"params": params, "nonzeros": nonzeros, "dof": params}
@@ -133,14 +136,12 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     final_torch = predict(ctx.model, heldout, ctx.device) if changed or exported.compacted else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings, run_time)
-    confirmed = confirm_artifact(ctx, exported.onnx_path, back.looks)
-    n_val = len(ctx.val or []) + len(ctx.confirm or [])
-    notes.append(confirmation_note(confirmed, back.tried, n_val, options.confirm))
+    confirmed = confirm_artifact(ctx, exported.onnx_path, back, [s.name for s in stages])
+    notes.append(confirmation_note(confirmed, back.tried, len(ctx.val or []) + len(ctx.confirm or []), options.confirm))
     run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,
            "encodings": encodings, "latency": exported.base_latency, "latency_spread": exported.base_spread,
-           "started": started, "parallel": parallel, "confirmation": confirmed and {**confirmed, "stepped_back_from": [
-               t["pipeline"] for t in back.tried]}}
-    return write_report(options, ctx, stages, out, notes, run)
+           "started": started, "parallel": parallel, "confirmation": confirmed}
+    return write_report(options, ctx, back.plan, out, notes, run)
 
 
 def leave_group(ctx: RunContext) -> dict[str, Any]:
@@ -163,7 +164,8 @@ def resolution_notes(ctx: RunContext, stages: list[Stage]) -> list[str]:
         return []
     shares = {s.name: ctx.stage_budget(s.name, getattr(s.config, "max_drop", None)) for s in stages  # quantize: none
               if isinstance(getattr(s.config, "max_drop", None), (int, float, type(None)))}  # plugins: a number or None
-    return list(filter(None, [resolution_note(shares, len(ctx.val), ctx.confidence, ctx.max_drop)]))
+    looks = {s.name: per_look_confidence(ctx.confidence, s.planned_looks()) for s in stages}
+    return list(filter(None, [resolution_note(shares, len(ctx.val), looks, ctx.max_drop)]))
 
 
 def write_report(options: RunOptions, ctx: RunContext, stages: list[Stage], out: OutputDir, notes: list[str],

@@ -195,7 +195,8 @@ class BasisStage(Stage):
         levels = size_schedule(cfg.basis, starts, [s.depth for s in chosen], cfg.grow and judged, cfg.grow_factor)
         before = ctx.validate(work) if judged else None
         masks = ctx.masks.state()
-        self.chances = growth_chances(len(levels)) * (1 + (cfg.finetune == "auto" and ctx.train is not None))
+        sized = sum(not SizeFit(sizes, None).unchanged for sizes in levels)  # "every stack as it was" is never judged
+        self.chances = growth_chances(max(1, sized)) * (1 + (cfg.finetune == "auto" and ctx.train is not None))
         def fitted(task):
             for i, sizes in enumerate(levels):
                 ctx.masks.masks = {k: v.clone() for k, v in masks.items()}  # each size starts from the input's masks

@@ -31,8 +31,8 @@ def uncovered_note(model: torch.nn.Module, names: list[str], kinds: dict[str, st
 
 
 def finetune_note(tunes: list[FinetuneResult], epochs: int) -> str | None:
-    """How prune's fine-tunes went: how many never beat the pruned state they started from on validation
-    (fine-tuning did not help there; the pruned state was kept and the epochs' time bought nothing)."""
+    """How prune's fine-tunes went: how many never beat the pruned state they started from by the loss on training
+    rows (fine-tuning did not help there; the pruned state was kept and the epochs' time bought nothing)."""
     if not tunes:
         return None
     unhelpful = sum(t.best_epoch == 0 for t in tunes)

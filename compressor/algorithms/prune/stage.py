@@ -48,9 +48,11 @@ def sparsity_of(masks: dict[str, torch.Tensor]) -> float:
 
 @torch.no_grad()
 def val_loss(ctx: StageContext, model) -> float:
+    """The task loss on the run's selection rows (training data), which LOBSTER's threshold is bisected on: a
+    choice made on validation would be one more unaccounted look at the set that judges the step."""
     set_train(model, False)
     total, n = 0.0, 0
-    for batch in ctx.val.batches(256):
+    for batch in ctx.selection_rows().batches(256):
         out = call_model(model, batch, ctx.device)
         total += float(task_loss(ctx, model, batch, out)) * len(batch)
         n += len(batch)
@@ -93,7 +95,7 @@ class PruneStage(Stage):
         for n in names:
             if n not in ctx.masks:
                 ctx.masks.set(n, params[n].detach() != 0)
-        budget, self.chances = self.budget(ctx), self._chances()
+        budget, self.chances = self.budget(ctx), self.planned_looks()
         use_shrink = cfg.shrinkage == "on" or (cfg.shrinkage == "auto" and "shrink" in ctx.stage_configs)
         shrink_cfg = ctx.stage_configs.get("shrink")
         if use_shrink and shrink_cfg is None:
@@ -241,7 +243,7 @@ class PruneStage(Stage):
             ctx.reporter.log(f"prune: {self.probe.describe()}")
         return self.probe.lr
 
-    def _chances(self) -> int:
+    def planned_looks(self) -> int:
         """Looks of this stage that can keep an over-budget state: the steps' patience rounds and lookahead
         (judge/looks.py), and each weight-sharing width tried in auto mode."""
         cfg = self.config
