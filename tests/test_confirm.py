@@ -93,3 +93,29 @@ def test_no_slice_below_the_minimum_or_when_off(tmp_path, confirm, says):
     report = read_report(out)
     assert report["confirmation"] is None and any(says in n for n in report["notes"])
     assert run_cli(SAMPLES / "digits_mlp.pt2", "--data", HELDOUT, "--out", tmp_path / "bad", "--confirm", "1").code == 2
+
+
+def test_the_step_back_never_tries_the_same_state_twice(monkeypatch, tmp_path):
+    """A stage that kept its input (outcome `input`) made the state of the pipeline without it: stepping back past
+    the stage after it goes straight on to the one before (a second look at a state that already failed is none)."""
+    from types import SimpleNamespace
+
+    from compressor.run import runner
+    from compressor.run.pipeline import RunOptions
+
+    calls = []
+
+    def fake_run(options, stages, out, reporter, ckpt, back):
+        names = [s.name for s in stages]
+        calls.append(names)
+        kept = {"prune": "input"}
+        return {"stages": [{"name": n, "outcome": {"kept": kept.get(n, "compressed")}} for n in names],
+                "confirmation": {"accepted": names == [], "pipeline": names}}
+
+    monkeypatch.setattr(runner, "_run", fake_run)
+    stages = [SimpleNamespace(name=n, export_time=n == "quantize") for n in ("prune", "rpg", "quantize")]
+    options = RunOptions(model=tmp_path / "m.pt2", pipeline=["prune", "rpg", "quantize"], data=tmp_path / "d.npz",
+                         out=tmp_path / "o")
+    report = runner._confirmed_run(options, stages, SimpleNamespace(clear=lambda: None),
+                                   SimpleNamespace(log=lambda message: None), None)
+    assert calls == [["prune", "rpg", "quantize"], ["prune", "rpg"], []] and report["confirmation"]["accepted"]

@@ -186,15 +186,14 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
                 break  # nothing trained since the last validation
             set_train(model, False)
             sync_buffers(model)
-            metrics = selection_loss(ctx, model)
-            entry = {"epoch": epoch, "loss": total / max(count, 1), "select": metrics.value,
+            metrics = selection_loss(ctx, model) if select_best else None  # keeping the last epoch: no choice
+            entry = {"epoch": epoch, "loss": total / max(count, 1), "select": metrics.value if metrics else None,
                      **{k: v / max(count, 1) for k, v in stats_sum.items()}}
             result.history.append(entry)
-            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f} loss on training rows "
-                        f"{metrics.value:.4g}")
-            better = result.best is None or is_better(metrics.value, result.best.value,
-                                                      metrics.higher_is_better, ties=not keep_start)
-            if select_best and better:
+            task.status(f"epoch {epoch}/{settings.epochs} loss {entry['loss']:.4f}"
+                        + (f" loss on training rows {metrics.value:.4g}" if metrics else ""))
+            if metrics is not None and (result.best is None or is_better(
+                    metrics.value, result.best.value, metrics.higher_is_better, ties=not keep_start)):
                 result.best, result.best_epoch = metrics, epoch
                 best_state = copy.deepcopy(model.state_dict())
             if result.out_of_time:

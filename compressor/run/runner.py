@@ -98,7 +98,10 @@ def _confirmed_run(options: RunOptions, stages: list[Stage], out: OutputDir, rep
     shipped = stages
     while shipped and not (report.get("confirmation") or {"accepted": True})["accepted"] and not back.parallel:
         back.tried.append(report["confirmation"])
-        shipped = shipped[:-1]
+        kept = [(s.get("outcome") or {}).get("kept") for s in report["stages"]]  # one per stage shipped
+        shipped, kept = shipped[:-1], kept[:-1]
+        while shipped and kept and kept[-1] == "input":  # a stage that kept its input: the same state again
+            shipped, kept = shipped[:-1], kept[:-1]
         reporter.log("model.onnx failed its final confirmation: stepping back to "
                      + (",".join(s.name for s in shipped) or "the original model"))
         out.clear()
