@@ -90,9 +90,9 @@ def _other_rank(options: RunOptions, stages: list[Stage], reporter: Reporter) ->
 def _confirmed_run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Reporter,
                    ckpt: Checkpoints | None) -> dict[str, Any]:
     """The run, and while model.onnx fails its final confirmation (run/confirm.py) the run again one stage shorter:
-    the export-time stage dropped first, then each torch-side stage, the rest restored from their checkpoints. The
-    plan stays the one asked for (each stage's budget share, the recipe, the report's pipeline), so rerunning the
-    resolved recipe.yaml repeats the same steps back."""
+    the export-time stage dropped first, then each torch-side stage (past one that kept its input, to the state before
+    it), the rest restored from their checkpoints. The plan stays the one asked for (each stage's budget share and the
+    resolved recipe.yaml, which rerun repeats the same steps back); the report's pipeline is what shipped."""
     back = StepBack(looks=max(1, len(stages)), plan=stages, started=time.perf_counter(), parallel=world()[1] > 1)
     report = _run(options, stages, out, reporter, ckpt, back)
     shipped = stages
