@@ -1,11 +1,11 @@
 """Benchmark: what compressor's fine-tuning loop costs beside a bare PyTorch loop doing the same optimizer steps.
 
-For each sample model, in one run: `compressor.core.finetune.finetune` (masks applied after every step, validation
-after every epoch, the best epoch's state kept) against a plain loop with the same model copy, optimizer (Adam,
+For each sample model, in one run: `compressor.core.finetune.finetune` (masks applied after every step, the loss
+on the run's selection rows after every epoch, the best epoch's state kept) against a plain loop with the same model copy, optimizer (Adam,
 cosine schedule), batches (the same seeded order), loss (cross-entropy with labels; distillation to the original's
 outputs without, looked up from the same cache of the original's outputs in both: core/teacher.py) and number of
-steps, with nothing else. The table gives both wall times, their ratio, and how much of ours is validation (timed
-apart): the overhead a fine-tuning stage pays per epoch beyond the optimizer steps themselves.
+steps, with nothing else. The table gives both wall times, their ratio, and how much of ours is the epoch choice
+(the selection pass, timed apart): the overhead a fine-tuning stage pays per epoch beyond the optimizer steps.
 
     python -m bench.finetune            (writes bench/results/finetune.md)
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.core.finetune import FinetuneSettings, finetune, task_loss
+from compressor.core.finetune import FinetuneSettings, finetune, selection_loss, task_loss
 from compressor.report.cpu import cpu_info
 from compressor.run.pipeline import RunOptions
 from compressor.run.prepare import prepare
@@ -75,16 +75,16 @@ def main() -> str:
             finetune(ctx, ctx.model, settings, desc="bench")
             ours = time.perf_counter() - start
             t0 = time.perf_counter()
-            ctx.validate()
+            selection_loss(ctx, ctx.model)
             validation = (time.perf_counter() - t0) * (EPOCHS + 1)  # the start state and every epoch
             bare = bare_loop(ctx, bare_model, settings)
             steps = EPOCHS * math.ceil(len(ctx.train) / settings.batch_size)
             rows.append([name, f"{sum(p.numel() for p in ctx.model.parameters()):,}", f"{len(ctx.train):,}",
-                         f"{len(ctx.val):,}", str(steps), f"{ours:.2f}", f"{bare:.2f}", f"{ours / bare:.2f}",
+                         f"{len(ctx.selection_rows()):,}", str(steps), f"{ours:.2f}", f"{bare:.2f}", f"{ours / bare:.2f}",
                          f"{validation:.2f}", f"{(ours - validation) / bare:.2f}", f"{teacher:.2f}"])
             print(name, rows[-1], flush=True)
-    header = ["model", "params", "train", "validation", "optimizer steps", "ours s", "bare loop s", "ours / bare",
-              "of ours: validation s", "ours without validation / bare", "original's outputs cached once, s"]
+    header = ["model", "params", "train", "selection rows", "optimizer steps", "ours s", "bare loop s", "ours / bare",
+              "of ours: epoch choice s", "ours without it / bare", "original's outputs cached once, s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     cpu = cpu_info()
     text = (f"# bench/finetune.py\n\n{EPOCHS} epochs, batch 64, Adam with a cosine schedule, 2 threads, on "

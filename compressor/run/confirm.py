@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from compressor.defaults import CONFIRM_MIN
-from compressor.io.data import Dataset
+from compressor.io.data import Dataset, split_validation
 from compressor.judge.decide import judge_outputs
 from compressor.judge.looks import per_look_confidence
 from compressor.judge.metrics import score
@@ -35,10 +33,7 @@ def hold_back(val: Dataset | None, fraction: float, seed: int) -> tuple[Dataset 
     held back only when it is at least CONFIRM_MIN samples."""
     if val is None or fraction <= 0 or int(len(val) * fraction) < CONFIRM_MIN:
         return val, None
-    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed + 1))
-    n = int(len(val) * fraction)
-    source = f"{val.source} (seeded {fraction:.0%} held back to confirm the artifact)"
-    return val.subset(order[n:].sort().values), val.subset(order[:n].sort().values, source)
+    return split_validation(val, fraction, seed + 1)  # another seed than a --val-data-less run's own split
 
 
 def confirm_artifact(ctx, onnx_path, back: "StepBack", shipped: list[str]) -> dict[str, Any] | None:
