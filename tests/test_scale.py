@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +20,7 @@ from compressor.io.data import load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_files import copy_onnx, external_data_path, save_onnx
 from compressor.runtime.calls import onnx_predict, ort_session, predict
-from tests.conftest import HELDOUT, SAMPLES, TRAIN, read_report, run_cli
+from tests.conftest import HELDOUT, SAMPLES, TRAIN, VAL, read_report, run_cli
 
 
 def test_external_data_path_writes_and_reloads(tmp_path, monkeypatch):
@@ -98,3 +99,31 @@ def test_latency_timing_stops_early_for_slow_runs(monkeypatch, budget, most):
     session = _SlowSession()
     timing.ort_latency_ms(session, load_dataset(HELDOUT, ["x"]))
     assert session.runs <= most and (budget < 1 or session.runs == 23)
+
+
+def test_quantize_only_check_reuses_the_original_validation_outputs(tmp_path, monkeypatch):
+    """With no stage before quantize, auto's check compares with the original's validation outputs the run already
+    holds, instead of running the float graph over validation again in ONNX Runtime (a full fp32 pass: seconds on
+    a 100M-parameter model), and ships the same bytes as when it runs the float graph; the fp32 export runs only on
+    the 32 held-out samples of its parity check."""
+    import compressor.algorithms.quantize.auto as auto
+
+    opened, real_session, real_init = [], auto.ort_session, auto.OutputCheck.__init__
+    monkeypatch.setattr(auto, "ort_session",
+                        lambda path, *a, **k: (opened.append(Path(path)), real_session(path, *a, **k))[1])
+    args = ("--pipeline", "quantize", "--set", "quantize.objective=size", "--data", HELDOUT, "--train-data", TRAIN,
+            "--val-data", VAL)
+    res = run_cli(SAMPLES / "digits_mlp.pt2", *args, "--out", tmp_path / "reused")
+    assert res.code == 0, res
+    float_graphs = [p for p in opened if p.parent.name.startswith("compressor-q-") and p.name == "model.onnx"]
+    assert opened and not float_graphs  # the candidates were checked; the float graph was never run over validation
+    report = read_report(tmp_path / "reused")
+    assert report["artifacts"][0]["parity_samples"] == 32
+    assert report["artifacts"][0]["parity_max_abs_diff_fp32_vs_torch"] < 1e-4
+
+    def recomputing(self, work, check, bounds, on_check=None, reference=None):
+        real_init(self, work, check, bounds, on_check, None)
+    monkeypatch.setattr(auto.OutputCheck, "__init__", recomputing)
+    res = run_cli(SAMPLES / "digits_mlp.pt2", *args, "--out", tmp_path / "recomputed")
+    assert res.code == 0, res
+    assert (tmp_path / "reused" / "model.onnx").read_bytes() == (tmp_path / "recomputed" / "model.onnx").read_bytes()

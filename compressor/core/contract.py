@@ -44,6 +44,7 @@ class StageContext(Protocol):
     loaded: LoadedModel               # where the model came from (format, input names, the .pt2 program)
     train: Dataset | None
     val: Dataset | None
+    val_reference: torch.Tensor | None  # the original's main output on `val` (computed once per run)
     calib: Dataset | None
     device: torch.device
     precision: str                    # fine-tunes' autocast: fp32 | bf16 | fp16 (core/precision.py)

@@ -191,7 +191,8 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["stages"]:
         notes += [f"{r['name']}: {n}" for n in r.get("notes", [])]
     onnx_art = report["artifacts"][0]
-    notes.append(f"ONNX fp32 export vs torch: max abs diff {onnx_art['parity_max_abs_diff_fp32_vs_torch']:.2e}")
+    notes.append(f"ONNX fp32 export vs torch: max abs diff {onnx_art['parity_max_abs_diff_fp32_vs_torch']:.2e} "
+                 f"(first {onnx_art.get('parity_samples', 'all')} held-out samples)")
     if notes:
         lines.append("Notes:")
         lines += [f"- {n}" for n in notes]

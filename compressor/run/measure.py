@@ -3,7 +3,6 @@
 the fp32 original's."""
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from compressor.judge.metrics import score
 from compressor.run.export_onnx import Exported
 from compressor.run.pipeline import RunContext, RunOptions
 from compressor.runtime.calls import EVAL_BATCH, max_abs_diff, onnx_predict, predict
+from compressor.runtime.memory import release_memory
 from compressor.runtime.timing import ort_latency_spread_ms
 from compressor.verify.artifacts import file_sizes, ort_peak_memory_bytes
 from compressor.verify.outputs import verify_outputs
@@ -26,7 +26,8 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                       reference: torch.Tensor, exported: Exported, final_torch: torch.Tensor, st_path: Path,
                       onnx_sha256: str, encodings: dict[str, Any], run_time: bool = False) -> list[dict[str, Any]]:
     """The report's artifact rows: model.onnx, then model.safetensors reloaded from the staged output. `run_time`:
-    model.onnx quantizes activations at run time (`store.store_weights` read it from the graph)."""
+    model.onnx quantizes activations at run time (`store.store_weights` read it from the graph). `final_torch`: the
+    torch model's outputs on the first held-out samples, which the reloaded safetensors must reproduce."""
     onnx_path = exported.onnx_path
     onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
     batch = batch_dependence(exported, heldout, reference, ctx.metric) if run_time else None
@@ -40,13 +41,8 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                              options.max_drop)
     latency, spread = ort_latency_spread_ms(exported.session, heldout)
     exported.session = None  # its weights and activation arena are freed before the reload and the memory check
-    gc.collect()
-    # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
-    reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
-                             trust_code=ctx.loaded.format == "state_dict" or options.trust_remote_code)
-    st_out = predict(reloaded, heldout, "cpu")
-    del reloaded  # one torch copy of the weights fewer while the artifact's own peak memory is measured
-    ctx.model.to("cpu")
+    release_memory()
+    st_out = reloaded_outputs(ctx, options, staging, heldout)
     st_metric = score(st_out, heldout, reference, ctx.metric)
     return [
         {"path": "model.onnx", **file_sizes(onnx_path), "sha256": onnx_sha256, "metric_value": onnx_metric.value,
@@ -54,13 +50,27 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
          "peak_memory_bytes": ort_peak_memory_bytes(onnx_path, heldout),
          "fp32_baseline_latency_ms": exported.base_latency,
          "fp32_export_bytes": exported.fp32_sizes["bytes"], "fp32_export_gzip_bytes": exported.fp32_sizes["gzip_bytes"],
-         "parity_max_abs_diff_fp32_vs_torch": exported.parity, **({"batch_dependence": batch} if batch else {}),
+         "parity_max_abs_diff_fp32_vs_torch": exported.parity,
+         "parity_samples": len(exported.final_torch), **({"batch_dependence": batch} if batch else {}),
          **({"outputs": outputs} if outputs else {})},
         {"path": "model.safetensors", **file_sizes(st_path), "sha256": file_sha256(st_path),
-         "metric_value": st_metric.value, "latency_ms": None,
-         "peak_memory_bytes": None, "reload_max_abs_diff_vs_torch": max_abs_diff(st_out, final_torch),
+         "metric_value": st_metric.value, "latency_ms": None, "peak_memory_bytes": None,
+         "reload_max_abs_diff_vs_torch": max_abs_diff(st_out[:len(final_torch)], final_torch),
          "encodings": {k: v["encoding"] for k, v in encodings.items()}},
     ]
+
+
+def reloaded_outputs(ctx: RunContext, options: RunOptions, staging: Path, heldout: Dataset) -> torch.Tensor:
+    """model.safetensors reloaded from the staged output as a user would (`compressor.load`), run on held-out; the
+    reloaded copy is freed before the artifact's own peak memory is measured."""
+    # the architecture named by this run's own --arch is the user's code, so re-importing it is no new trust
+    reloaded = load_artifact(staging, trust_pickle=options.trust_pickle,
+                             trust_code=ctx.loaded.format == "state_dict" or options.trust_remote_code)
+    out = predict(reloaded, heldout, "cpu")
+    del reloaded
+    release_memory()
+    ctx.model.to("cpu")
+    return out
 
 
 BATCH_CHECK_SAMPLES = 512

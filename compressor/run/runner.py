@@ -23,7 +23,7 @@ from compressor.report.plots import accuracy_vs_size, latency_bars
 from compressor.report.sparsity import sparsity_section
 from compressor.run.checkpoint import Checkpoints, fingerprint
 from compressor.run.confirm import StepBack, confirm_artifact, confirmation_note
-from compressor.run.export_onnx import export_artifact
+from compressor.run.export_onnx import export_artifact, first_rows
 from compressor.run.measure import measure_artifacts
 from compressor.run.outputs import OutputDir
 from compressor.run.pipeline import RunContext, RunOptions
@@ -136,7 +136,8 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
     encodings, changed, run_time = store_weights(ctx, options, stages, st_path, exported.onnx_path, onnx_sha256,
                                        quantized=export_stage is not None)
     # the torch model took stored int8 values (weights, or the structures' compact tensors): its outputs moved
-    final_torch = predict(ctx.model, heldout, ctx.device) if changed or exported.compacted else exported.final_torch
+    final_torch = predict(ctx.model, first_rows(heldout), ctx.device) if changed or exported.compacted \
+        else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
                                   onnx_sha256, encodings, run_time)
     confirmed = confirm_artifact(ctx, exported.onnx_path, back, [s.name for s in stages])

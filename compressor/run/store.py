@@ -16,6 +16,7 @@ from compressor.io.onnx_files import run_time_quantized
 from compressor.io.reload import source_record
 from compressor.io.safetensors_io import save_weights
 from compressor.run.pipeline import RunContext, RunOptions
+from compressor.runtime.memory import release_memory
 from compressor.schema import config_as_dict
 from compressor.stage import Stage
 from compressor.version import __version__
@@ -38,6 +39,7 @@ def store_weights(ctx: RunContext, options: RunOptions, stages: list[Stage], st_
     floats = ([w.name for w in ctx.weights if w.name in state and w.name not in int8] if int8 else [])
     reasons = stay_float_reasons(graph, state, floats) if floats else {}
     del graph
+    release_memory()  # the graph's protobuf copy of model.onnx, before the safetensors copy of the weights
     encodings = save_weights(state, st_path, meta, onnx_sha256=onnx_sha256, int8=int8)
     if int8:
         take_stored_int8(ctx, state, int8, encodings, reasons)

@@ -168,11 +168,13 @@ class OutputCheck:
     """`passes(path)`: does the graph at `path` keep the check set's output within bounds of the float graph `work`?
     With the measured values, for the notes; `on_check` hears each result (progress). Outputs of 2 or more values a
     sample: the cosine bounds (min, mean) of the per-sample cosine; narrower outputs (one value a sample,
-    regression): `output_error` within `error_bounds(bounds)`. `bounds` is the note naming the check's bounds."""
+    regression): `output_error` within `error_bounds(bounds)`. `bounds` is the note naming the check's bounds.
+    `reference`: the float model's outputs on `check` where the run has them already (the original's, when no
+    stage changed it), instead of one more float pass over `check` in ONNX Runtime."""
 
     def __init__(self, work: Path, check: Dataset, bounds: tuple[float, float],
-                 on_check: Callable[[str], None] | None = None) -> None:
-        self.ref = onnx_predict(ort_session(work), check)
+                 on_check: Callable[[str], None] | None = None, reference: torch.Tensor | None = None) -> None:
+        self.ref = reference if reference is not None else onnx_predict(ort_session(work), check)
         self.check, self.on_check, self.cosine = check, on_check, bounds
         self.narrow = self.ref[0].numel() < 2 if len(self.ref) else False
         self.limits = error_bounds(bounds)
@@ -205,7 +207,6 @@ class OutputCheck:
             self.on_check(f"{how} ({'holds' if ok else 'fails'})")
         return ok, how
 
-
     def _fails_whatever_follows(self, out: torch.Tensor, n: int) -> bool:
         """Whether the outputs of the first samples already decide the check as failed: their minimum cosine is below
         the bound (a minimum only falls), or the mean cannot reach its bound even if every other sample scored a
@@ -221,7 +222,6 @@ class OutputCheck:
         cos = torch.nn.functional.cosine_similarity(o, r, dim=1, eps=1e-12)
         return float(cos.min()) < self.cosine[0] or float(cos.sum()) + (n - len(out)) < self.cosine[1] * n
 
-
     def _narrow_so_far(self, out: torch.Tensor) -> tuple[float, float]:
         """`output_error` of the first samples' outputs on the whole set's scale and count: lower bounds of the
         whole set's (mse / variance, max |error| / std), which both only grow as samples come in."""
@@ -233,9 +233,9 @@ class OutputCheck:
 
 
 def checker(work: Path, check: Dataset, bounds: tuple[float, float],
-            on_check: Callable[[str], None] | None = None) -> OutputCheck:
+            on_check: Callable[[str], None] | None = None, reference: torch.Tensor | None = None) -> OutputCheck:
     """The check of auto's steps on `check` against the float graph `work` (OutputCheck)."""
-    return OutputCheck(work, check, bounds, on_check)
+    return OutputCheck(work, check, bounds, on_check, reference)
 
 
 def choose(work: Path, dst: Path, check: Dataset, passes: Check, forms: Forms) -> tuple[list[str], Realize]:

@@ -13,27 +13,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import itertools
 import logging
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import onnx
+import torch
 
 from compressor.algorithms.quantize.auto import checker, choose
-from compressor.algorithms.quantize.calibration import CalibrationReader, calibration_batch
 from compressor.algorithms.quantize.config import QuantizeConfig
-from compressor.algorithms.quantize.gemm import gemms_as_matmul
+from compressor.algorithms.quantize.forms import OrtForms
 from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
-from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names, write_nbits
+from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names
 from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
 from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, shipped_form
-from compressor.algorithms.quantize.weight_only import int8_weight_only
 from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError
 from compressor.io.data import Dataset, calibration_subset
 from compressor.io.onnx_files import external_data_path
+from compressor.runtime.memory import release_memory
 from compressor.stage import ExportStage, Outcome, StageResult
 
 
@@ -48,90 +47,6 @@ def _quiet():
     finally:  # ORT's quantizer calls logging.info(), whose basicConfig() would leave the caller a root handler
         logger.setLevel(level)
         logger.handlers[:] = handlers
-
-
-WEIGHT_ONLY_BLOCK = 128  # 8-bit weight-only MatMul: one scale per 128 input rows (3% over int8; rounding is fine)
-
-
-_INSTANCES = itertools.count()
-
-
-class _Forms:
-    """ONNX Runtime's static and dynamic int8 quantizers and our int8 weight-only rewrite, bound to one graph `base`
-    and this config (auto.Forms): `nodes` None means every node ORT quantizes (less `exclude`). Static forms all
-    calibrate `base` alike, so ORT's calibration cache computes the ranges once. `ranges_of`: another instance whose
-    cached ranges this one reuses (the 4-bit step's graphs: their MatMulNBits outputs keep the float MatMuls' names,
-    and their activations differ from the float graph's by the 4-bit rounding that auto's check then measures), so
-    each of the step's tries quantizes without calibrating again."""
-
-    def __init__(self, base: Path, config: QuantizeConfig, sample: Dataset | None, exclude: list[str],
-                 tmp: Path, ranges_of: "_Forms | None" = None) -> None:
-        self.base, self.config, self.sample, self.exclude, self.tmp = base, config, sample, exclude, tmp
-        self.cache = ranges_of.cache if ranges_of is not None else tmp / f"calibration-{next(_INSTANCES)}.json"
-        self.extra = {"WeightSymmetric": True}
-        if config.calibration == "Percentile":
-            self.extra["CalibPercentile"] = config.percentile
-
-    def static(self, dst: Path, nodes: list[str] | None = None) -> None:
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-
-        if self.sample is None:
-            raise DataError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
-                            "or use --set quantize.mode=dynamic")
-        cfg, model = self.config, onnx.load(str(self.base))
-        names, batch = [i.name for i in model.graph.input], calibration_batch(model, cfg.calib_batch)
-        del model
-        quantize_static(str(self.base), str(dst), CalibrationReader(self.sample, names, batch),
-                        quant_format=QuantFormat.QDQ if cfg.format == "QDQ" else QuantFormat.QOperator,
-                        per_channel=cfg.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, cfg.calibration),
-                        reduce_range=cfg.reduce_range,
-                        nodes_to_quantize=nodes, nodes_to_exclude=self.exclude, extra_options=dict(self.extra),
-                        calibration_cache_path=self.cache)
-
-    def dynamic(self, src: Path, dst: Path, nodes: list[str] | None = None) -> None:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        src = self._as_matmul(src, nodes)  # ORT has no dynamic Gemm kernel: as MatMul + Add it quantizes them
-        quantize_dynamic(str(src), str(dst), per_channel=self.config.per_channel, weight_type=QuantType.QInt8,
-                         reduce_range=self.config.reduce_range,
-                         nodes_to_quantize=nodes, nodes_to_exclude=self.exclude,
-                         extra_options={"MatMulConstBOnly": True, **self.extra})
-
-    def _as_matmul(self, src: Path, nodes: list[str] | None) -> Path:
-        """`src` with the Gemms among `nodes` (None: all) as MatMul + Add (gemm.py), or `src` if there are none."""
-        graph, rewritten = gemms_as_matmul(onnx.load(str(src)), nodes)
-        if not rewritten:
-            return src
-        dst = self.tmp / f"gemm_as_matmul_{src.stem}.onnx"
-        onnx.save(graph, str(dst))
-        return dst
-
-    def static_all(self, dst: Path) -> None:
-        self.static(dst)
-
-    def mixed(self, dst: Path, static: list[str], dynamic: list[str], weight_only: list[str],
-              tables: list[str]) -> None:
-        # the dynamic and weight-only nodes as MatMul first: ORT's dynamic pass renames every Gemm it leaves (to
-        # "<name>_MatMul"), and the weight-only list would then match nothing and stay float
-        mid = self._as_matmul(self.base, dynamic + tables + weight_only) if dynamic or tables else self.base
-        if static:
-            mid = self.tmp / "static.onnx"
-            self.static(mid, static)
-        if dynamic or tables:
-            self.dynamic(mid, self.tmp / "dynamic.onnx", dynamic + tables)
-            mid = self.tmp / "dynamic.onnx"
-        weight_only = [n for n in weight_only if n not in self.exclude]
-        matmuls = [n for n in weight_only if n in matmul_weight_names(onnx.load(str(mid)))]
-        if matmuls:  # 8-bit MatMulNBits: a DequantizeLinear + MatMul pair would be fused by ORT into one that
-            write_nbits(mid, self.tmp / "nbits8.onnx", matmuls, WEIGHT_ONLY_BLOCK, bits=8)  # quantizes activations
-            mid = self.tmp / "nbits8.onnx"
-        onnx.save(int8_weight_only(onnx.load(str(mid)), [n for n in weight_only if n not in matmuls]), str(dst))
 
 
 def _weights_note(config: QuantizeConfig) -> str:
@@ -151,12 +66,14 @@ def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | N
 
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
                   check: Dataset | None = None, on_check: Callable[[str], None] | None = None,
-                  out_of_time: Callable[[], bool] | None = None, judge: MetricJudge | None = None) -> list[str]:
+                  out_of_time: Callable[[], bool] | None = None, judge: MetricJudge | None = None,
+                  check_reference: torch.Tensor | None = None) -> list[str]:
     """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
     held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None.
     `on_check` hears the result of each of auto's checks (progress on a long model); `out_of_time` (--time-limit)
     ends the 4-bit step's search, keeping the int8 choice or the last 4-bit set that held. `judge` scores outputs on
-    `check` in the run's metric against quantize's budget and keeps its result (judged.py); None: not judged."""
+    `check` in the run's metric against quantize's budget and keeps its result (judged.py); None: not judged.
+    `check_reference`: `src`'s float outputs on `check` when the run has them (OutputCheck)."""
     from onnxruntime.quantization import quant_pre_process
 
     notes = []
@@ -188,7 +105,8 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                 if config.weight_bits == "4":
                     base = tmp_dir / "int4.onnx"
                     notes += force_int4(work, base, config.int4_block, exclude)
-                forms = _Forms(base, config, sample, exclude, tmp_dir)
+                release_memory()  # the pre-processing's graphs and session
+                forms = OrtForms(base, config, sample, exclude, tmp_dir)
                 timed = config.mode == "auto" and config.objective != "size" and config.weight_bits != "4"
                 if mode == "dynamic":
                     forms.dynamic(base, dst)
@@ -200,22 +118,26 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     notes.append(f"static int8 {config.format}, {_calibration_note(config, sample)}")
                 else:
                     check_set = check if check is not None else calib
-                    passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check)
+                    passes = checker(work, check_set, (config.auto_min_cosine, config.auto_mean_cosine), on_check,
+                                     check_reference if check is not None else None)
                     auto_notes, realize = choose(base, dst, check_set, passes, forms)
+                    release_memory()  # the quantizers' graphs and the check's sessions
                     notes += [f"{n} ({passes.bounds})" if i == 0 else n for i, n in enumerate(auto_notes)]
                     if config.weight_bits == "auto" and config.objective == "size":
                         notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
-                                             lambda b, d: realize(_Forms(b, config, sample, exclude, tmp_dir, forms), d),
+                                             lambda b, d: realize(OrtForms(b, config, sample, exclude, tmp_dir, forms), d),
                                              check_set, out_of_time)
                     elif config.weight_bits == "auto" and matmul_weight_names(onnx.load(str(work),
                                                                                        load_external_data=False)):
                         notes.append(f"objective {config.objective}: no 4-bit MatMul weights (ONNX Runtime's "
                                      "MatMulNBits computes in float32 on CPU; quantize.objective=size searches them)")
                     notes.append(f"auto: static parts {config.format}, {_calibration_note(config, sample)}")
+                    release_memory()  # the graphs read for their node names
                     if timed:
                         notes += pick_by_speed(config.objective, src, dst, tmp_dir, check_set, passes,
                                                all_dynamic_writer(work, forms, exclude))
                 if judge is not None and check is not None:
+                    release_memory()  # the timed sessions
                     by_auto = config.mode == "auto" and config.weight_bits != "4"
                     judge.result = judge_in_metric(
                         dst, src, check, judge.score, by_auto,
@@ -259,9 +181,10 @@ class QuantizeStage(ExportStage):
 
     def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         judge = self._judge(ctx, compact)
-        if not compact:
+        if not compact:  # no stage changed the model: its validation outputs are the original's, computed already
+            unchanged = ctx.val_reference if ctx.model is ctx.original else None
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
-                                  ctx.out_of_time, judge)
+                                  ctx.out_of_time, judge, unchanged)
             return self._result(ctx, notes, dst, judge)
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
