@@ -9,9 +9,12 @@ its u8s8 kernels can saturate (docs/ALGORITHMS.md §5); 7-bit weights (quantize.
 
     python -m bench.portable            (writes bench/results/portable.md; all-MiniLM-L6-v2 if its package is
                                           installed, see bench/minilm.py)
+    python -m bench.portable --models digits_mlp,digits_cnn
+                                         (reruns those models' rows; the other models' rows are kept from the file)
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -38,6 +41,7 @@ SAMPLES = ROOT / "sample_models"
 AVX2_CPU = "EPYC-Rome"  # QEMU's model of an AMD EPYC 7002: AVX2, no AVX-512, no VNNI
 EMULATED = 16           # samples run under emulation (TCG is slow); 2 for a model over 5M parameters
 EMULATION_SECONDS = 900
+MINILM = "all-MiniLM-L6-v2"
 FORMS = {
     "auto, balanced (default)": QuantizeConfig(),
     "auto, objective size": QuantizeConfig(objective="size"),
@@ -56,17 +60,19 @@ np.save(sys.argv[3], s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})
 """
 
 
-def sample_models():
-    """(name, module, {train, val, heldout}) for each model of the table."""
+def sample_models(wanted: set[str] | None = None):
+    """(name, module, {train, val, heldout}) for each model of the table (those in `wanted`, if given)."""
     for name, files in (("digits_mlp", "digits"), ("digits_cnn", "digits"), ("text_classifier", "text"),
                         ("text_embedder", "embed")):
+        if wanted is not None and name not in wanted:
+            continue
         loaded = load_model(SAMPLES / f"{name}.pt2")
         splits = {k: load_dataset(SAMPLES / f"{files}_{k}.npz", loaded.input_names, loaded.input_dtypes)
                   for k in ("train", "val", "heldout")}
         yield name, loaded.module, splits
-    minilm = model_and_splits()
+    minilm = model_and_splits() if wanted is None or MINILM in wanted else None
     if minilm is not None:
-        yield "all-MiniLM-L6-v2", minilm[0], minilm[1]
+        yield MINILM, minilm[0], minilm[1]
 
 
 def feed_of(session, data: Dataset) -> dict[str, np.ndarray]:
@@ -118,11 +124,15 @@ def row(name: str, label: str, path: Path, held: Dataset, fp32_out: torch.Tensor
 
 
 def main() -> str:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default=None, help="comma-separated names; the others' rows are kept")
+    wanted = parser.parse_args().models
+    wanted = set(wanted.split(",")) if wanted else None
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, module, splits in sample_models():
+        for name, module, splits in sample_models(wanted):
             held = splits["heldout"]
             fp32 = tmp / f"{name}.onnx"
             save_onnx(export_onnx_proto(module, held.example()), fp32)
@@ -135,13 +145,27 @@ def main() -> str:
                 dst = tmp / f"{name}-{len(rows)}.onnx"
                 quantize_onnx(fp32, dst, cfg, splits["train"], seed=0, check=splits["val"])
                 rows.append(row(name, label, dst, held, fp32_out, fp32_ms, tmp, emulated))
-            write(rows)
-    return write(rows)
+            write(rows, wanted)
+    return write(rows, wanted)
 
 
-def write(rows: list[list[str]]) -> str:
+def kept_rows(wanted: set[str]) -> list[list[str]]:
+    """The rows of bench/results/portable.md for the models not rerun (a partial run keeps them)."""
+    path = ROOT / "bench" / "results" / "portable.md"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    return [cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+            if cells[0] not in wanted]
+
+
+def write(rows: list[list[str]], wanted: set[str] | None = None) -> str:
     """The table so far, printed and written to bench/results/portable.md (after each model: a long emulation
-    cut short keeps the rows before it)."""
+    cut short keeps the rows before it). With `wanted`, the other models' rows are kept from the file, in the
+    table's model order."""
+    if wanted is not None:
+        order = ["digits_mlp", "digits_cnn", "text_classifier", "text_embedder", MINILM]
+        rows = sorted(rows + kept_rows(wanted), key=lambda r: order.index(r[0]) if r[0] in order else len(order))
     header = ["model", "form", "ONNX bytes", "ORT ms", "x fp32 ms", "held-out acc %", "cosine to fp32 min / mean",
               "max |batch 1 - batch 64|", "max |AVX2 - here| (samples)", "argmax flips AVX2 vs here"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
