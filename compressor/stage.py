@@ -56,6 +56,9 @@ class StageResult:
     decision: str | None = None
     # the same decision as fields (report.json `outcome`), so nothing downstream parses the wording
     outcome: Outcome | None = None
+    # an export-time stage that timed the float graph it was given (quantize's objective, on a validation batch):
+    # (median ms, [p10, p90]); the run's fp32 baseline reuses it when that batch has held-out's shapes
+    float_latency: tuple[float, list[float]] | None = None
 
     def decision_line(self) -> str | None:
         """The stage's own decision, else its first warning (a size over budget, an inert rule), else its first

@@ -3,6 +3,7 @@ replaced by fixed numbers where a test pins a decision, so the decision rule is 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import onnx
@@ -38,7 +39,7 @@ def cnn(tmp_path_factory):
 def _timed(monkeypatch, ms: dict[str, float]) -> list[list[str]]:
     asked = []
 
-    def fake(paths: dict[str, Path], data) -> dict[str, float]:
+    def fake(paths: dict[str, Path], data, timed=None) -> dict[str, float]:
         asked.append(list(paths))
         return {name: ms[name] for name in paths}
     monkeypatch.setattr(objective, "_times", fake)
@@ -163,3 +164,21 @@ def test_latency_with_a_forced_form_is_refused_not_ignored(tmp_path):
     res = run_cli(SAMPLES / "digits_mlp.pt2", "--data", HELDOUT, "--set", "quantize.mode=static",
                   "--set", "quantize.objective=latency", "--out", tmp_path / "o")
     assert res.code == 2 and "objective=latency" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res
+
+
+def test_the_fp32_baseline_reuses_the_objectives_float_timing(tmp_path, monkeypatch):
+    """A quantize-only run whose validation batch has held-out's shapes times the float graph once: the report's
+    fp32 baseline latency is the objective's float time (the same graph, timed in turns with the int8 choice), not
+    a second timing of the same graph."""
+    import compressor.run.export_onnx as export_onnx
+
+    monkeypatch.setattr(export_onnx, "baseline_latency_ms", lambda *a: pytest.fail("the fp32 graph was timed twice"))
+    out = tmp_path / "mlp"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--val-data", VAL, "--out", out, "--quiet")
+    assert res.code == 0, res
+    report = read_report(out)
+    timed = [n for n in report["stages"][0]["notes"] if n.startswith("objective balanced: ") and " ms" in n]
+    assert timed and "failed" not in timed[0], report["stages"][0]["notes"]
+    float_ms = float(re.search(r"float ([0-9.]+) ms", timed[0]).group(1))
+    assert report["artifacts"][0]["fp32_baseline_latency_ms"] == pytest.approx(float_ms, abs=6e-4)

@@ -17,6 +17,7 @@ from compressor.judge.metrics import score
 from compressor.run.pipeline import RunContext
 from compressor.runtime.calls import max_abs_diff, onnx_predict_outputs, ort_session, predict
 from compressor.runtime.memory import release_memory
+from compressor.runtime.timing import ort_latency_spread_ms, same_batch_shapes
 from compressor.stage import ExportStage
 from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
@@ -62,15 +63,19 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         fp32_session = ort_session(fp32_path)
         fp32_out, *fp32_others = onnx_predict_outputs(fp32_session, heldout if stage is None else probe)
         parity = max_abs_diff(fp32_out[:len(probe)], final_torch)
-        base_latency, base_spread = baseline_latency_ms(ctx, heldout, fp32_session, Path(tmp))
+        later = stage is not None and not ctx.structures and same_batch_shapes(ctx.val, heldout)  # the stage times it
+        base_latency, base_spread = (None, None) if later else baseline_latency_ms(ctx, heldout, fp32_session,
+                                                                                   Path(tmp))
         if stage is None:
             copy_onnx(fp32_path, onnx_path)
             return Exported(onnx_path, fp32_session, fp32_out, final_torch, parity, fp32_sizes(), base_latency, None,
                             base_spread=base_spread, other_outs=fp32_others)
         fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
         release_memory()
-        record, session, q_outs, compacted = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp), heldout,
-                                                                reference, fp32_out, sizes)
+        record, session, q_outs, compacted, timed = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp),
+                                                                       heldout, reference, fp32_out, sizes)
+        if later:  # the float graph the stage was given is the fp32 export: its timing, else time it now
+            base_latency, base_spread = timed or ort_latency_spread_ms(ort_session(fp32_path), heldout)
         fp32_sizes = fp32_sizes()
     return Exported(onnx_path, session, q_outs[0], final_torch, parity, fp32_sizes, base_latency, record, compacted,
                     base_spread, q_outs[1:])
@@ -80,7 +85,7 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
                        heldout: Dataset, reference: torch.Tensor, fp32_out: torch.Tensor, sizes: dict[str, int]):
     """Run the export-time stage on the fp32 graph (after the structures' own tensors are made int8, if any);
     returns (its record, the session of model.onnx, model.onnx's held-out outputs (every graph output, the main one
-    first), whether the structures' tensors were made int8)."""
+    first), whether the structures' tensors were made int8, the stage's timing of the graph it was given)."""
     ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
     t0 = time.perf_counter()
     compact = compact_int8(fp32_path, ctx.structures, ctx.model)
@@ -96,5 +101,6 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
     metric = score(q_out, heldout, reference, ctx.metric)
     record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
               "seconds": round(time.perf_counter() - t0, 3), **result.report_fields(),
-              "max_abs_diff_vs_fp32": max_abs_diff(q_out[:len(fp32_out)], fp32_out), "bytes": file_sizes(onnx_path)["size"]}
-    return record, session, q_outs, compact is not None
+              "max_abs_diff_vs_fp32": max_abs_diff(q_out[:len(fp32_out)], fp32_out),
+              "bytes": file_sizes(onnx_path)["size"]}
+    return record, session, q_outs, compact is not None, result.float_latency

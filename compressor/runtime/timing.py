@@ -43,8 +43,21 @@ def ort_latency_ms(session, data: Dataset, repeats: int = 20, warmup: int = 3) -
 def ort_latency_spread_ms(session, data: Dataset) -> tuple[float, list[float]]:
     """`ort_latency_ms` and the [p10, p90] of the same timed runs: how far one run's timings scatter, so that a
     comparison of two runs (`compress diff`) can tell a change from timing noise."""
-    runs = [r[0] for r in timed_rounds_ms([session], data)]
+    return spread_of([r[0] for r in timed_rounds_ms([session], data)])
+
+
+def spread_of(runs: list[float]) -> tuple[float, list[float]]:
+    """(median, [p10, p90]) of one graph's timed runs, in ms."""
     return round(statistics.median(runs), 4), [round(percentile(runs, 10), 4), round(percentile(runs, 90), 4)]
+
+
+def same_batch_shapes(a: Dataset | None, b: Dataset) -> bool:
+    """Whether the latency batches of `a` and `b` feed a graph tensors of the same names, shapes and dtypes: then a
+    dense graph's time on one is its time on the other (the values do not change the work)."""
+    if a is None or set(a.inputs) != set(b.inputs):
+        return False
+    x, y = latency_batch(a).inputs, latency_batch(b).inputs
+    return all(x[k].shape == y[k].shape and x[k].dtype == y[k].dtype for k in x)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -17,6 +17,7 @@ between loaded and idle runs, which `size` never does.
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -26,14 +27,17 @@ from compressor.algorithms.quantize.auto import gather_tables, weighted_nodes
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import copy_onnx
 from compressor.runtime.calls import ort_session
-from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, latencies_ms
+from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, spread_of, timed_rounds_ms
 
 Check = Callable[[Path], tuple[bool, str]]
 
 
-def _times(paths: dict[str, Path], data: Dataset) -> dict[str, float]:
-    sessions = [ort_session(p) for p in paths.values()]
-    return dict(zip(paths, latencies_ms(sessions, data)))
+def _times(paths: dict[str, Path], data: Dataset, timed: dict | None) -> dict[str, float]:
+    """Each graph's median ms, timed in turns; `timed["float"]`: the float graph's (median, [p10, p90])."""
+    rounds = timed_rounds_ms([ort_session(p) for p in paths.values()], data)
+    if timed is not None:
+        timed["float"] = spread_of([r[0] for r in rounds])  # "float" is always timed first
+    return {name: round(statistics.median(r[i] for r in rounds), 4) for i, name in enumerate(paths)}
 
 
 def _listing(times: dict[str, float]) -> str:
@@ -41,16 +45,17 @@ def _listing(times: dict[str, float]) -> str:
 
 
 def pick_by_speed(objective: str, float_graph: Path, dst: Path, tmp: Path, check: Dataset, passes: Check | None,
-                  all_dynamic: Callable[[Path], bool] | None) -> list[str]:
+                  all_dynamic: Callable[[Path], bool] | None, timed: dict | None = None) -> list[str]:
     """`dst` holds auto's checked int8 choice for `float_graph` (the fp32 export quantize was given); leave in `dst`
     the form the objective (balanced or latency) picks, returns the notes. `all_dynamic(path)` writes the
     all-dynamic form (False when there is no node to make dynamic); None: no alternative to try. A failure to time
-    keeps the int8 choice, with a note."""
+    keeps the int8 choice, with a note. `timed` receives the float graph's timing (`_times`), which the run's fp32
+    baseline then reuses instead of timing the same graph again."""
     if not quantized(dst):
         return []  # auto kept every node float: nothing to weigh
     where = f"ONNX Runtime, batch {LATENCY_BATCH} of {check.source}, timed in turns on this CPU"
     try:
-        times = _times({"float": float_graph, "int8 choice": dst}, check)
+        times = _times({"float": float_graph, "int8 choice": dst}, check, timed)
         if objective == "balanced" and times["int8 choice"] <= SLOWER_MARGIN * times["float"]:
             return [f"objective balanced: the int8 choice runs within {SLOWER_MARGIN}x of the float graph "
                     f"({_listing(times)}; {where})"]
@@ -60,7 +65,7 @@ def pick_by_speed(objective: str, float_graph: Path, dst: Path, tmp: Path, check
             held, how = passes(alt)
             paths.update({"all dynamic": alt} if held else {})
             dynamic_note = "" if held else f"; the all-dynamic form failed the check ({how})"
-            times = _times(paths, check)
+            times = _times(paths, check, timed)
     except Exception as exc:  # ONNX Runtime could not time a graph or make the alternative: the checked choice stands
         return [f"objective {objective}: the int8 choice is kept (timing it, or making the all-dynamic form to "
                 f"weigh against it, failed: {type(exc).__name__})"]

@@ -67,13 +67,14 @@ def _calibration_note(config: QuantizeConfig, sample: Dataset | None) -> str | N
 def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset | None, seed: int,
                   check: Dataset | None = None, on_check: Callable[[str], None] | None = None,
                   out_of_time: Callable[[], bool] | None = None, judge: MetricJudge | None = None,
-                  check_reference: torch.Tensor | None = None) -> list[str]:
+                  check_reference: torch.Tensor | None = None, float_timing: dict | None = None) -> list[str]:
     """Quantize `src` into `dst` with ONNX Runtime; returns notes for the report. `check` (validation data, never
     held-out) is what mode=auto verifies its choices on; the calibration set stands in when it is None.
     `on_check` hears the result of each of auto's checks (progress on a long model); `out_of_time` (--time-limit)
     ends the 4-bit step's search, keeping the int8 choice or the last 4-bit set that held. `judge` scores outputs on
     `check` in the run's metric against quantize's budget and keeps its result (judged.py); None: not judged.
-    `check_reference`: `src`'s float outputs on `check` when the run has them (OutputCheck)."""
+    `check_reference`: `src`'s float outputs on `check` when the run has them (OutputCheck). `float_timing` receives
+    the objective's timing of `src` on `check`, if it timed it (objective.py)."""
     from onnxruntime.quantization import quant_pre_process
 
     notes = []
@@ -112,7 +113,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     forms.dynamic(base, dst)
                     notes.append(f"dynamic int8, {_weights_note(config)}")
                     if timed and check is not None:  # auto without calibration data: dynamic, weighed all the same
-                        notes += pick_by_speed(config.objective, src, dst, tmp_dir, check, None, None)
+                        notes += pick_by_speed(config.objective, src, dst, tmp_dir, check, None, None, float_timing)
                 elif mode == "static":
                     forms.static(dst)
                     notes.append(f"static int8 {config.format}, {_calibration_note(config, sample)}")
@@ -124,8 +125,9 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     release_memory()  # the quantizers' graphs and the check's sessions
                     notes += [f"{n} ({passes.bounds})" if i == 0 else n for i, n in enumerate(auto_notes)]
                     if config.weight_bits == "auto" and config.objective == "size":
-                        notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude,
-                                             lambda b, d: realize(OrtForms(b, config, sample, exclude, tmp_dir, forms), d),
+                        def realize_on(graph: Path, out: Path) -> None:  # auto's choice on a 4-bit graph
+                            realize(OrtForms(graph, config, sample, exclude, tmp_dir, forms), out)
+                        notes += choose_int4(work, dst, tmp_dir, config.int4_block, passes, exclude, realize_on,
                                              check_set, out_of_time)
                     elif config.weight_bits == "auto" and matmul_weight_names(onnx.load(str(work),
                                                                                        load_external_data=False)):
@@ -135,7 +137,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                     release_memory()  # the graphs read for their node names
                     if timed:
                         notes += pick_by_speed(config.objective, src, dst, tmp_dir, check_set, passes,
-                                               all_dynamic_writer(work, forms, exclude))
+                                               all_dynamic_writer(work, forms, exclude), float_timing)
                 if judge is not None and check is not None:
                     release_memory()  # the timed sessions
                     by_auto = config.mode == "auto" and config.weight_bits != "4"
@@ -182,10 +184,10 @@ class QuantizeStage(ExportStage):
     def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         judge = self._judge(ctx, compact)
         if not compact:  # no stage changed the model: its validation outputs are the original's, computed already
-            unchanged = ctx.val_reference if ctx.model is ctx.original else None
+            unchanged, timed = ctx.val_reference if ctx.model is ctx.original else None, {}
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
-                                  ctx.out_of_time, judge, unchanged)
-            return self._result(ctx, notes, dst, judge)
+                                  ctx.out_of_time, judge, unchanged, timed)
+            return dataclasses.replace(self._result(ctx, notes, dst, judge), float_latency=timed.get("float"))
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
