@@ -12,6 +12,7 @@ import torch
 
 from compressor.export.onnx import compact_int8, export_model
 from compressor.io.data import Dataset
+from compressor.io.load import model_bytes_of
 from compressor.io.onnx_files import copy_onnx, save_onnx
 from compressor.judge.metrics import score
 from compressor.run.pipeline import RunContext
@@ -21,6 +22,7 @@ from compressor.runtime.timing import ort_latency_spread_ms, same_batch_shapes
 from compressor.stage import ExportStage
 from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
+LARGE_MODEL_BYTES = 64 * 2**20  # weights above this: the exporter's leftover cycles are collected at once
 PARITY_ROWS = 32  # the export's and the reload's parity with torch: a max |difference|, not a score, needs few rows
 
 
@@ -53,12 +55,12 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
     held-out sample only when it is model.onnx; before an export-time stage, its parity with torch is all it is
     measured for, on the first PARITY_ROWS samples (on a 100M-parameter model each full pass costs seconds)."""
     ctx.reporter.log("exporting to ONNX")
-    probe = first_rows(heldout)
+    probe, large = first_rows(heldout), model_bytes_of(ctx.model) >= LARGE_MODEL_BYTES
     final_torch = predict(ctx.model, probe, ctx.device) if changed else reference[:len(probe)]
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
-        release_memory()  # the exporter's traces and the graph's serialized copy
+        release_memory(collect=large)  # the exporter's traces (cycles) and the graph's serialized copy
         fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
         fp32_session = ort_session(fp32_path)
         fp32_out, *fp32_others = onnx_predict_outputs(fp32_session, heldout if stage is None else probe)

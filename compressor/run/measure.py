@@ -68,7 +68,7 @@ def reloaded_outputs(ctx: RunContext, options: RunOptions, staging: Path, heldou
                              trust_code=ctx.loaded.format == "state_dict" or options.trust_remote_code)
     out = predict(reloaded, heldout, "cpu")
     del reloaded
-    release_memory()
+    release_memory(collect=True)
     ctx.model.to("cpu")
     return out
 
