@@ -16,7 +16,7 @@ import compressor.runtime.timing as timing
 import compressor.verify.artifacts as artifacts
 from compressor.algorithms.quantize.taps import as_rows, tapped
 from compressor.export.torch_onnx import export_onnx_proto
-from compressor.io.data import load_dataset
+from compressor.io.data import Dataset, load_dataset
 from compressor.io.load import load_model
 from compressor.io.onnx_files import copy_onnx, external_data_path, save_onnx
 from compressor.runtime.calls import onnx_predict, ort_session, predict
@@ -127,3 +127,15 @@ def test_quantize_only_check_reuses_the_original_validation_outputs(tmp_path, mo
     res = run_cli(SAMPLES / "digits_mlp.pt2", *args, "--out", tmp_path / "recomputed")
     assert res.code == 0, res
     assert (tmp_path / "reused" / "model.onnx").read_bytes() == (tmp_path / "recomputed" / "model.onnx").read_bytes()
+
+
+def test_a_latency_batch_is_reused_only_for_the_same_shapes():
+    """The fp32 baseline reuses the objective's timing on validation only when validation's latency batch feeds the
+    graph the same tensors (names, shapes, dtypes) as held-out's: a sequence padded to another length is other work."""
+    def texts(n: int, length: int) -> Dataset:
+        return Dataset({"input_ids": torch.ones(n, length, dtype=torch.int64)}, None, "texts")
+    assert timing.same_batch_shapes(texts(10, 64), texts(300, 64))  # both batches are 64 rows (wrapped around)
+    assert not timing.same_batch_shapes(texts(10, 48), texts(300, 64))
+    assert not timing.same_batch_shapes(None, texts(300, 64))
+    other = Dataset({"x": torch.ones(10, 64, dtype=torch.int64)}, None, "other")
+    assert not timing.same_batch_shapes(other, texts(10, 64))
