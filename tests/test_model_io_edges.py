@@ -71,6 +71,14 @@ def test_dict_output_with_logits_second_is_judged_on_logits_in_torch_and_onnx(tm
                   "--set", "quantize.mode=dynamic")  # a forced int8 form ships whatever --max-drop: the outputs move
     record = read_report(tmp_path / "m")["artifacts"][0]["outputs"][0]
     assert record["metric"] == "mse" and record["drop"] > 0 and not record["passed"] and mse.code == 3, record
+    # judged against the float original's output, not the torch model after it took model.onnx's int8 weights (in
+    # a quantize-only run the working model is the original itself)
+    from compressor.runtime.calls import onnx_predict_outputs, ort_session
+    held = load_dataset(HELDOUT, ["x"])
+    with torch.no_grad():
+        float_emb = model(held.inputs["x"].float())["emb"]
+    onnx_emb = onnx_predict_outputs(ort_session(tmp_path / "m" / "model.onnx"), held)[1]
+    assert record["max_abs_diff"] == pytest.approx(float((onnx_emb - float_emb).abs().max()), rel=1e-4), record
     # the resolved recipe keeps the output's metric, and running it again judges that output the same way
     resolved = tmp_path / "m" / "recipe.yaml"
     assert yaml.safe_load(resolved.read_text())["output_metrics"] == {"emb": "mse"}

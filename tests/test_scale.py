@@ -139,3 +139,20 @@ def test_a_latency_batch_is_reused_only_for_the_same_shapes():
     assert not timing.same_batch_shapes(None, texts(300, 64))
     other = Dataset({"x": torch.ones(10, 64, dtype=torch.int64)}, None, "other")
     assert not timing.same_batch_shapes(other, texts(10, 64))
+
+
+def test_the_check_reuses_validation_outputs_only_for_the_unchanged_exported_original():
+    """auto's check takes the run's validation outputs as the float graph's only when they are its outputs: no stage
+    changed the model, and the export's parity with torch says the graph's first output is torch's main output (a
+    TorchScript model, or one whose outputs the exporter could not put main-first, can differ in order)."""
+    from types import SimpleNamespace
+
+    from compressor.algorithms.quantize.stage import _float_outputs_on_val
+
+    original, ref = torch.nn.Linear(2, 2), torch.full((4, 3), 10.0)
+    ctx = SimpleNamespace(model=original, original=original, val_reference=ref, export_parity=1e-6)
+    assert _float_outputs_on_val(ctx) is ref
+    assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "model": torch.nn.Linear(2, 2)})) is None
+    assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "export_parity": 0.5})) is None  # other outputs
+    assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "export_parity": None})) is None
+    assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "val_reference": None})) is None

@@ -54,6 +54,7 @@ class StageContext(Protocol):
     max_drop: float                   # the run's gate (--max-drop)
     confidence: float                 # --confidence: of a stage's whole search (judge(chances=) splits it per look)
     stage_configs: dict[str, Any]     # name -> config of every stage in the plan
+    export_parity: float | None       # an export-time stage's graph: max |fp32 ONNX - torch| on held-out rows
 
     @property
     def stage_seed(self) -> int: ...

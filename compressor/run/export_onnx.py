@@ -51,11 +51,12 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
                     onnx_path: Path, sizes: dict[str, int], changed: bool = True) -> Exported:
     """Write model.onnx: the fp32 export, or the export-time stage's graph made from it. `sizes`: params,
     nonzeros and dof of the model going in (the export-time stage's record repeats them); `changed` False: no
-    model stage ran, so the model's outputs are the original's (`reference`). The fp32 graph runs on every
-    held-out sample only when it is model.onnx; before an export-time stage, its parity with torch is all it is
-    measured for, on the first PARITY_ROWS samples (on a 100M-parameter model each full pass costs seconds)."""
+    model stage ran, so the model's outputs are the original's (`reference`). The fp32 graph and the torch model
+    run on every held-out sample only when the fp32 graph is model.onnx; before an export-time stage, their parity
+    is all they are compared for, on the first PARITY_ROWS samples (at 100M parameters a full pass costs seconds).
+    The parity is also left in `ctx.export_parity` for the stage."""
     ctx.reporter.log("exporting to ONNX")
-    probe, large = first_rows(heldout), model_bytes_of(ctx.model) >= LARGE_MODEL_BYTES
+    probe, large = heldout if stage is None else first_rows(heldout), model_bytes_of(ctx.model) >= LARGE_MODEL_BYTES
     final_torch = predict(ctx.model, probe, ctx.device) if changed else reference[:len(probe)]
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
@@ -63,8 +64,8 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         release_memory(collect=large)  # the exporter's traces (cycles) and the graph's serialized copy
         fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
         fp32_session = ort_session(fp32_path)
-        fp32_out, *fp32_others = onnx_predict_outputs(fp32_session, heldout if stage is None else probe)
-        parity = max_abs_diff(fp32_out[:len(probe)], final_torch)
+        fp32_out, *fp32_others = onnx_predict_outputs(fp32_session, probe)
+        parity = ctx.export_parity = max_abs_diff(fp32_out, final_torch)
         later = stage is not None and not ctx.structures and same_batch_shapes(ctx.val, heldout)  # the stage times it
         base_latency, base_spread = (None, None) if later else baseline_latency_ms(ctx, heldout, fp32_session,
                                                                                    Path(tmp))
@@ -104,5 +105,5 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
     record = {"name": stage.name, "metric_value": metric.value, "metric_extra": metric.extra, **sizes,
               "seconds": round(time.perf_counter() - t0, 3), **result.report_fields(),
               "max_abs_diff_vs_fp32": max_abs_diff(q_out[:len(fp32_out)], fp32_out),
-              "bytes": file_sizes(onnx_path)["size"]}
+              "max_abs_diff_vs_fp32_samples": len(fp32_out), "bytes": file_sizes(onnx_path)["size"]}
     return record, session, q_outs, compact is not None, result.float_latency

@@ -19,15 +19,16 @@ from compressor.runtime.calls import EVAL_BATCH, max_abs_diff, onnx_predict, pre
 from compressor.runtime.memory import release_memory
 from compressor.runtime.timing import ort_latency_spread_ms
 from compressor.verify.artifacts import file_sizes, ort_peak_memory_bytes
-from compressor.verify.outputs import verify_outputs
 
 
 def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldout: Dataset,
                       reference: torch.Tensor, exported: Exported, final_torch: torch.Tensor, st_path: Path,
-                      onnx_sha256: str, encodings: dict[str, Any], run_time: bool = False) -> list[dict[str, Any]]:
+                      onnx_sha256: str, encodings: dict[str, Any], run_time: bool = False,
+                      outputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The report's artifact rows: model.onnx, then model.safetensors reloaded from the staged output. `run_time`:
     model.onnx quantizes activations at run time (`store.store_weights` read it from the graph). `final_torch`: the
-    torch model's outputs on the first held-out samples, which the reloaded safetensors must reproduce."""
+    torch model's outputs on the first held-out samples, which the reloaded safetensors must reproduce. `outputs`:
+    model.onnx's secondary outputs judged against the original's (verify/outputs.py)."""
     onnx_path = exported.onnx_path
     onnx_metric = score(exported.onnx_out, heldout, reference, ctx.metric)
     batch = batch_dependence(exported, heldout, reference, ctx.metric) if run_time else None
@@ -37,8 +38,6 @@ def measure_artifacts(ctx: RunContext, options: RunOptions, staging: Path, heldo
                          f"difference| {batch['max_abs_diff_batch1_vs_batch']:.3g} and {ctx.metric.name} "
                          f"{batch['metric_value_batch1']:.4g}, against {batch['metric_value_batched']:.4g} in batches "
                          f"of {EVAL_BATCH}")
-    outputs = verify_outputs(ctx.original, exported.other_outs, heldout, ctx.device, options.output_metrics,
-                             options.max_drop)
     latency, spread = ort_latency_spread_ms(exported.session, heldout)
     exported.session = None  # its weights and activation arena are freed before the reload and the memory check
     release_memory()

@@ -88,6 +88,7 @@ class RunContext:
     metric: MetricChoice = field(default_factory=lambda: MetricChoice("accuracy", "default", loss="ce"))
     deadline: float | None = None  # time.perf_counter() value of --time-limit's end (None: no limit)
     precision: str = "fp32"  # --precision: every fine-tune's autocast (core/precision.py)
+    export_parity: float | None = None  # max |fp32 ONNX - torch| of the graph an export-time stage is given
     _teacher: TeacherOutputs | None = field(default=None, repr=False)
     _selection: Dataset | None = field(default=None, repr=False)
 

@@ -38,6 +38,7 @@ from compressor.runtime.parallel import all_digests, backend, state_digest, stop
 from compressor.runtime.threads import pin_threads
 from compressor.stage import Stage
 from compressor.verify.artifacts import slower_warnings, stored_bytes_later
+from compressor.verify.outputs import verify_outputs
 
 EXIT_OK, EXIT_GATE = 0, 3
 
@@ -133,13 +134,16 @@ def _run(options: RunOptions, stages: list[Stage], out: OutputDir, reporter: Rep
         records.append(exported.record)
     st_path = out.path("model.safetensors")
     onnx_sha256 = file_sha256(exported.onnx_path)
+    # before store_weights rounds the torch model to int8: in a quantize-only run that model is the original itself
+    outputs = verify_outputs(ctx.original, exported.other_outs, heldout, ctx.device, options.output_metrics,
+                             options.max_drop)
     encodings, changed, run_time = store_weights(ctx, options, stages, st_path, exported.onnx_path, onnx_sha256,
                                        quantized=export_stage is not None)
     # the torch model took stored int8 values (weights, or the structures' compact tensors): its outputs moved
     final_torch = predict(ctx.model, first_rows(heldout), ctx.device) if changed or exported.compacted \
         else exported.final_torch
     artifacts = measure_artifacts(ctx, options, out.staging, heldout, reference, exported, final_torch, st_path,
-                                  onnx_sha256, encodings, run_time)
+                                  onnx_sha256, encodings, run_time, outputs)
     confirmed = confirm_artifact(ctx, exported.onnx_path, back, [s.name for s in stages])
     notes.append(confirmation_note(confirmed, back.tried, len(ctx.val or []) + len(ctx.confirm or []), options.confirm))
     run = {"baseline": baseline, "base_params": params, "base": base, "records": records, "artifacts": artifacts,

@@ -154,6 +154,19 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
     return notes
 
 
+PARITY_TOLERANCE = 1e-3  # relative to the outputs' largest magnitude: the same outputs, in the same order
+
+
+def _float_outputs_on_val(ctx: StageContext) -> torch.Tensor | None:
+    """The float graph's outputs on validation when the run already holds them: no stage changed the model (its
+    validation outputs are the original's) and the graph's first output is torch's main output (the export's parity
+    with torch, measured before this stage, holds). None: auto's check runs the float graph itself."""
+    ref = ctx.val_reference
+    if ref is None or ctx.model is not ctx.original or ctx.export_parity is None:
+        return None
+    return ref if ctx.export_parity <= PARITY_TOLERANCE * max(1.0, float(ref.abs().max())) else None
+
+
 class QuantizeStage(ExportStage):
     name = "quantize"
     summary = ("int8 / 4-bit quantization of the exported graph with ONNX Runtime (auto: static where verified, "
@@ -183,8 +196,8 @@ class QuantizeStage(ExportStage):
 
     def _apply_onnx(self, ctx: StageContext, src: Path, dst: Path, compact: bool, on_check) -> StageResult:
         judge = self._judge(ctx, compact)
-        if not compact:  # no stage changed the model: its validation outputs are the original's, computed already
-            unchanged, timed = ctx.val_reference if ctx.model is ctx.original else None, {}
+        if not compact:
+            unchanged, timed = _float_outputs_on_val(ctx), {}
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
                                   ctx.out_of_time, judge, unchanged, timed)
             return dataclasses.replace(self._result(ctx, notes, dst, judge), float_latency=timed.get("float"))
