@@ -37,7 +37,7 @@ class Exported:
     onnx_path: Path
     session: Any                 # ONNX Runtime session of model.onnx
     onnx_out: torch.Tensor       # model.onnx's outputs on held-out
-    final_torch: torch.Tensor    # the final torch model's outputs on the first PARITY_ROWS held-out samples
+    final_torch: torch.Tensor    # the final torch model's outputs on held-out (its first PARITY_ROWS before a stage)
     parity: float                # max |fp32 ONNX - torch| on those samples
     fp32_sizes: dict[str, int]
     base_latency: float          # ms, the fp32 original in ONNX Runtime

@@ -73,8 +73,12 @@ def percentile(values: list[float], q: float) -> float:
 def latencies_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int = 3) -> list[float]:
     """Median batch-64 wall time of each session, timed in turns (one run of each per round; module docstring),
     with the same early stops as `ort_latency_ms` applied to a round."""
-    rounds = timed_rounds_ms(sessions, data, repeats, warmup)
-    return [round(statistics.median(r[i] for r in rounds), 4) for i in range(len(sessions))]
+    return medians_of(timed_rounds_ms(sessions, data, repeats, warmup))
+
+
+def medians_of(rounds: list[list[float]]) -> list[float]:
+    """Each session's median over the rounds of `timed_rounds_ms`."""
+    return [round(statistics.median(r[i] for r in rounds), 4) for i in range(len(rounds[0]))]
 
 
 def timed_rounds_ms(sessions: list, data: Dataset, repeats: int = 20, warmup: int = 3) -> list[list[float]]:

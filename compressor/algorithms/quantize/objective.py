@@ -17,7 +17,6 @@ between loaded and idle runs, which `size` never does.
 from __future__ import annotations
 
 import shutil
-import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,7 @@ from compressor.algorithms.quantize.auto import gather_tables, weighted_nodes
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import copy_onnx
 from compressor.runtime.calls import ort_session
-from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, spread_of, timed_rounds_ms
+from compressor.runtime.timing import LATENCY_BATCH, SLOWER_MARGIN, medians_of, spread_of, timed_rounds_ms
 
 Check = Callable[[Path], tuple[bool, str]]
 
@@ -37,7 +36,7 @@ def _times(paths: dict[str, Path], data: Dataset, timed: dict | None) -> dict[st
     rounds = timed_rounds_ms([ort_session(p) for p in paths.values()], data)
     if timed is not None:
         timed["float"] = spread_of([r[0] for r in rounds])  # "float" is always timed first
-    return {name: round(statistics.median(r[i] for r in rounds), 4) for i, name in enumerate(paths)}
+    return dict(zip(paths, medians_of(rounds)))
 
 
 def _listing(times: dict[str, float]) -> str:
