@@ -12,9 +12,9 @@ from compressor.core.masks import MaskRegistry
 from compressor.io.data import Dataset
 
 
-def _ctx(data: Dataset) -> SimpleNamespace:
+def _ctx(data: Dataset, loss: str = "ce") -> SimpleNamespace:
     return SimpleNamespace(require_training=lambda stage: (data, data), device=torch.device("cpu"),
-                           masks=MaskRegistry(), precision="fp32")
+                           masks=MaskRegistry(), precision="fp32", metric=SimpleNamespace(loss=loss))
 
 
 def _data(n: int = 600) -> Dataset:
@@ -47,6 +47,6 @@ def test_a_smaller_rate_where_the_default_moves_a_model_off_its_target():
             ref = teacher(b.inputs["x"])
         return ((out - ref) ** 2).mean()
 
-    result = fit_lr(_ctx(_data()), model, 1e-1, 32, distill, seed=0)
+    result = fit_lr(_ctx(_data(), "mse"), model, 1e-1, 32, distill, seed=0)
     assert result.lr < 1e-1, result.describe()
     assert result.losses[result.lr] < result.losses[1e-1]

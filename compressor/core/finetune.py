@@ -9,7 +9,9 @@ towards the frozen original model's outputs (computed once for the training set:
 metric (judge/kind.py): logits (agreement) ->
 KL divergence at temperature T, scaled by T^2 (Hinton et al. 2015, "Distilling the knowledge in a neural
 network"); embeddings or regression outputs (cosine, mse) -> (1 - cosine) + MSE relative to the target's mean
-square, so the direction and the scale of the vectors are both kept (a softmax of an embedding is meaningless). Masks are honoured after every optimizer step.
+square, so the direction and the scale of the vectors are both kept (a softmax of an embedding is meaningless). A
+distillation trains with dropout and other stochastic layers off (`enter_training`). Masks are honoured after every
+optimizer step.
 Hooks let a stage add to the gradient before the step (shrink's relevance decay), act after it, or add a loss
 term (the manifold-preserving term).
 """
@@ -28,7 +30,7 @@ from compressor.core.precision import MixedPrecision
 from compressor.io.data import Dataset
 from compressor.judge.budget import is_better
 from compressor.judge.metrics import Metrics
-from compressor.runtime.calls import EVAL_BATCH, call_model, set_train
+from compressor.runtime.calls import EVAL_BATCH, call_model, set_train, set_train_for_distillation
 from compressor.runtime.parallel import data_parallel, from_rank0, my_share, share_weight, sync_buffers
 
 DISTILL_TEMPERATURE = 2.0
@@ -84,6 +86,20 @@ def task_loss(ctx: StageContext, model: nn.Module, batch: Dataset, out: torch.Te
         return nn.functional.cross_entropy(out.reshape(out.shape[0], -1), batch.labels.to(out.device))
     target = ctx.teacher(batch)
     return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)
+
+
+def distils(ctx: StageContext, data: Dataset) -> bool:
+    """Whether `task_loss` on `data` is distillation towards the original (no labels, or no cross-entropy metric)."""
+    return data.labels is None or ctx.metric.loss != "ce"
+
+
+def enter_training(ctx: StageContext, model: nn.Module, data: Dataset) -> None:
+    """Training mode for a fine-tune on `data`: a distillation keeps stochastic layers off
+    (`set_train_for_distillation`); cross-entropy on labels trains as the model was trained, dropout included."""
+    if distils(ctx, data):
+        set_train_for_distillation(model)
+    else:
+        set_train(model, True)
 
 
 @torch.no_grad()
@@ -148,7 +164,7 @@ def finetune(ctx: StageContext, model: nn.Module, settings: FinetuneSettings, *,
     mixed = MixedPrecision(ctx.precision, ctx.device)
     with ctx.reporter.task(desc, settings.epochs * steps) as task:
         for epoch in range(1, settings.epochs + 1):
-            set_train(model, True)
+            enter_training(ctx, model, train)
             if train_mode is not None:
                 train_mode(model)
             total, count, stats_sum = 0.0, 0, {}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from compressor.core.contract import StageContext
+from compressor.core.finetune import enter_training
 from compressor.core.precision import MixedPrecision
 from compressor.io.data import Dataset
 from compressor.runtime.calls import call_model, set_train
@@ -77,7 +78,7 @@ def _probe(ctx: StageContext, model: nn.Module, default: float, batch_size: int,
             opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
             batches = rest.batches(batch_size, torch.Generator().manual_seed(seed))
             mixed = MixedPrecision(ctx.precision, ctx.device)  # the fine-tunes' own steps
-            set_train(model, True)
+            enter_training(ctx, model, rest)
             for _, batch in zip(range(steps), batches):
                 opt.zero_grad(set_to_none=True)
                 with mixed.autocast():

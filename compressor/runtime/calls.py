@@ -171,6 +171,25 @@ def set_train(model: nn.Module, mode: bool) -> bool:
         return False
 
 
+def set_train_for_distillation(model: nn.Module) -> bool:
+    """Training mode for a fine-tune towards the original's own outputs: every module in eval mode except the
+    normalization layers that keep running statistics (batch norm adapts to the changed weights as in training).
+    Why: the target is the original's deterministic function; dropout, attention dropout (read from a parent's
+    `training` flag), stochastic depth and layer drop only add noise to a student that starts next to it, and a
+    pretrained transformer's fine-tune then moves away from its teacher. Eval mode also keeps train-only output
+    structures (auxiliary heads, loss dictionaries) out of the fine-tune. Returns `set_train`'s success."""
+    if not set_train(model, False):
+        return False
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) or getattr(m, "original_name", "") in SCRIPTED_NORMS:
+            m.train(True)
+    return True
+
+
+SCRIPTED_NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
+                  "InstanceNorm3d"}  # a TorchScript module's `original_name` for the classes above
+
+
 def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
     """An ONNX Runtime CPU session pinned to the run's threads (`threads` 0: the pinned count)."""
     import onnxruntime as ort
