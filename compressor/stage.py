@@ -59,6 +59,8 @@ class StageResult:
     # an export-time stage that timed the float graph it was given (quantize's objective, on a validation batch):
     # (median ms, [p10, p90]); the run's fp32 baseline reuses it when that batch has held-out's shapes
     float_latency: tuple[float, list[float]] | None = None
+    # every graph it timed on that batch, by the sha256 of its file: model.onnx's latency when it is one of them
+    latency_by_sha256: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
 
     def decision_line(self) -> str | None:
         """The stage's own decision, else its first warning (a size over budget, an inert rule), else its first

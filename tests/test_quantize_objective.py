@@ -184,3 +184,21 @@ def test_the_fp32_baseline_reuses_the_objectives_float_timing(tmp_path, monkeypa
     assert timed and "failed" not in timed[0], report["stages"][0]["notes"]
     float_ms = float(re.search(r"float ([0-9.]+) ms", timed[0]).group(1))
     assert report["artifacts"][0]["fp32_baseline_latency_ms"] == pytest.approx(float_ms, abs=6e-4)
+
+
+def test_model_onnx_latency_is_the_objectives_timing_of_the_shipped_graph(tmp_path, monkeypatch):
+    """The graph the objective shipped was timed already (in turns with the float graph): model.onnx's latency in
+    the report is that timing, found by the file's sha256, not a third timing run."""
+    import compressor.run.measure as measure
+
+    monkeypatch.setattr(measure, "ort_latency_spread_ms", lambda *a: pytest.fail("model.onnx was timed again"))
+    out = tmp_path / "mlp"
+    res = run_cli(SAMPLES / "digits_mlp.pt2", "--pipeline", "quantize", "--data", HELDOUT, "--train-data", TRAIN,
+                  "--val-data", VAL, "--out", out, "--quiet")
+    assert res.code == 0, res
+    report = read_report(out)
+    timed = next(n for n in report["stages"][0]["notes"] if n.startswith("objective balanced: ") and " ms" in n)
+    times = dict((name, float(ms)) for name, ms in re.findall(r"(float|int8 choice|all dynamic) ([0-9.]+) ms", timed))
+    name = ("all dynamic" if "all-dynamic int8 form is shipped" in timed else
+            "float" if "float graph is shipped" in timed else "int8 choice")  # kept, or within the margin
+    assert report["artifacts"][0]["latency_ms"] == pytest.approx(times[name], abs=6e-4), timed

@@ -45,6 +45,9 @@ class Exported:
     compacted: bool = False      # the structures' own tensors were made int8 (the torch model took their values)
     base_spread: list[float] | None = None  # [p10, p90] ms of the fp32 original's timed runs
     other_outs: list[torch.Tensor] = field(default_factory=list)  # model.onnx's other outputs (verify/outputs.py)
+    # graphs the export-time stage timed on a batch of held-out's shapes, by file sha256 (StageResult): model.onnx's
+    # latency is its entry when it is one of them
+    timed: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
 
 
 def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset, reference: torch.Tensor,
@@ -75,20 +78,20 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
                             base_spread=base_spread, other_outs=fp32_others)
         fp32_session = None  # its copy of the weights is freed before the quantizer makes its own
         release_memory()
-        record, session, q_outs, compacted, timed = apply_export_stage(ctx, stage, fp32_path, onnx_path, Path(tmp),
-                                                                       heldout, reference, fp32_out, sizes)
+        record, session, q_outs, compacted, result = apply_export_stage(ctx, stage, fp32_path, onnx_path,
+                                                                        Path(tmp), heldout, reference, fp32_out, sizes)
         if later:  # the float graph the stage was given is the fp32 export: its timing, else time it now
-            base_latency, base_spread = timed or ort_latency_spread_ms(ort_session(fp32_path), heldout)
+            base_latency, base_spread = result.float_latency or ort_latency_spread_ms(ort_session(fp32_path), heldout)
         fp32_sizes = fp32_sizes()
     return Exported(onnx_path, session, q_outs[0], final_torch, parity, fp32_sizes, base_latency, record, compacted,
-                    base_spread, q_outs[1:])
+                    base_spread, q_outs[1:], result.latency_by_sha256 if later else {})
 
 
 def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onnx_path: Path, tmp: Path,
                        heldout: Dataset, reference: torch.Tensor, fp32_out: torch.Tensor, sizes: dict[str, int]):
     """Run the export-time stage on the fp32 graph (after the structures' own tensors are made int8, if any);
     returns (its record, the session of model.onnx, model.onnx's held-out outputs (every graph output, the main one
-    first), whether the structures' tensors were made int8, the stage's timing of the graph it was given)."""
+    first), whether the structures' tensors were made int8, the stage's result (its timings of the graphs))."""
     ctx.reporter.log(f"stage {ctx.stage_index + 1}: {stage.name}")
     t0 = time.perf_counter()
     compact = compact_int8(fp32_path, ctx.structures, ctx.model)
@@ -106,4 +109,4 @@ def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onn
               "seconds": round(time.perf_counter() - t0, 3), **result.report_fields(),
               "max_abs_diff_vs_fp32": max_abs_diff(q_out[:len(fp32_out)], fp32_out),
               "max_abs_diff_vs_fp32_samples": len(fp32_out), "bytes": file_sizes(onnx_path)["size"]}
-    return record, session, q_outs, compact is not None, result.float_latency
+    return record, session, q_outs, compact is not None, result

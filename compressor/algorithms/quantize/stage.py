@@ -200,7 +200,8 @@ class QuantizeStage(ExportStage):
             unchanged, timed = _float_outputs_on_val(ctx), {}
             notes = quantize_onnx(src, dst, self.config, ctx.calib, ctx.stage_seed, ctx.val, on_check,
                                   ctx.out_of_time, judge, unchanged, timed)
-            return dataclasses.replace(self._result(ctx, notes, dst, judge), float_latency=timed.get("float"))
+            return dataclasses.replace(self._result(ctx, notes, dst, judge), float_latency=timed.get("float"),
+                                       latency_by_sha256=timed.get("by_sha256", {}))
         notes = ["compact tensors (ring / basis coefficients) stored as int8 with per-tensor scales"]
         try:
             graph = onnx.load(str(src))  # weights generated in-graph, and their generation, stay out of ORT's
