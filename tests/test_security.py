@@ -413,8 +413,34 @@ def test_symbolic_expressions(expr, ok):
     ("math.ceil", True), ("torch.sym_max", True),
     ("torch.serialization.os.system", False), ("_operator.call", False), ("torch.ops.load_library", False),
     ("torch.ops.aten.__class__.x", False), ("math.__loader__", False), ("#ns.op", False), ("torchvision.x", False),
+    # registered operators with a dunder name (an attention mask's `&`), but no other dunder anywhere
+    ("torch.ops.aten.__and__.Tensor", True), ("torch.ops.aten.__lshift__.Scalar", True),
+    ("torch.ops.aten.__getattribute__.default", False), ("torch.ops.aten.add.__init__", False),
+    ("torch.ops.__builtins__.__and__.Tensor", False),
 ])
 def test_node_targets(target, ok):
     from compressor.io.pt2_check import safe_target
 
     assert safe_target(target) is ok
+
+
+class MaskedLinear(torch.nn.Module):
+    """An attention-mask style `&` of two boolean tensors: exported as aten.__and__.Tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x * ((x > -1) & (x < 1)))
+
+
+def test_pt2_with_a_dunder_operator_loads_untrusted(tmp_path):
+    from compressor.io.load import load_model
+
+    program = torch.export.export(MaskedLinear().eval(), (torch.randn(2, 8),))
+    assert any("__and__" in str(n.target) for n in program.graph.nodes)
+    torch.export.save(program, str(tmp_path / "masked.pt2"))
+    loaded = load_model(tmp_path / "masked.pt2")
+    x = torch.randn(2, 8)
+    assert torch.equal(loaded.module(x), program.module()(x))

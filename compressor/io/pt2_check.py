@@ -21,6 +21,7 @@ unpickle code either.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -151,13 +152,24 @@ def safe_expression(expr: str) -> bool:
     return True
 
 
+@functools.cache
+def dunder_operators() -> frozenset[str]:
+    """The registered operators whose name is a dunder ("aten::__and__", "aten::__lshift__", ...)."""
+    return frozenset(n.split(".")[0] for n in torch._C._dispatch_get_all_op_names() if "::__" in n)
+
+
 def safe_target(target: str) -> bool:
     """A graph node may call a torch operator, a math function, an arithmetic operator or a few torch helpers."""
     if target.startswith("#"):  # an extension operator: resolved by registered plugins of torch, refused
         return False
     if target.startswith("torch.ops."):
         parts = target.split(".")[2:]
-        return 2 <= len(parts) <= 3 and all(IDENT.fullmatch(p) and not p.startswith("__") for p in parts)
+        if not (2 <= len(parts) <= 3 and all(IDENT.fullmatch(p) for p in parts)):
+            return False
+        # a dunder name is refused (an attribute of Python's object model) unless it is a registered operator's,
+        # such as aten::__and__ (the `&` of an attention mask); an overload name is never a dunder
+        dunder = [p for p in parts if p.startswith("__")]
+        return not dunder or (dunder == [parts[1]] and f"{parts[0]}::{parts[1]}" in dunder_operators())
     if target.startswith("_operator."):
         return target[len("_operator."):] in OPERATORS
     if target.startswith("math."):
