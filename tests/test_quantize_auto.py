@@ -288,7 +288,7 @@ def _affine_graph(path, weight: np.ndarray) -> None:
 
 
 def test_auto_check_stops_a_failing_candidate_early_with_the_whole_sets_decision(tmp_path):
-    from compressor.algorithms.quantize.auto import CHECK_CHUNK, checker
+    from compressor.algorithms.quantize.output_check import CHECK_CHUNK, checker
     from compressor.io.data import Dataset
 
     gen = np.random.default_rng(0)
@@ -304,7 +304,7 @@ def test_auto_check_stops_a_failing_candidate_early_with_the_whole_sets_decision
     # a slightly perturbed graph fails only on the mean over the whole set: decided where the mean can no longer pass
     _affine_graph(tmp_path / "near.onnx", np.eye(8) + 0.06 * gen.standard_normal((8, 8)))
     ok, how = passes(tmp_path / "near.onnx")
-    from compressor.algorithms.quantize.auto import output_cosine
+    from compressor.algorithms.quantize.output_check import output_cosine
     from compressor.runtime.calls import onnx_predict, ort_session
     full = output_cosine(onnx_predict(ort_session(tmp_path / "near.onnx"), check), passes.ref)
     assert ok == (full[0] >= 0.985 and full[1] >= 0.995), (how, full)
@@ -313,7 +313,7 @@ def test_auto_check_stops_a_failing_candidate_early_with_the_whole_sets_decision
 def test_auto_check_of_a_regression_output_stops_early_only_when_decided(tmp_path):
     from onnx import TensorProto, helper
 
-    from compressor.algorithms.quantize.auto import CHECK_CHUNK, checker, output_error
+    from compressor.algorithms.quantize.output_check import CHECK_CHUNK, checker, output_error
     from compressor.io.data import Dataset
     from compressor.runtime.calls import onnx_predict, ort_session
 

@@ -1,6 +1,7 @@
 """quantize mode=auto on a regression model ([N, 1] output, metric mse): per-sample cosine of one value is a sign and
 the cosine of the whole column is dominated by its mean, so auto judges such outputs by their relative error
-(auto.output_error: mse / variance, max |error| / std) within the cosine bounds' equivalent (auto.error_bounds).
+(output_check.output_error: mse / variance, max |error| / std) within the cosine bounds' equivalent
+(output_check.error_bounds).
 
 The model: a small MLP fitted to a heavy-tailed target with an offset (4 + exp(0.9 x0 + 0.4 x1) + ...). Full static
 QDQ calibrates the output's range on 256 training samples, so the largest held-out outputs are clipped (20.8 -> 14.4)
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.algorithms.quantize.auto import error_bounds, output_cosine, output_error
+from compressor.algorithms.quantize.output_check import error_bounds, output_cosine, output_error
 from tests.conftest import read_report, run_cli
 
 

@@ -106,10 +106,10 @@ def test_quantize_only_check_reuses_the_original_validation_outputs(tmp_path, mo
     holds, instead of running the float graph over validation again in ONNX Runtime (a full fp32 pass: seconds on
     a 100M-parameter model), and ships the same bytes as when it runs the float graph; the fp32 export runs only on
     the 32 held-out samples of its parity check."""
-    import compressor.algorithms.quantize.auto as auto
+    import compressor.algorithms.quantize.output_check as check
 
-    opened, real_session, real_init = [], auto.ort_session, auto.OutputCheck.__init__
-    monkeypatch.setattr(auto, "ort_session",
+    opened, real_session, real_init = [], check.ort_session, check.OutputCheck.__init__
+    monkeypatch.setattr(check, "ort_session",
                         lambda path, *a, **k: (opened.append(Path(path)), real_session(path, *a, **k))[1])
     args = ("--pipeline", "quantize", "--set", "quantize.objective=size", "--data", HELDOUT, "--train-data", TRAIN,
             "--val-data", VAL)
@@ -123,7 +123,7 @@ def test_quantize_only_check_reuses_the_original_validation_outputs(tmp_path, mo
 
     def recomputing(self, work, check, bounds, on_check=None, reference=None):
         real_init(self, work, check, bounds, on_check, None)
-    monkeypatch.setattr(auto.OutputCheck, "__init__", recomputing)
+    monkeypatch.setattr(check.OutputCheck, "__init__", recomputing)
     res = run_cli(SAMPLES / "digits_mlp.pt2", *args, "--out", tmp_path / "recomputed")
     assert res.code == 0, res
     assert (tmp_path / "reused" / "model.onnx").read_bytes() == (tmp_path / "recomputed" / "model.onnx").read_bytes()

@@ -195,7 +195,7 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: an error raises, and the caller says it in one line
     opts.intra_op_num_threads = threads or pinned_threads()
     opts.inter_op_num_threads = 1
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes

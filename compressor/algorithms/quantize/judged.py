@@ -17,7 +17,8 @@ from typing import Callable
 
 import onnx
 
-from compressor.algorithms.quantize.auto import CHECK_CHUNK, weighted_nodes
+from compressor.algorithms.quantize.auto import weighted_nodes
+from compressor.algorithms.quantize.output_check import CHECK_CHUNK
 from compressor.algorithms.quantize.objective import graph_form
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import copy_onnx

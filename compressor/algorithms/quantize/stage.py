@@ -21,7 +21,8 @@ from typing import Callable
 import onnx
 import torch
 
-from compressor.algorithms.quantize.auto import checker, choose
+from compressor.algorithms.quantize.auto import choose
+from compressor.algorithms.quantize.output_check import checker
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.forms import OrtForms
 from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
