@@ -316,15 +316,23 @@ def test_pooling_configs_of_both_sentence_transformers_formats_and_their_formula
     assert torch.allclose(pool(hidden, mask, "mean_sqrt_len_tokens"), torch.tensor([[4.0, 10.0]]) / 2 ** 0.5)
 
 
-def fake_hf_dir(root: Path, weights: str) -> Path:
+def fake_hf_dir(root: Path, weights: str, arch: str = "BertModel") -> Path:
     """config.json and weights, enough to be taken for a Hugging Face directory (transformers never reads it)."""
     root.mkdir()
-    (root / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    (root / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "bert"}))
     if weights == "safetensors":
         save_file({"w": torch.zeros(2)}, str(root / "model.safetensors"))
     else:
         (root / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00.")
     return root
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "GPT2DoubleHeadsModel"])
+def test_a_language_model_head_is_not_taken_for_an_encoder(tmp_path, arch):
+    """"...Model" is a plain encoder (embeddings) only without a head: an LM head would be dropped silently."""
+    res = run_cli(fake_hf_dir(tmp_path / "m", "safetensors", arch), "--data", SENTENCES, "--out", tmp_path / "out")
+    assert res.code == 2 and f"{arch} has a head that no supported task reads" in res.stderr, res
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_hub_name_not_on_disk_is_one_line_and_downloads_nothing(tmp_path):

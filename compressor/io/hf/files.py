@@ -22,6 +22,7 @@ TASKS = ("feature-extraction", "text-classification", "token-classification", "f
 ARCH_TASKS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
               ("ForMaskedLM", "fill-mask"), ("ForImageClassification", "image-classification"),
               ("Model", "feature-extraction"))
+HEAD_MODEL = re.compile(r"Heads?Model$")  # a "...Model" architecture with a head (a language model's): not an encoder
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # what a Hugging Face user needs beside the weights to run the model: copied into --out
@@ -189,6 +190,10 @@ def detect_task(lay: HFLayout, requested: str | None) -> str:
         return "feature-extraction"
     archs = lay.config.get("architectures") or []
     for arch in archs if isinstance(archs, list) else []:
+        if HEAD_MODEL.search(str(arch)):  # GPT2LMHeadModel, GPT2DoubleHeadsModel: a head, not a plain encoder
+            raise UsageError(f"{lay.root}: {arch} has a head that no supported task reads (text generation is "
+                             f"not one); pass --task feature-extraction to compress its base model's embeddings, or "
+                             f"export the whole model with torch.export (.pt2); tasks: {', '.join(TASKS)}")
         for suffix, task in ARCH_TASKS:
             if str(arch).endswith(suffix):
                 return task
