@@ -62,3 +62,9 @@ def check_stop() -> None:
     """Raise the stop a signal asked for, if one did (called at every progress step)."""
     if _STOPS:
         raise _STOPS[0]()
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` (at most `limit` characters of it), for a note or a one-line error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__

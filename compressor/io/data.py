@@ -122,9 +122,10 @@ def _encoded(path: Path, encoder) -> dict[str, np.ndarray]:
 
 def load_dataset(path: str | Path, input_names: Sequence[str],
                  dtypes: Mapping[str, torch.dtype] | None = None, encoder=None) -> Dataset:
-    """Read a data file and map its arrays onto the model's inputs. Floats become float32; integer arrays int64 and
-    bool arrays stay bool, unless `dtypes` (a `.pt2` program's input dtypes) names another integer or bool dtype for
-    that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
+    """Read a data file and map its arrays onto the model's inputs. Floats become float32, or the float dtype
+    `dtypes` (a `.pt2` program's input dtypes) names for that input (a half-precision program's float16 or
+    bfloat16); integer arrays int64 and bool arrays stay bool, unless `dtypes` names another integer or bool dtype
+    for that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
     path = Path(path)
     arrays = read_arrays(path, encoder)
     labels_np = arrays.pop(LABEL_KEY, None)
@@ -162,6 +163,11 @@ def load_dataset(path: str | Path, input_names: Sequence[str],
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DataError(f"{path}: array '{key}' contains NaN or infinite values")
         inputs[name] = torch.from_numpy(np.ascontiguousarray(arr))
+        if arr.dtype.kind == "f" and want is not None and want.is_floating_point and want != torch.float32:
+            inputs[name] = inputs[name].to(want)
+            if not bool(torch.isfinite(inputs[name]).all()):
+                raise DataError(f"{path}: array '{key}' has values outside the range of the model's input dtype "
+                                f"{str(want).replace('torch.', '')}")
     labels = None
     if labels_np is not None:
         if labels_np.dtype.kind not in "iu" or labels_np.ndim != 1:

@@ -19,6 +19,7 @@ from compressor.run.pipeline import RunContext
 from compressor.runtime.calls import max_abs_diff, onnx_predict_outputs, ort_session, predict
 from compressor.runtime.memory import release_memory
 from compressor.runtime.timing import ort_latency_spread_ms, same_batch_shapes
+from compressor.errors import StageError, first_line
 from compressor.stage import ExportStage
 from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
@@ -66,7 +67,7 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
         release_memory(collect=large)  # the exporter's traces (cycles) and the graph's serialized copy
         fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
-        fp32_session = ort_session(fp32_path)
+        fp32_session = runnable_session(fp32_path)
         fp32_out, *fp32_others = onnx_predict_outputs(fp32_session, probe)
         parity = ctx.export_parity = max_abs_diff(fp32_out, final_torch)
         later = stage is not None and not ctx.structures and same_batch_shapes(ctx.val, heldout)  # the stage times it
@@ -85,6 +86,21 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
         fp32_sizes = fp32_sizes()
     return Exported(onnx_path, session, q_outs[0], final_torch, parity, fp32_sizes, base_latency, record, compacted,
                     base_spread, q_outs[1:], result.latency_by_sha256 if later else {})
+
+
+def runnable_session(path: Path):
+    """An ONNX Runtime session of the exported graph, or one line saying why ONNX Runtime cannot run it (a bfloat16
+    graph's ops have no CPU kernels)."""
+    try:
+        return ort_session(path)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own error types, reported in one line
+        import onnx
+
+        bf16 = any(t.data_type == onnx.TensorProto.BFLOAT16
+                   for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+        raise StageError(f"ONNX Runtime cannot run the model's ONNX export ({first_line(exc)})" + (
+            "; its bfloat16 weights: ONNX Runtime has no CPU kernels for most bfloat16 ops, so convert the model to "
+            "float32 (or float16) before compressing it" if bf16 else "")) from exc
 
 
 def apply_export_stage(ctx: RunContext, stage: ExportStage, fp32_path: Path, onnx_path: Path, tmp: Path,

@@ -27,8 +27,8 @@ from typing import Callable, Protocol
 import numpy as np
 import onnx
 
-from compressor.algorithms.quantize.output_check import first_line
 from compressor.algorithms.quantize.taps import tapped
+from compressor.errors import first_line
 from compressor.io.data import Dataset
 
 WEIGHTED = ("MatMul", "Gemm", "Conv")

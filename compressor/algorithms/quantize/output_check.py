@@ -12,17 +12,12 @@ from typing import Callable
 import onnx
 import torch
 
+from compressor.errors import first_line
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import run_time_quantized
 from compressor.runtime.calls import onnx_predict, ort_session
 
 CHECK_CHUNK = 32  # check-set samples run per ONNX Runtime call: a failing candidate stops as soon as it is decided
-
-
-def first_line(exc: Exception) -> str:
-    """`Type: first line of the message` (at most 200 characters), for a note."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def output_cosine(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

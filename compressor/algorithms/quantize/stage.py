@@ -28,9 +28,10 @@ from compressor.algorithms.quantize.forms import OrtForms
 from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names
 from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
-from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, shipped_form
+from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, quantized, \
+    shipped_form
 from compressor.core.contract import StageContext
-from compressor.errors import DataError, StageError
+from compressor.errors import DataError, StageError, first_line
 from compressor.io.data import Dataset, calibration_subset
 from compressor.io.onnx_files import external_data_path
 from compressor.runtime.memory import release_memory
@@ -150,9 +151,22 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
         except (StageError, DataError):
             raise
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise StageError(f"quantize: ONNX Runtime's quantizer failed ({type(exc).__name__}: {msg})") from exc
-    return notes
+            raise StageError(f"quantize: ONNX Runtime's quantizer failed ({first_line(exc)})") from exc
+    return _unquantized_note(dst) + notes
+
+
+HALF_TYPES = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+
+
+def _unquantized_note(dst: Path) -> list[str]:
+    """A warning when the written graph has no int8 op because its weights are half precision, which ONNX Runtime's
+    int8 quantizers do not read (they quantize float32 weights)."""
+    kinds = {t.data_type for t in onnx.load(str(dst), load_external_data=False).graph.initializer} & set(HALF_TYPES)
+    if not kinds or quantized(dst):
+        return []
+    names = "/".join(sorted(HALF_TYPES[k] for k in kinds))
+    return [f"WARNING: no node was quantized: ONNX Runtime's int8 quantizers read float32 weights and this graph's "
+            f"are {names}, so model.onnx is the {names} graph (export the model in float32 to quantize it)"]
 
 
 PARITY_TOLERANCE = 1e-3  # relative to the outputs' largest magnitude: the same outputs, in the same order
@@ -237,4 +251,6 @@ class QuantizeStage(ExportStage):
         decision, headline = (judged.decision, judged.headline) if judged is not None else (None, None)
         outcome = Outcome(graph_form(dst), "run_metric" if headline else self.config.objective,
                           *((decision.drop, "points", decision.bound, decision.budget) if decision else ()))
-        return StageResult(model=ctx.model, notes=notes, decision=headline or shipped_form(notes), outcome=outcome)
+        unquantized = next((n for n in notes if n.startswith("WARNING: no node was quantized")), None)
+        return StageResult(model=ctx.model, notes=notes, decision=headline or unquantized or shipped_form(notes),
+                           outcome=outcome)
