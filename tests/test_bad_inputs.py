@@ -444,6 +444,8 @@ CASES = [
     Case("data-broken-npz", 1, _data(_bytes("broken.npz", lambda: b"PK\x03\x04 broken")), ("broken.npz",)),
     Case("data-keys", 1, _data(_npz("keys.npz", image=np.zeros((3, 1, 8, 8), np.float32),
                                    other=np.zeros((3, 2), np.float32))), ("keys.npz",)),
+    Case("data-labels-misnamed", 1, _data(_npz("misnamed.npz", x=_x(), labels=_y())), ("misnamed.npz", "'labels'",
+                                                                                         "under 'y'")),
     Case("data-nan", 1, _data(_npz("nan.npz", x=np.full((4, 1, 8, 8), np.nan, np.float32))), ("nan.npz", "nan")),
     Case("data-wrong-shape", 1, _data(_npz("shape.npz", x=np.zeros((5, 1, 9, 9), np.float32))), ("(5, 1, 9, 9)",)),
     Case("data-empty-array", 1, _data(_npz("emptyx.npz", x=np.zeros((0, 1, 8, 8), np.float32))), ("emptyx.npz",)),

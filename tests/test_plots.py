@@ -128,3 +128,17 @@ def test_same_report_gives_the_same_png_bytes(tmp_path):
     for name, save in (("a", accuracy_vs_size), ("l", latency_bars)):
         assert save(rep, tmp_path / f"{name}1.png") and save(rep, tmp_path / f"{name}2.png")
         assert (tmp_path / f"{name}1.png").read_bytes() == (tmp_path / f"{name}2.png").read_bytes()
+
+
+def test_sparsity_plot_with_long_layer_names_warns_nothing(tmp_path):
+    """Rotated names too long to lay out: matplotlib's tight-layout warning stays off the user's terminal."""
+    import warnings
+
+    from compressor.report.sparsity import _plot
+
+    layers = [{"name": f"encoder.layer.{i}.attention.self.query_key_value.weight" * 3, "sparsity": 0.5}
+              for i in range(12)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _plot(layers, tmp_path / "sparsity.png")
+    assert (tmp_path / "sparsity.png").stat().st_size > 0

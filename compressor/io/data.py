@@ -24,6 +24,7 @@ from compressor.io.archive import check_limits
 from compressor.io.text_data import is_text_file
 
 LABEL_KEY = "y"
+LABEL_LIKE = {"label", "labels", "target", "targets"}  # array names meant as labels, which go under LABEL_KEY
 _ROOTS = itertools.count()  # a token per loaded set: subsets carry their root's
 
 
@@ -129,6 +130,10 @@ def load_dataset(path: str | Path, input_names: Sequence[str],
     path = Path(path)
     arrays = read_arrays(path, encoder)
     labels_np = arrays.pop(LABEL_KEY, None)
+    misnamed = [k for k in arrays if k.lower() in LABEL_LIKE and k not in input_names]
+    if misnamed and labels_np is None:  # else the labels would be left out in silence, and the metric with them
+        raise DataError(f"{path}: array '{misnamed[0]}' is not an input of the model; labels go under "
+                        f"'{LABEL_KEY}'")
     if not arrays:
         raise DataError(f"{path}: no input arrays (expected 'x' or arrays named {', '.join(input_names)})")
     if set(input_names) <= set(arrays):

@@ -6,6 +6,7 @@ raw bytes of the dense tensors: it says how far the measured bytes are from the 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def _plot(layers: list[dict], path: Path) -> bool:
     ax.set_ylabel("sparsity %")
     ax.set_ylim(0, 100)
     ax.set_title("per-layer sparsity")
-    fig.tight_layout()
+    with warnings.catch_warnings():  # long layer names can leave no room to lay out: matplotlib warns, and plots
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return True
