@@ -40,7 +40,8 @@ class QuantizeConfig:
     int4_block: int = option(32, "4-bit weights: input rows sharing one scale (a power of two, at least 16)",
                             ge=16)
     exclude: tuple[str, ...] = option((), "glob patterns of weight or node names left in float (e.g. fc3.*)")
-    preprocess: bool = option(True, "run ONNX Runtime's quant_pre_process (shape inference, graph optimisation)")
+    preprocess: bool = option(True, "ONNX Runtime's quantization pre-processing: basic graph optimisation, then "
+                                    "shape inference (quant_pre_process's steps, file to file)")
 
     def validate(self) -> str | None:
         """What the fields' ranges cannot say alone."""

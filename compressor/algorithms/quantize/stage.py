@@ -22,18 +22,18 @@ import onnx
 import torch
 
 from compressor.algorithms.quantize.auto import choose
-from compressor.algorithms.quantize.output_check import checker
 from compressor.algorithms.quantize.config import QuantizeConfig
 from compressor.algorithms.quantize.forms import OrtForms
-from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names
+from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
 from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
 from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, quantized, \
     shipped_form
+from compressor.algorithms.quantize.output_check import checker
+from compressor.algorithms.quantize.preprocess import pre_process
 from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError, first_line
 from compressor.io.data import Dataset, calibration_subset
-from compressor.io.onnx_files import external_data_path
 from compressor.runtime.memory import release_memory
 from compressor.stage import ExportStage, Outcome, StageResult
 
@@ -77,16 +77,13 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
     `check` in the run's metric against quantize's budget and keeps its result (judged.py); None: not judged.
     `check_reference`: `src`'s float outputs on `check` when the run has them (OutputCheck). `float_timing` receives
     the objective's timing of `src` on `check`, if it timed it (objective.py)."""
-    from onnxruntime.quantization import quant_pre_process
-
     notes = []
     with tempfile.TemporaryDirectory(prefix="compressor-q-") as tmp:
         work = Path(tmp) / "model.onnx"
         try:
             with _quiet():
                 if config.preprocess:
-                    quant_pre_process(str(src), str(work), skip_symbolic_shape=True,
-                                      save_as_external_data=external_data_path(src).exists())
+                    pre_process(src, work)
                 else:
                     work.write_bytes(src.read_bytes())
                 exclude = nodes_matching(onnx.load(str(work)), config.exclude) if config.exclude else []
