@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
+from compressor.errors import StageError, first_line
 from compressor.export.onnx import compact_int8, export_model
 from compressor.io.data import Dataset
 from compressor.io.load import model_bytes_of
@@ -19,7 +21,6 @@ from compressor.run.pipeline import RunContext
 from compressor.runtime.calls import max_abs_diff, onnx_predict_outputs, ort_session, predict
 from compressor.runtime.memory import release_memory
 from compressor.runtime.timing import ort_latency_spread_ms, same_batch_shapes
-from compressor.errors import StageError, first_line
 from compressor.stage import ExportStage
 from compressor.verify.artifacts import baseline_latency_ms, file_sizes, file_sizes_later
 
@@ -94,8 +95,6 @@ def runnable_session(path: Path):
     try:
         return ort_session(path)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own error types, reported in one line
-        import onnx
-
         bf16 = any(t.data_type == onnx.TensorProto.BFLOAT16
                    for t in onnx.load(str(path), load_external_data=False).graph.initializer)
         raise StageError(f"ONNX Runtime cannot run the model's ONNX export ({first_line(exc)})" + (
