@@ -316,10 +316,10 @@ def test_pooling_configs_of_both_sentence_transformers_formats_and_their_formula
     assert torch.allclose(pool(hidden, mask, "mean_sqrt_len_tokens"), torch.tensor([[4.0, 10.0]]) / 2 ** 0.5)
 
 
-def fake_hf_dir(root: Path, weights: str, arch: str = "BertModel") -> Path:
+def fake_hf_dir(root: Path, weights: str, arch: str = "BertModel", model_type: str = "bert") -> Path:
     """config.json and weights, enough to be taken for a Hugging Face directory (transformers never reads it)."""
     root.mkdir()
-    (root / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "bert"}))
+    (root / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": model_type}))
     if weights == "safetensors":
         save_file({"w": torch.zeros(2)}, str(root / "model.safetensors"))
     else:
@@ -333,6 +333,13 @@ def test_a_language_model_head_is_not_taken_for_an_encoder(tmp_path, arch):
     res = run_cli(fake_hf_dir(tmp_path / "m", "safetensors", arch), "--data", SENTENCES, "--out", tmp_path / "out")
     assert res.code == 2 and f"{arch} has a head that no supported task reads" in res.stderr, res
     assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_an_audio_classifier_error_says_it_is_an_audio_model(tmp_path):
+    model = fake_hf_dir(tmp_path / "m", "safetensors", "Wav2Vec2ForSequenceClassification", "wav2vec2")
+    res = run_cli(model, "--data", SENTENCES, "--out", tmp_path / "out")
+    assert res.code == 1 and "it is an audio model, which no supported task reads" in res.stderr, res
+    assert res.stderr.count("\n") == 1
 
 
 def test_hub_name_not_on_disk_is_one_line_and_downloads_nothing(tmp_path):

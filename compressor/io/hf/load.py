@@ -119,7 +119,8 @@ def load_hf_dir(path: Path, task: str | None, trust_pickle: bool, trust_remote_c
                                               use_safetensors=not lay.pickled, trust_remote_code=trust_remote_code,
                                               dtype=torch.float32, output_loading_info=True)
         except Exception as exc:
-            raise ModelLoadError(f"{path}: transformers cannot load it as {task} ({why(exc)})") from exc
+            raise ModelLoadError(f"{path}: transformers cannot load it as {task} ({why(exc)})"
+                                 + _audio_hint(tf, lay.config)) from exc
         missing = sorted(k for k in info.get("missing_keys", ()) if not str(k).startswith("pooler."))
         if missing or info.get("mismatched_keys"):
             key = (missing or sorted(map(str, info["mismatched_keys"])))[0]
@@ -158,6 +159,15 @@ def rebuild(record: dict[str, Any], config_dir: Path, trust_remote_code: bool = 
         model = getattr(tf, AUTO_CLASSES[record["task"]]).from_config(config, trust_remote_code=trust_remote_code,
                                                                       dtype=torch.float32)
     return build(model, record)
+
+
+def _audio_hint(tf, config: dict[str, Any]) -> str:
+    """For an error: the directory holds an audio model (config.json's model_type), which no supported task reads."""
+    auto = getattr(getattr(getattr(tf, "models", None), "auto", None), "modeling_auto", None)
+    if config.get("model_type") not in getattr(auto, "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", {}):
+        return ""
+    return ("; it is an audio model, which no supported task reads: export it with torch.export (.pt2) and give its "
+            "inputs as an .npz")
 
 
 def _tokenizer(tf, lay: HFLayout, trust_remote_code: bool):
