@@ -186,6 +186,33 @@ def classifier(tmp_path_factory) -> Path:
 
 
 @needs_hf
+@pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
+def test_trailing_padding_is_left_out_of_the_forward_with_the_same_outputs(classifier, task):
+    """A batch padded past its longest text (a text file is padded to its own longest) runs the transformer at the
+    batch's own length, with the outputs of the batch tokenized at that length."""
+    from transformers import AutoTokenizer
+
+    from compressor.io.hf.load import load_hf_dir
+
+    module = load_hf_dir(classifier, task, False, False).module
+    tok = AutoTokenizer.from_pretrained(str(classifier))
+    texts = ["the film was very good", "it was bad"]
+    padded = tok(texts, padding="max_length", max_length=40, return_tensors="pt")
+    own = tok(texts, padding="longest", return_tensors="pt")
+    names = forward_input_names(module)
+    seen = []
+    hook = module.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[1]),
+                                                  with_kwargs=True)
+    try:
+        with torch.no_grad():
+            trimmed, reference = module(**{k: padded[k] for k in names}), module(**{k: own[k] for k in names})
+    finally:
+        hook.remove()
+    assert seen == [own["input_ids"].shape[1]] * 2 and own["input_ids"].shape[1] < 40
+    assert torch.allclose(trimmed, reference, atol=1e-6), (trimmed - reference).abs().max()
+
+
+@needs_hf
 def test_text_classifier_from_a_csv_through_prune_and_quantize(classifier, tmp_path):
     import onnxruntime as ort
 

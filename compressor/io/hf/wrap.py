@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 OUTPUT_NAMES = {"feature-extraction": "sentence_embedding"}  # every other task: logits
+PER_SEQUENCE = {"feature-extraction", "text-classification"}  # one output a text: its padding can be left out
 
 
 class HFWrapper(nn.Module):
@@ -29,6 +30,8 @@ class HFWrapper(nn.Module):
         self.onnx_output_names = [OUTPUT_NAMES.get(task, "logits")]
 
     def run(self, **inputs: torch.Tensor) -> torch.Tensor:
+        if self.task in PER_SEQUENCE and "attention_mask" in inputs and not tracing():
+            inputs = without_trailing_padding(inputs)
         out = self.model(**inputs)
         if self.task != "feature-extraction":
             return out.logits
@@ -36,6 +39,23 @@ class HFWrapper(nn.Module):
         mask = inputs["attention_mask"].to(hidden.dtype)
         emb = torch.cat([pool(hidden, mask, mode) for mode in self.pooling], dim=1)
         return nn.functional.normalize(emb, p=2.0, dim=1) if self.normalize else emb
+
+
+def tracing() -> bool:
+    """Whether the forward is being traced (ONNX export, torch.export, TorchScript): the graph keeps every column."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def without_trailing_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the trailing columns that no row's attention mask keeps. Why: a text file is tokenized
+    once, padded to its longest text, and every batch would run (and fine-tune) at that length; a key the mask
+    removes gets zero attention weight and the pooled output reads only kept tokens, so the output is the same, with
+    right padding. Leading or inner padding is left alone (removing it would shift the positions of real tokens)."""
+    kept = inputs["attention_mask"].ne(0).any(dim=0)
+    if bool(kept[-1]) or not bool(kept.any()):
+        return inputs
+    length = int(kept.nonzero().max()) + 1
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == kept.numel() else v for k, v in inputs.items()}
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
