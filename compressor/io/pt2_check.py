@@ -155,7 +155,8 @@ def safe_expression(expr: str) -> bool:
 @functools.cache
 def dunder_operators() -> frozenset[str]:
     """The registered operators whose name is a dunder ("aten::__and__", "aten::__lshift__", ...)."""
-    return frozenset(n.split(".")[0] for n in torch._C._dispatch_get_all_op_names() if "::__" in n)
+    names = getattr(torch._C, "_dispatch_get_all_op_names", lambda: [])()  # private: none if it ever goes
+    return frozenset(n.split(".")[0] for n in names if "::__" in n)
 
 
 def safe_target(target: str) -> bool:

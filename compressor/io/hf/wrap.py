@@ -43,7 +43,8 @@ class HFWrapper(nn.Module):
 
 def tracing() -> bool:
     """Whether the forward is being traced (ONNX export, torch.export, TorchScript): the graph keeps every column."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch 2.4 has only is_compiling
+    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
 
 
 def without_trailing_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
