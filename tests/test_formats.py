@@ -54,6 +54,18 @@ def test_torchscript_model(tmp_path):
     assert report["baseline"]["value"] - report["artifacts"][0]["metric_value"] <= 1.0
 
 
+def test_rpg_on_a_torchscript_model_is_one_line_naming_the_ways_on(tmp_path):
+    """The ring runs the model through torch.func.functional_call, which TorchScript does not support: one line
+    saying so and naming .pt2 / --arch (it was a ValueError about a missing signature)."""
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
+    torch.jit.script(model.eval()).save(str(tmp_path / "cnn_script.pt"))
+    res = run_cli(tmp_path / "cnn_script.pt", "--pipeline", "rpg", "--set", "rpg.epochs=1", "--set", "rpg.grow=false",
+                  "--data", HELDOUT, "--train-data", TRAIN, "--out", tmp_path / "o", "--quiet")
+    assert res.code == 1 and "rpg: a TorchScript model cannot run on generated weights" in res.stderr, res
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 def test_pt_dict_data_and_multi_input_transformer_without_labels(tmp_path):
     # a module file the CLI imports by path, with a seeded factory
     arch_file = tmp_path / "enc_arch.py"

@@ -72,3 +72,22 @@ def test_nproc_returns_rank_zeros_gate_exit_code(tmp_path):
                "--set", "prune.patience=0", "--max-drop", "0.01", "--floor", "accuracy=99.9")
     assert res.returncode == 3, (res.returncode, _why(res))
     assert "FAIL" in res.stdout
+
+
+def test_a_signal_to_the_launcher_exits_with_the_shells_code(monkeypatch):
+    """Ctrl-C or SIGTERM under --nproc ends with 130 / 143, as a one-process run does (it was an 'unexpected'
+    SignalException, exit 1)."""
+    import signal
+
+    import torch.distributed.launcher.api as api
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from compressor.run.launch import launch
+
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        def signalled(config, entry, sig=sig):
+            def run(*args):
+                raise SignalException(f"Process 1 got signal: {int(sig)}", sigval=sig)
+            return run
+        monkeypatch.setattr(api, "elastic_launch", signalled)
+        assert launch(2, ["model.pt2"]) == code

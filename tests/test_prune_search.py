@@ -107,3 +107,15 @@ def test_prune_lr_and_batch_size_reach_its_shrinkage_fine_tunes(tmp_path, monkey
     result = run(tmp_path, "shrink,prune", epochs_per_step=1, patience=0, lookahead=0, **prune)
     assert result.report["pipeline"] == ["shrink", "prune"]
     assert seen == {"shrink": {(2e-3, 50)}, "prune": {(3e-4, 32) if own else (2e-3, 50)}}, seen
+
+
+def test_weight_sharing_kept_after_every_step_was_rejected_is_a_compressed_outcome(tmp_path):
+    """No pruning step within budget, but the codebook kept: the stage's weights are not its input's, and the
+    outcome says so (it said kept "input" beside a "weight sharing kept" note)."""
+    stages = {"prune": {"schedule": [0.99], "target": 0.99, "codebook": "on", "codebook_bits": 8, "max_drop": 1.0,
+                        "epochs_per_step": 0, "codebook_epochs": 0}}
+    result = compressor.compress(diagonal_model(), one_hot(5), pipeline="prune", train_data=one_hot(20),
+                                 val_data=one_hot(5), stages=stages, out=tmp_path / "out", seed=0)
+    stage = result.report["stages"][0]
+    assert stage["sparsity"] == 0 and any("8-bit weight sharing kept" in n for n in stage["notes"]), stage["notes"]
+    assert stage["outcome"]["kept"] == "compressed", stage["outcome"]

@@ -59,3 +59,22 @@ def test_keep_checkpoints_and_resume_of_a_finished_run(tmp_path):
     res = run_cli(*args, "--out", out, "--resume")
     assert res.code == 0, res
     assert (out / "model.safetensors").read_bytes() == first
+
+
+def test_an_edited_arch_file_or_module_invalidates_checkpoints(tmp_path, monkeypatch):
+    """A checkpoint's fingerprint covers the --arch code itself (a file path or a module found on the path), not
+    only its name: a resumed run on an edited forward would mix two architectures."""
+    from compressor.run.checkpoint import fingerprint
+    from compressor.run.pipeline import RunOptions
+    from compressor.run.plan import plan_stages
+
+    monkeypatch.chdir(tmp_path)
+    for spec, source in (("arch_file.py:make", tmp_path / "arch_file.py"), ("arch_mod:make", tmp_path / "arch_mod.py")):
+        source.write_text("def make():\n    return None\n")
+        options = RunOptions(model=SAMPLES / "digits_mlp.pt", pipeline=["prune"], data=HELDOUT, out=tmp_path / "o",
+                             train_data=TRAIN, arch=spec)
+        stages = plan_stages(options)
+        before = fingerprint(options, stages)
+        assert fingerprint(options, stages) == before
+        source.write_text("def make():\n    return 1\n")
+        assert fingerprint(options, stages) != before, spec

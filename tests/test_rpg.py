@@ -387,6 +387,7 @@ def test_rpg_on_a_positional_pt2_sequential_exports_and_reloads(tmp_path):
     session = ort_session(out / "model.onnx")
     onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     assert torch.allclose(predict(compressor.load(out), data), onnx_out, atol=1e-4)
+    compressor.load(out).eval()  # a user's first call: the .pt2 underneath refuses train/eval, the ring does not
 
 
 # ---- ring size against the budget --------------------------------------------------------------------------------

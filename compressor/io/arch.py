@@ -51,3 +51,22 @@ def resolve_arch(spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"--arch {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def arch_source(spec: str | None) -> Path | None:
+    """The file an --arch spec's code is read from (the .py path, or the module's file as the import would find
+    it), so that a checkpoint can tell an edited architecture from the one it was made with; None if not found."""
+    if not spec or ":" not in spec:
+        return None
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py"):
+        path: Path | None = Path(target)
+    else:
+        if str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            found = importlib.util.find_spec(target)
+        except Exception:  # noqa: BLE001 - a package that fails to import: the model's load reports it
+            return None
+        path = Path(found.origin) if found is not None and found.origin else None
+    return path if path is not None and path.is_file() else None

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError, OutputError
+from compressor.io.arch import arch_source
 from compressor.io.hf.files import is_hf_dir
 from compressor.io.image_data import read_folder
 from compressor.io.load import file_sha256, load_state_dict_into, source_sha256
@@ -70,6 +71,9 @@ def fingerprint(options, stages) -> str:
            "metric": None if options.metric in (None, "auto") else options.metric,  # both mean: detected
            "world_size": world()[1], "time_limit": options.time_limit,  # data-parallel ranks split every batch: another count, other numbers
            "stages": [{s.name: config_as_dict(s.config)} for s in stages]}
+    source = arch_source(options.arch)
+    if source is not None:  # the architecture's code itself: an edited forward makes other numbers
+        doc["arch_sha256"] = file_sha256(source)
     if options.task is not None:  # another transformers class and output (None keeps earlier checkpoints valid)
         doc["task"] = options.task
     if options.precision != "fp32":  # other arithmetic, other numbers (fp32 keeps earlier checkpoints valid)

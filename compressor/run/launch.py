@@ -25,6 +25,7 @@ def without_option(argv: list[str], name: str) -> list[str]:
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `python -m compressor run ARGV` in `nproc` processes (one rendezvous on localhost) and wait; returns the
     exit code of rank 0 (3 when its gate failed), or of the first rank that failed."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -37,4 +38,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     except ChildFailedError as exc:
         failure = exc.failures.get(0) or exc.get_first_failure()[1]
         return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as exc:  # Ctrl-C or SIGTERM reached the launcher: the shell's code for that signal
+        return 128 + int(exc.sigval)
     return 0

@@ -197,11 +197,13 @@ class PruneStage(Stage):
         notes += filter(None, [finetune_note(tunes, cfg.epochs_per_step)])
         if self.probe is not None:
             notes.append(f"fine-tunes at {self.probe.describe()}")
-        notes += self._share(ctx, names)
+        shared = self._share(ctx, names)
+        notes += shared
         per_layer = {n: {"numel": m.numel(), "nonzeros": int((params[n].detach() != 0).sum()),
                          "sparsity": 1 - int((params[n].detach() != 0).sum()) / m.numel()}
                      for n, m in final_masks.items()}
-        outcome = Outcome("compressed" if sparsity_of(final_masks) > history[0]["sparsity"] else "input", stop,
+        changed = sparsity_of(final_masks) > history[0]["sparsity"] or any(" weight sharing kept" in n for n in shared)
+        outcome = Outcome("compressed" if changed else "input", stop,
                           sparsity_of(final_masks), "sparsity", deciding.bound if deciding else None, budget)
         return StageResult(model=ctx.model, notes=notes, outcome=outcome, decision=notes[0], metrics={
             "sparsity": sparsity_of(final_masks), "per_layer": per_layer, "history": history,

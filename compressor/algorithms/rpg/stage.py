@@ -151,6 +151,10 @@ class RpgStage(Stage):
 
     def apply(self, ctx: StageContext) -> StageResult:
         cfg = self.config
+        if isinstance(ctx.model, torch.jit.ScriptModule):
+            raise StageError("rpg: a TorchScript model cannot run on generated weights (the ring calls the model "
+                             "through torch.func.functional_call, which TorchScript does not support); export it "
+                             "with torch.export (.pt2), or pass its state_dict with --arch")
         chosen = generated_weights(ctx.weights, cfg)
         if not chosen:
             raise StageError("rpg: no weights to generate (the first and last conv/linear layers stay ordinary); "
