@@ -74,3 +74,16 @@ def test_a_real_distillation_fine_tune_runs_without_dropout(tmp_path):
         for h in hooks:
             h.remove()
     assert seen and not any(seen)
+
+
+def test_a_models_own_train_override_still_decides_its_batch_norm():
+    """A model whose `train()` keeps its batch norm frozen (a backbone's norm_eval) keeps it frozen in a distillation."""
+    class FrozenNorm(nn.Sequential):
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self[1].eval()
+            return self
+
+    model = FrozenNorm(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5))
+    enter_training(_ctx("cosine"), model, _data(labels=False))
+    assert _modes(model) == [False, False, False, False]

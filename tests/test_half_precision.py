@@ -52,3 +52,9 @@ def test_bfloat16_model_is_refused_in_one_line(tmp_path):
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bfloat16" in errors[0] and "Traceback" not in res.stderr, res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bfloat16_input_is_refused_when_the_data_is_read(tmp_path):
+    model, data = _save(tmp_path, _mlp().bfloat16(), torch.bfloat16, "bf16in")
+    res = run_cli(model, "--pipeline", "quantize", "--data", data, "--out", tmp_path / "o")
+    assert res.code == 1 and "as bfloat16, which ONNX Runtime cannot be given" in res.stderr, res

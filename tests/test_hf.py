@@ -210,6 +210,14 @@ def test_trailing_padding_is_left_out_of_the_forward_with_the_same_outputs(class
         hook.remove()
     assert seen == [own["input_ids"].shape[1]] * 2 and own["input_ids"].shape[1] < 40
     assert torch.allclose(trimmed, reference, atol=1e-6), (trimmed - reference).abs().max()
+    module.masked_only = False  # an encoder outside the masked-attention list (ConvBERT, Funnel) keeps its columns
+    width = []
+    hook = module.model.register_forward_pre_hook(lambda m, args, kwargs: width.append(kwargs["input_ids"].shape[1]),
+                                                  with_kwargs=True)
+    with torch.no_grad():
+        module(**{k: padded[k] for k in names})
+    hook.remove()
+    assert width == [40]
 
 
 @needs_hf

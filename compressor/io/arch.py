@@ -66,7 +66,9 @@ def arch_source(spec: str | None) -> Path | None:
             sys.path.insert(0, str(Path.cwd()))
         try:
             found = importlib.util.find_spec(target)
-        except Exception:  # noqa: BLE001 - a package that fails to import: the model's load reports it
+        except (KeyboardInterrupt, Terminated):
+            raise
+        except BaseException:  # a package that fails to import, or exits: the model's load reports it
             return None
         path = Path(found.origin) if found is not None and found.origin else None
     return path if path is not None and path.is_file() else None

@@ -124,8 +124,8 @@ def _encoded(path: Path, encoder) -> dict[str, np.ndarray]:
 def load_dataset(path: str | Path, input_names: Sequence[str],
                  dtypes: Mapping[str, torch.dtype] | None = None, encoder=None) -> Dataset:
     """Read a data file and map its arrays onto the model's inputs. Floats become float32, or the float dtype
-    `dtypes` (a `.pt2` program's input dtypes) names for that input (a half-precision program's float16 or
-    bfloat16); integer arrays int64 and bool arrays stay bool, unless `dtypes` names another integer or bool dtype
+    `dtypes` (a `.pt2` program's input dtypes) names for that input (a half-precision program's float16; a bfloat16
+    input is refused, as ONNX Runtime cannot be fed one); integer arrays int64 and bool arrays stay bool, unless `dtypes` names another integer or bool dtype
     for that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
     path = Path(path)
     arrays = read_arrays(path, encoder)
@@ -168,6 +168,9 @@ def load_dataset(path: str | Path, input_names: Sequence[str],
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DataError(f"{path}: array '{key}' contains NaN or infinite values")
         inputs[name] = torch.from_numpy(np.ascontiguousarray(arr))
+        if want == torch.bfloat16:
+            raise DataError(f"{path}: the model takes '{name}' as bfloat16, which ONNX Runtime cannot be given (numpy "
+                            "has no bfloat16); export the model with a float32 input and cast inside it")
         if arr.dtype.kind == "f" and want is not None and want.is_floating_point and want != torch.float32:
             inputs[name] = inputs[name].to(want)
             if not bool(torch.isfinite(inputs[name]).all()):

@@ -172,22 +172,28 @@ def set_train(model: nn.Module, mode: bool) -> bool:
 
 
 def set_train_for_distillation(model: nn.Module) -> bool:
-    """Training mode for a fine-tune towards the original's own outputs: every module in eval mode except the
-    normalization layers that keep running statistics (batch norm adapts to the changed weights as in training).
-    Why: the target is the original's deterministic function; dropout, attention dropout (read from a parent's
-    `training` flag), stochastic depth and layer drop only add noise to a student that starts next to it, and a
-    pretrained transformer's fine-tune then moves away from its teacher. Eval mode also keeps train-only output
-    structures (auxiliary heads, loss dictionaries) out of the fine-tune. Returns `set_train`'s success."""
-    if not set_train(model, False):
+    """Training mode for a fine-tune towards the original's own outputs: the model's own training mode for its
+    normalization layers with running statistics (batch norm adapts to the changed weights as in training, unless the
+    model's `train()` keeps it frozen), every other module in eval mode. Why: the target is the original's
+    deterministic function; dropout, attention dropout (read from a parent's `training` flag), stochastic depth and
+    layer drop only add noise to a student that starts next to it, and a pretrained transformer's fine-tune then moves
+    away from its teacher. Eval mode also keeps train-only output structures (auxiliary heads, loss dictionaries) out
+    of the fine-tune. Returns `set_train`'s success."""
+    if not set_train(model, True):
         return False
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) or getattr(m, "original_name", "") in SCRIPTED_NORMS:
-            m.train(True)
+    norms = [m for m in model.modules() if m.training and has_running_stats(m)]
+    set_train(model, False)
+    for m in norms:
+        m.training = True  # this layer only: its children, if any, stay as they are
     return True
 
 
-SCRIPTED_NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
-                  "InstanceNorm3d"}  # a TorchScript module's `original_name` for the classes above
+def has_running_stats(module: nn.Module) -> bool:
+    """A normalization layer that keeps running statistics (batch norm, instance norm with tracking), eager or
+    TorchScript (whose modules are not instances of the eager classes)."""
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return module.track_running_stats
+    return isinstance(module, torch.jit.ScriptModule) and hasattr(module, "running_mean")
 
 
 def ort_session(path_or_bytes: Path | bytes, threads: int = 0):

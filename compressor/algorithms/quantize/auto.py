@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from compressor.algorithms.quantize.taps import tapped
-from compressor.errors import first_line
+from compressor.errors import CompressorError, first_line
 from compressor.io.data import Dataset
 
 WEIGHTED = ("MatMul", "Gemm", "Conv")
@@ -132,7 +132,9 @@ def tried(write: Callable[[], None], passes: Check, dst: Path) -> tuple[bool, st
     check, saying why (as one it cannot run does: output_check.py), so auto moves on to its next form."""
     try:
         write()
-    except Exception as exc:  # noqa: BLE001 - any quantizer failure: the form is not made, the next one is tried
+    except Exception as exc:  # noqa: BLE001 - a quantizer failure: the form is not made, the next one is tried
+        if isinstance(exc, (MemoryError, CompressorError)):
+            raise  # out of memory, or one of ours that says what to do: not a form that failed
         return False, f"ONNX Runtime's quantizer could not make this form ({first_line(exc)})"
     return passes(dst)
 

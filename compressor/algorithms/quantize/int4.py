@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from compressor.algorithms.quantize.auto import growing
+from compressor.algorithms.quantize.auto import tried as tried_form
 from compressor.algorithms.quantize.taps import tapped
 from compressor.io.data import Dataset
 
@@ -193,8 +194,7 @@ def choose_int4(work: Path, dst: Path, tmp: Path, block: int, passes: Callable[[
             return [f"4-bit weight-only not kept: --time-limit reached after {len(tried)} of the step's tries "
                     f"({'; '.join(tried) or 'none'} of {len(order)} MatMul weights): int8 only"]
         write_nbits(work, four, order[k:], block)
-        finish(four, dst)
-        ok, how = passes(dst)
+        ok, how = tried_form(lambda: finish(four, dst), passes, dst)  # a form ORT cannot make fails like any other
         tried.append(f"{len(order) - k}: {how}")
         if ok:
             kept = (f"; kept int8 (largest 4-bit output error on the check set): {', '.join(order[:k][:12])}"

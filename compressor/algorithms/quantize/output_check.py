@@ -12,7 +12,7 @@ from typing import Callable
 import onnx
 import torch
 
-from compressor.errors import first_line
+from compressor.errors import CompressorError, first_line
 from compressor.io.data import Dataset
 from compressor.io.onnx_files import run_time_quantized
 from compressor.runtime.calls import onnx_predict, ort_session
@@ -77,6 +77,8 @@ class OutputCheck:
         try:
             out = self._outputs(path)
         except Exception as exc:  # noqa: BLE001 - e.g. a weight shared by two ops, quantized along two axes
+            if isinstance(exc, (MemoryError, CompressorError)):
+                raise
             how = f"ONNX Runtime cannot run it ({first_line(exc)})"
             if self.on_check is not None:
                 self.on_check(f"{how} (fails)")

@@ -16,6 +16,10 @@ from torch import nn
 
 OUTPUT_NAMES = {"feature-extraction": "sentence_embedding"}  # every other task: logits
 PER_SEQUENCE = {"feature-extraction", "text-classification"}  # one output a text: its padding can be left out
+# encoders whose tokens meet only through masked attention, so a padded column changes no real token's output (not,
+# e.g., ConvBERT's convolution, Funnel's pooling or Nystromformer's landmarks)
+MASKED_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "albert", "camembert",
+               "deberta", "deberta-v2", "modernbert", "nomic_bert", "xlm-roberta-xl", "ernie"}
 
 
 class HFWrapper(nn.Module):
@@ -28,9 +32,10 @@ class HFWrapper(nn.Module):
         self.pooling = list(pooling or ["mean"])
         self.normalize = normalize
         self.onnx_output_names = [OUTPUT_NAMES.get(task, "logits")]
+        self.masked_only = getattr(getattr(model, "config", None), "model_type", None) in MASKED_ONLY
 
     def run(self, **inputs: torch.Tensor) -> torch.Tensor:
-        if self.task in PER_SEQUENCE and "attention_mask" in inputs and not tracing():
+        if self.task in PER_SEQUENCE and self.masked_only and "attention_mask" in inputs and not tracing():
             inputs = without_trailing_padding(inputs)
         out = self.model(**inputs)
         if self.task != "feature-extraction":
