@@ -82,7 +82,7 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Te
 def task_loss(ctx: StageContext, model: nn.Module, batch: Dataset, out: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with labels when the run's metric is accuracy, else distillation (`distill_loss`)."""
     loss_kind = ctx.metric.loss
-    if batch.labels is not None and loss_kind == "ce":
+    if not distils(ctx, batch):
         return nn.functional.cross_entropy(out.reshape(out.shape[0], -1), batch.labels.to(out.device))
     target = ctx.teacher(batch)
     return distill_loss(out, target, "kl" if loss_kind == "ce" else loss_kind)

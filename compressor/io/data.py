@@ -125,8 +125,9 @@ def load_dataset(path: str | Path, input_names: Sequence[str],
                  dtypes: Mapping[str, torch.dtype] | None = None, encoder=None) -> Dataset:
     """Read a data file and map its arrays onto the model's inputs. Floats become float32, or the float dtype
     `dtypes` (a `.pt2` program's input dtypes) names for that input (a half-precision program's float16; a bfloat16
-    input is refused, as ONNX Runtime cannot be fed one); integer arrays int64 and bool arrays stay bool, unless `dtypes` names another integer or bool dtype
-    for that input: then they are cast to it (0/1 integers to a bool mask; anything else there is an error)."""
+    input is refused, as ONNX Runtime cannot be fed one); integer arrays int64 and bool arrays stay bool, unless
+    `dtypes` names another integer or bool dtype for that input: then they are cast to it (0/1 integers to a bool
+    mask; anything else there is an error)."""
     path = Path(path)
     arrays = read_arrays(path, encoder)
     labels_np = arrays.pop(LABEL_KEY, None)

@@ -27,7 +27,7 @@ from compressor.algorithms.quantize.forms import OrtForms
 from compressor.algorithms.quantize.int4 import choose_int4, force_int4, matmul_weight_names
 from compressor.algorithms.quantize.judged import MetricJudge, judge_in_metric, weight_only_writer
 from compressor.algorithms.quantize.left_out import computed_weight_nodes, constant_nodes, nodes_matching
-from compressor.algorithms.quantize.objective import all_dynamic_writer, graph_form, pick_by_speed, quantized, \
+from compressor.algorithms.quantize.objective import INT8_OPS, all_dynamic_writer, graph_form, pick_by_speed, \
     shipped_form
 from compressor.algorithms.quantize.output_check import checker
 from compressor.algorithms.quantize.preprocess import pre_process
@@ -158,8 +158,9 @@ HALF_TYPES = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "b
 def _unquantized_note(dst: Path) -> list[str]:
     """A warning when the written graph has no int8 op because its weights are half precision, which ONNX Runtime's
     int8 quantizers do not read (they quantize float32 weights)."""
-    kinds = {t.data_type for t in onnx.load(str(dst), load_external_data=False).graph.initializer} & set(HALF_TYPES)
-    if not kinds or quantized(dst):
+    graph = onnx.load(str(dst), load_external_data=False).graph  # read once: its weights' types and its ops
+    kinds = {t.data_type for t in graph.initializer} & set(HALF_TYPES)
+    if not kinds or any(n.op_type in INT8_OPS for n in graph.node):  # objective.quantized's test, on this graph
         return []
     names = "/".join(sorted(HALF_TYPES[k] for k in kinds))
     return [f"WARNING: no node was quantized: ONNX Runtime's int8 quantizers read float32 weights and this graph's "
