@@ -156,3 +156,61 @@ def test_the_check_reuses_validation_outputs_only_for_the_unchanged_exported_ori
     assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "export_parity": 0.5})) is None  # other outputs
     assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "export_parity": None})) is None
     assert _float_outputs_on_val(SimpleNamespace(**{**vars(ctx), "val_reference": None})) is None
+
+
+def test_a_working_graph_keeps_its_weights_beside_it_and_is_copied_out_as_one_file(tmp_path, monkeypatch):
+    """A graph only worked on (the fp32 export quantize is given) keeps weights above WORKING_EXTERNAL_DATA_BYTES
+    (lowered to 1 KB) beside it, so ONNX Runtime maps them instead of copying them; copied out (the float graph
+    shipped), it is one file again, the same bytes as the one-file export."""
+    model = load_model(SAMPLES / "digits_cnn.pt2").module
+    data = load_dataset(HELDOUT, ["x"])
+    one = tmp_path / "one.onnx"
+    save_onnx(export_onnx_proto(model, data.example()), one, working=True)
+    monkeypatch.setattr(onnx_files, "WORKING_EXTERNAL_DATA_BYTES", 1024)
+    beside, shipped = tmp_path / "beside.onnx", tmp_path / "shipped.onnx"
+    save_onnx(export_onnx_proto(model, data.example()), beside, working=True)
+    save_onnx(export_onnx_proto(model, data.example()), tmp_path / "final.onnx")  # not a working graph: one file
+    assert external_data_path(beside).stat().st_size > 100_000 > beside.stat().st_size
+    assert not external_data_path(one).exists() and not external_data_path(tmp_path / "final.onnx").exists()
+    assert torch.equal(onnx_predict(ort_session(beside), data), onnx_predict(ort_session(one), data))
+    copy_onnx(beside, shipped)
+    assert not external_data_path(shipped).exists()
+    assert shipped.read_bytes() == one.read_bytes()
+
+
+def test_quantize_writes_the_same_graph_from_a_working_export_with_external_data(tmp_path, monkeypatch):
+    """Static int8 of digits_cnn from an fp32 export whose weights sit beside it (threshold lowered) is the same
+    model.onnx as from the one-file export: the same ops and int8 weights, the same outputs (ONNX Runtime's
+    optimizer may order a node's attributes otherwise)."""
+    outs = {}
+    for name, threshold in (("one", onnx_files.WORKING_EXTERNAL_DATA_BYTES), ("beside", 1024)):
+        monkeypatch.setattr(onnx_files, "WORKING_EXTERNAL_DATA_BYTES", threshold)
+        outs[name] = tmp_path / name
+        res = run_cli(SAMPLES / "digits_cnn.pt2", "--pipeline", "quantize", "--set", "quantize.mode=static",
+                      "--data", HELDOUT, "--train-data", TRAIN, "--val-data", VAL, "--out", outs[name])
+        assert res.code == 0, res
+    assert not external_data_path(outs["beside"] / "model.onnx").exists()
+    graphs = {n: onnx.load(str(o / "model.onnx")).graph for n, o in outs.items()}
+    assert [n.op_type for n in graphs["one"].node] == [n.op_type for n in graphs["beside"].node]
+    assert "QuantizeLinear" in {n.op_type for n in graphs["one"].node}
+    weights = {n: {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in g.initializer} for n, g in graphs.items()}
+    assert weights["one"] == weights["beside"]
+    data = load_dataset(HELDOUT, ["x"])
+    assert torch.equal(*(onnx_predict(ort_session(o / "model.onnx"), data) for o in outs.values()))
+    # the fp32 export's size counts its external data file too (the location strings add a few bytes)
+    sizes = [read_report(outs[n])["artifacts"][0]["fp32_export_bytes"] for n in ("one", "beside")]
+    assert 0 <= sizes[1] - sizes[0] < 2_000
+
+
+def test_sessions_sharing_an_arena_compute_the_same(tmp_path):
+    """Sessions timed in turns share one ONNX Runtime arena (given back after the timing): their outputs are the
+    same as a session with an arena of its own."""
+    model = load_model(SAMPLES / "digits_cnn.pt2").module
+    data = load_dataset(HELDOUT, ["x"])
+    path = tmp_path / "m.onnx"
+    save_onnx(export_onnx_proto(model, data.example()), path)
+    own, shared = ort_session(path), [ort_session(path, shared_arena=True) for _ in range(2)]
+    rounds = timing.timed_rounds_ms(shared, data, repeats=2, warmup=1)
+    assert len(rounds) >= 2 and all(len(r) == 2 and min(r) > 0 for r in rounds)
+    expected = onnx_predict(own, data)
+    assert all(torch.equal(onnx_predict(s, data), expected) for s in shared)

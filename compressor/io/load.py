@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,12 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     raise ModelLoadError(f"{path}: holds {type(obj).__name__}, not a state_dict of tensors; accepted: {FORMATS_ACCEPTED}")
 
 
-def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
+                         one_at_a_time: bool = False) -> None:
+    """Load `state` into the model, every name and shape checked first (one line naming the first misfit).
+    `one_at_a_time`: read each tensor of `state` (a `safetensors_io.DecodedWeights`, which decodes it then) and copy
+    it into the model's own, so the model and every decoded weight are never held at once; the model's own load
+    hooks are not run (a state written from this model's own `state_dict` needs none)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -153,13 +159,24 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], what:
         if unexpected:
             detail.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
         raise ModelLoadError(f"{what}: weights do not fit the architecture: {', '.join(detail)}")
+    if not one_at_a_time:
+        _check_shapes(own, state, what)
+        model.load_state_dict(state, strict=True)
+        return
+    with torch.no_grad():
+        for k, target in own.items():
+            tensor = state[k]
+            _check_shapes({k: target}, {k: tensor}, what)
+            target.copy_(tensor)
+
+
+def _check_shapes(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
     bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
         raise ModelLoadError(
             f"{what}: weight {k} has shape {tuple(state[k].shape)}, the architecture expects {tuple(own[k].shape)}"
         )
-    model.load_state_dict(state, strict=True)
 
 
 def forward_input_names(model: nn.Module, program: torch.export.ExportedProgram | None = None) -> list[str]:

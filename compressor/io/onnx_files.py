@@ -13,6 +13,10 @@ import onnx
 from compressor.errors import OutputError, StageError
 
 EXTERNAL_DATA_BYTES = 2**31 - 2**26  # weights above this go to `<name>.data` beside the file (protobuf's 2 GB limit)
+# a graph that is only worked on (quantized, timed, compared) keeps weights above this beside it: ONNX Runtime then
+# maps them from the file instead of copying them out of a parsed protobuf (a session of a 0.44 GB graph: 0.34 GB
+# over its start instead of 0.64 GB), and writing it makes no serialized copy
+WORKING_EXTERNAL_DATA_BYTES = 64 * 2**20
 
 
 def initializer_bytes(proto: onnx.ModelProto) -> int:
@@ -29,14 +33,16 @@ def external_data_path(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+def save_onnx(proto: onnx.ModelProto, path: Path, working: bool = False) -> None:
     """Write the graph atomically, then run the full `onnx.checker` on the written file (so no second serialized
-    copy is made in memory). One self-contained file; a graph whose weights pass EXTERNAL_DATA_BYTES keeps them in
-    `external_data_path(path)` (ONNX external data, read by ONNX Runtime and `onnx.load` from the same folder);
-    then `proto` no longer holds them (a large graph is not kept twice)."""
+    copy is made in memory). One self-contained file; a graph whose weights pass EXTERNAL_DATA_BYTES (`working`, a
+    graph only worked on: WORKING_EXTERNAL_DATA_BYTES) keeps them in `external_data_path(path)` (ONNX external
+    data, read by ONNX Runtime and `onnx.load` from the same folder); then `proto` no longer holds them (a large
+    graph is not kept twice)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    beside = min(EXTERNAL_DATA_BYTES, WORKING_EXTERNAL_DATA_BYTES) if working else EXTERNAL_DATA_BYTES
     try:
-        if initializer_bytes(proto) > EXTERNAL_DATA_BYTES:
+        if initializer_bytes(proto) > beside:
             data = external_data_path(path)
             data.unlink(missing_ok=True)
             onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -53,9 +59,14 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def copy_onnx(src: Path, dst: Path) -> None:
-    """Copy a graph written by `save_onnx`, with its external data file if it has one (renamed after `dst`)."""
-    if not external_data_path(src).exists():
+    """Copy a graph written by `save_onnx`, with its external data file if it has one (renamed after `dst`). Weights
+    kept beside a working graph that fit in one protobuf (under EXTERNAL_DATA_BYTES) are copied into one file."""
+    data = external_data_path(src)
+    if not data.exists():
         shutil.copyfile(src, dst)
+        return
+    if data.stat().st_size <= EXTERNAL_DATA_BYTES:
+        write_bytes_atomic(dst, inlined(onnx.load(str(src))).SerializeToString())
         return
     proto = onnx.load(str(src), load_external_data=False)
     for tensor in proto.graph.initializer:
@@ -64,6 +75,15 @@ def copy_onnx(src: Path, dst: Path) -> None:
                 entry.value = external_data_path(dst).name
     shutil.copyfile(external_data_path(src), external_data_path(dst))
     write_bytes_atomic(dst, proto.SerializeToString())
+
+
+def inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A graph loaded with its external data, as `save_onnx` writes it in one file: `onnx.load` marks each weight
+    it read back `data_location: DEFAULT`, a field the one-file graph leaves unset (same values, other bytes)."""
+    for tensor in proto.graph.initializer:
+        if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
+    return proto
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

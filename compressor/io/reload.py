@@ -119,15 +119,18 @@ def load(path: str | Path, model: nn.Module | None = None, trust_pickle: bool = 
     """
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
-    state, meta = read_weights(file)
+    weights, meta = read_weights(file, lazily=True)
+    structures = meta.get("structures", [])
+    # decoded one at a time into the model, unless a structure (ring, basis stacks) is rebuilt from them first
+    state = weights.decoded() if structures else weights
     if path.is_dir():
         check_onnx(file, meta, path / "model.onnx")
     try:
         if model is None:
             with quiet_loaders():
                 model = rebuild_architecture(meta.get("source", {}), file, trust_pickle, trust_code)
-        model = rebuild_structures(model, meta.get("structures", []), state, file)
-        load_state_dict_into(model, state, str(file))
+        model = rebuild_structures(model, structures, state, file)
+        load_state_dict_into(model, state, str(file), one_at_a_time=not structures)
     except ArtifactError:
         raise
     except (CompressorError, Exception) as exc:

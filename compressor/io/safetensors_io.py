@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -157,21 +158,52 @@ def _verify(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
         raise ArtifactError(f"{path}: a structure record is not an object")
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Verify and decode every tensor exactly; returns (state_dict, metadata). Raises `ArtifactError` naming
-    the file for every malformed input."""
+def read_weights(path: Path, lazily: bool = False) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    """Verify every stored tensor, then decode them exactly; returns (state_dict, metadata). `lazily`: the state is a
+    `DecodedWeights`, each tensor decoded when it is read. Raises `ArtifactError` naming the file for every
+    malformed input."""
     tensors, raw_meta = _read_raw(path)
     meta = _parse_meta(path, raw_meta)
     _verify(path, tensors, meta)
-    try:
-        state = decode_state(tensors, meta.get("encodings", {}))
-    except Exception as exc:  # a record that passed its checksum yet does not decode: a crafted file
-        raise ArtifactError(f"{path}: cannot decode the weights ({type(exc).__name__}: {exc})") from exc
-    for alias, target in meta.get("aliases", {}).items():
-        if not isinstance(target, str) or target not in state or alias in state:
+    records, aliases = meta.get("encodings", {}), meta.get("aliases", {})
+    for alias, target in aliases.items():
+        if not isinstance(target, str) or target not in records or alias in records:
             raise ArtifactError(f"{path}: alias {alias!r} -> {target!r} names no stored tensor")
-        state[alias] = state[target]
-    return state, meta
+    weights = DecodedWeights(path, tensors, records, aliases)
+    return (weights if lazily else weights.decoded()), meta
+
+
+class DecodedWeights(Mapping):
+    """A verified file's weights by name (tied aliases included), each decoded when it is read and not kept. Why: a
+    caller that copies them into a model one at a time (`io.load.load_state_dict_into`) never holds every decoded
+    weight beside the model's own (a BERT-base-sized int8 artifact: 0.44 GB of float32 at once otherwise)."""
+
+    def __init__(self, path: Path, tensors: dict[str, torch.Tensor], records: dict[str, dict],
+                 aliases: dict[str, str]) -> None:
+        self.path, self.tensors, self.records, self.aliases = path, tensors, records, aliases
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        target = self.aliases.get(name, name)
+        if target not in self.records:
+            raise KeyError(name)
+        try:
+            return decode_state(self.tensors, {target: self.records[target]})[target]
+        except Exception as exc:  # a record that passed its checksum yet does not decode: a crafted file
+            raise ArtifactError(f"{self.path}: cannot decode the weights ({type(exc).__name__}: {exc})") from exc
+
+    def decoded(self) -> dict[str, torch.Tensor]:
+        """Every weight decoded, held at once (an alias is its target's tensor, tied as in the model)."""
+        state = {name: self[name] for name in self.records}
+        return state | {alias: state[target] for alias, target in self.aliases.items()}
+
+    def __contains__(self, name: object) -> bool:  # by name: Mapping's own would decode the tensor to look
+        return name in self.records or name in self.aliases
+
+    def __iter__(self):
+        return iter([*self.records, *self.aliases])
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.aliases)
 
 
 def check_onnx(path: Path, meta: dict[str, Any], onnx_path: Path) -> None:

@@ -65,7 +65,8 @@ def export_artifact(ctx: RunContext, stage: ExportStage | None, heldout: Dataset
     final_torch = predict(ctx.model, probe, ctx.device) if changed else reference[:len(probe)]
     with tempfile.TemporaryDirectory(prefix="compressor-x-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
-        save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path)
+        save_onnx(export_model(ctx.model, heldout.example(), str(ctx.device), ctx.structures), fp32_path,
+                  working=stage is not None)  # the stage's input, not shipped
         release_memory(collect=large)  # the exporter's traces (cycles) and the graph's serialized copy
         fp32_sizes = file_sizes_later(fp32_path)  # gzip on a background thread while the graph is checked
         fp32_session = runnable_session(fp32_path)

@@ -55,7 +55,7 @@ class OrtForms:
         if self.sample is None:
             raise DataError("quantize: static mode needs calibration samples: pass --train-data or --calib-data, "
                             "or use --set quantize.mode=dynamic")
-        cfg, model = self.config, onnx.load(str(self.base))
+        cfg, model = self.config, onnx.load(str(self.base), load_external_data=False)  # names and shapes
         names, batch = [i.name for i in model.graph.input], calibration_batch(model, cfg.calib_batch)
         del model
         method = getattr(CalibrationMethod, cfg.calibration)

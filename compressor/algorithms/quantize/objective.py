@@ -36,7 +36,7 @@ def _times(paths: dict[str, Path], data: Dataset, timed: dict | None) -> dict[st
     """Each graph's median ms, timed in turns. `timed` receives each graph's (median, [p10, p90]): under "float"
     the float graph's, and under "by_sha256" every timed graph's by its file's digest (the shipped graph's time is
     then found by what was written, whichever form the objective or the run's metric left in place)."""
-    rounds = timed_rounds_ms([ort_session(p) for p in paths.values()], data)
+    rounds = timed_rounds_ms([ort_session(p, shared_arena=True) for p in paths.values()], data)
     if timed is not None:
         timed["float"] = spread_of([r[0] for r in rounds])  # "float" is always timed first
         for i, path in enumerate(paths.values()):

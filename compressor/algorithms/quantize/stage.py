@@ -34,6 +34,7 @@ from compressor.algorithms.quantize.preprocess import pre_process
 from compressor.core.contract import StageContext
 from compressor.errors import DataError, StageError, first_line
 from compressor.io.data import Dataset, calibration_subset
+from compressor.io.onnx_files import copy_onnx
 from compressor.runtime.memory import release_memory
 from compressor.stage import ExportStage, Outcome, StageResult
 
@@ -85,7 +86,7 @@ def quantize_onnx(src: Path, dst: Path, config: QuantizeConfig, calib: Dataset |
                 if config.preprocess:
                     pre_process(src, work)
                 else:
-                    work.write_bytes(src.read_bytes())
+                    copy_onnx(src, work)
                 exclude = nodes_matching(onnx.load(str(work)), config.exclude) if config.exclude else []
                 if config.exclude and not exclude:
                     raise StageError(f"quantize: exclude patterns {list(config.exclude)} match no node or weight")
@@ -223,7 +224,7 @@ class QuantizeStage(ExportStage):
                                       exclude=tuple(self.config.exclude) + tuple(computed))
             notes += quantize_onnx(src, dst, cfg, ctx.calib, ctx.stage_seed, ctx.val, on_check, ctx.out_of_time, judge)
         except StageError as exc:
-            dst.write_bytes(src.read_bytes())
+            copy_onnx(src, dst)
             notes.append(f"ORT quantizer skipped for the ordinary layers: {exc}")
         return self._result(ctx, notes, dst, judge)
 
