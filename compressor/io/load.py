@@ -171,12 +171,9 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], wh
 
 
 def _check_shapes(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
-    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise ModelLoadError(
-            f"{what}: weight {k} has shape {tuple(state[k].shape)}, the architecture expects {tuple(own[k].shape)}"
-        )
+    for k in (k for k in own if tuple(own[k].shape) != tuple(state[k].shape)):
+        raise ModelLoadError(f"{what}: weight {k} has shape {tuple(state[k].shape)}, the architecture expects "
+                             f"{tuple(own[k].shape)}")
 
 
 def forward_input_names(model: nn.Module, program: torch.export.ExportedProgram | None = None) -> list[str]:
