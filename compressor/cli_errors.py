@@ -28,12 +28,20 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def _another_rank() -> bool:
+    """A rank other than 0 of a data-parallel run (torchrun's environment): a usage error is the same on every rank,
+    so rank 0 alone says it."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 def _fail(exc: BaseException, message: str | None = None, code: int | None = None) -> None:
+    code = getattr(exc, "exit_code", 1) if code is None else code
     if os.environ.get("COMPRESSOR_DEBUG"):  # --debug: the cause behind the one line (e.g. the exporter's error)
         traceback.print_exception(exc, file=sys.stderr)
-    err.print(f"error: {one_line(message if message is not None else exc)}", highlight=False, soft_wrap=True,
-              markup=False)  # a message may hold brackets: `pip install "compressor[hf]"`, a shape [N, C]
-    raise typer.Exit(getattr(exc, "exit_code", 1) if code is None else code)
+    if code != EXIT_USAGE or not _another_rank():
+        err.print(f"error: {one_line(message if message is not None else exc)}", highlight=False, soft_wrap=True,
+                  markup=False)  # a message may hold brackets: `pip install "compressor[hf]"`, a shape [N, C]
+    raise typer.Exit(code)
 
 
 def _os_error(exc: OSError) -> str:
@@ -84,7 +92,7 @@ def framework_errors_as_one_line(main):
         except typer.TyperException as exc:  # click's ClickException and its UsageError family
             if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `compress`: the help, as before
                 exc.show()
-            else:
+            elif not _another_rank():
                 err.print(f"error: {one_line(exc.format_message())}", highlight=False, soft_wrap=True, markup=False)
             code = getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE
         except typer.Abort:

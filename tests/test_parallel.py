@@ -91,3 +91,11 @@ def test_a_signal_to_the_launcher_exits_with_the_shells_code(monkeypatch):
             return run
         monkeypatch.setattr(api, "elastic_launch", signalled)
         assert launch(2, ["model.pt2"]) == code
+
+
+def test_a_usage_error_under_nproc_is_said_once(tmp_path):
+    """A usage error is the same on every rank: rank 0 says it, in one line, and the command exits 2."""
+    res = _run("-m", "compressor", *ARGS, "--out", str(tmp_path / "o"), "--nproc", "2", "--set", "prune.nosuch=1")
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 2, (res.returncode, _why(res))
+    assert len(errors) == 1 and "nosuch" in errors[0], res.stderr
