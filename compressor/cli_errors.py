@@ -29,8 +29,8 @@ def one_line(message: str) -> str:
 
 
 def _another_rank() -> bool:
-    """A rank other than 0 of a data-parallel run (torchrun's environment): a usage error is the same on every rank,
-    so rank 0 alone says it."""
+    """A rank other than 0 of a data-parallel run (torchrun's environment): a command line every rank parses alike
+    fails alike, so rank 0 alone says it (`--nproc` validates the plan once before it launches, run/command.py)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
 
 
@@ -38,9 +38,8 @@ def _fail(exc: BaseException, message: str | None = None, code: int | None = Non
     code = getattr(exc, "exit_code", 1) if code is None else code
     if os.environ.get("COMPRESSOR_DEBUG"):  # --debug: the cause behind the one line (e.g. the exporter's error)
         traceback.print_exception(exc, file=sys.stderr)
-    if code != EXIT_USAGE or not _another_rank():
-        err.print(f"error: {one_line(message if message is not None else exc)}", highlight=False, soft_wrap=True,
-                  markup=False)  # a message may hold brackets: `pip install "compressor[hf]"`, a shape [N, C]
+    err.print(f"error: {one_line(message if message is not None else exc)}", highlight=False, soft_wrap=True,
+              markup=False)  # a message may hold brackets: `pip install "compressor[hf]"`, a shape [N, C]
     raise typer.Exit(code)
 
 

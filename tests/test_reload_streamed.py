@@ -63,3 +63,15 @@ def test_a_weight_that_does_not_decode_is_one_artifact_error(int8_out, monkeypat
     model = load_model(SAMPLES / "digits_mlp.pt2").module
     with pytest.raises(ArtifactError, match="cannot decode the weights"):
         load_state_dict_into(model, lazy, "model.safetensors", one_at_a_time=True)
+
+
+def test_a_callers_model_that_does_not_fit_is_left_as_it_was(int8_out):
+    """compressor.load(dir, model=...) checks every weight's shape before it writes any into the caller's model."""
+    model = load_model(SAMPLES / "digits_mlp.pt2").module
+    last = sorted(k for k in model.state_dict() if k.endswith("weight"))[-1]
+    owner, name = last.rsplit(".", 1)
+    setattr(model.get_submodule(owner), name, torch.nn.Parameter(torch.zeros(3, 3)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ArtifactError, match="has shape"):
+        load(int8_out, model=model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -121,8 +121,10 @@ def load(path: str | Path, model: nn.Module | None = None, trust_pickle: bool = 
     file = path / "model.safetensors" if path.is_dir() else path
     weights, meta = read_weights(file, lazily=True)
     structures = meta.get("structures", [])
-    # decoded one at a time into the model, unless a structure (ring, basis stacks) is rebuilt from them first
-    state = weights.decoded() if structures else weights
+    # decoded one at a time into a model built here, so a misfit found midway leaves no caller's model half loaded;
+    # all at once for the caller's `model` or when a structure (ring, basis stacks) is rebuilt from them first
+    one_at_a_time = model is None and not structures
+    state = weights if one_at_a_time else weights.decoded()
     if path.is_dir():
         check_onnx(file, meta, path / "model.onnx")
     try:
@@ -130,7 +132,7 @@ def load(path: str | Path, model: nn.Module | None = None, trust_pickle: bool = 
             with quiet_loaders():
                 model = rebuild_architecture(meta.get("source", {}), file, trust_pickle, trust_code)
         model = rebuild_structures(model, structures, state, file)
-        load_state_dict_into(model, state, str(file), one_at_a_time=not structures)
+        load_state_dict_into(model, state, str(file), one_at_a_time)
     except ArtifactError:
         raise
     except (CompressorError, Exception) as exc:

@@ -14,6 +14,7 @@ from compressor.errors import UsageError
 from compressor.report.build import print_report, verdict_line
 from compressor.run.launch import launch, without_option
 from compressor.run.pipeline import RunOptions
+from compressor.run.plan import plan_stages
 from compressor.run.progress import Reporter
 from compressor.run.recipe import is_recipe, load_recipe
 from compressor.run.runner import compress
@@ -61,6 +62,7 @@ def run_command(argv: list[str], args: dict[str, Any], out: Console, err: Consol
     if nproc is not None and launched() and nproc != int(os.environ["WORLD_SIZE"]):
         raise UsageError(f"--nproc {nproc} under a launcher of {os.environ['WORLD_SIZE']} processes: drop --nproc")
     if nproc is not None and nproc > 1 and not launched():
+        plan_stages(run_options(args))  # the plan's usage errors said once, before N processes start
         return launch(nproc, without_option(argv, "--nproc"))
     options = run_options(args)
     quiet = options.quiet

@@ -198,13 +198,18 @@ def has_running_stats(module: nn.Module) -> bool:
 
 
 @functools.cache
-def _shared_cpu_arena() -> None:
+def _shared_cpu_arena() -> bool:
     """Register one CPU arena with ONNX Runtime's environment, once per process (ORT's "share allocators between
-    sessions"), for the sessions made with `shared_arena`."""
+    sessions"), for the sessions made with `shared_arena`; False when ORT refuses (e.g. the host process registered
+    one of its own): those sessions then keep arenas of their own."""
     import onnxruntime as ort
 
     memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+    try:
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+    except Exception:  # noqa: BLE001 - ORT's own error types
+        return False
+    return True
 
 
 def ort_session(path_or_bytes: Path | bytes, threads: int = 0, shared_arena: bool = False):
@@ -220,8 +225,7 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0, shared_arena: boo
     opts.log_severity_level = 4  # fatal only: an error raises, and the caller says it in one line
     opts.intra_op_num_threads = threads or pinned_threads()
     opts.inter_op_num_threads = 1
-    if shared_arena:
-        _shared_cpu_arena()
+    if shared_arena and _shared_cpu_arena():
         opts.add_session_config_entry("session.use_env_allocators", "1")
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
